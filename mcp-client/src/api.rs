@@ -1,0 +1,228 @@
+//! The HTTP API (SPEC §4): MAG's endpoint names and shapes, thin handlers over
+//! [`Supervisor`]. Every error is `{"detail": TEXT, "code": SNAKE_ID}` with the status of
+//! [`Error::status`]; bad bodies get 400 (not JSON), 422 (wrong shape) or 413 (too large).
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{McpConfig, revision};
+use crate::error::Error;
+use crate::supervisor::Supervisor;
+
+/// Default limit on a request body, in bytes (4 MiB, SPEC §6).
+pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The daemon's core.
+    pub supervisor: Supervisor,
+    /// Cancelled by `POST /shutdown`.
+    pub shutdown: CancellationToken,
+    /// The body limit, in bytes.
+    pub body_limit: usize,
+}
+
+/// The API's routes over `state`.
+pub fn router(state: AppState) -> Router {
+    let limit = state.body_limit;
+    Router::new()
+        .route("/", get(root))
+        .route("/load_config", post(load_config))
+        .route("/servers", get(servers))
+        .route("/connect_server", post(connect_server))
+        .route("/disconnect_server", post(disconnect_server))
+        .route("/tools", get(tools))
+        .route("/tool_call", post(tool_call))
+        .route("/shutdown", post(shutdown))
+        .fallback(|uri: Uri| async move { Error::NoRoute(uri.path().to_string()) })
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let body = json!({"detail": self.to_string(), "code": self.code()});
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+/// A JSON request body: read within the body limit, then parsed into `T`.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
+    type Rejection = Error;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Error> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Error::BodyTooLarge(state.body_limit)
+                } else {
+                    Error::MalformedJson(rejection.body_text())
+                }
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => Error::InvalidBody(e.to_string()),
+                _ => Error::MalformedJson(e.to_string()),
+            })
+    }
+}
+
+async fn root(State(state): State<AppState>) -> Json<Value> {
+    let supervisor = &state.supervisor;
+    Json(json!({
+        "status": "running",
+        "servers_connected": supervisor.connected_count(),
+        "service": "mcp-client",
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "config": supervisor.config_status(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct LoadConfig {
+    config: Value,
+}
+
+async fn load_config(
+    State(state): State<AppState>,
+    Body(body): Body<LoadConfig>,
+) -> Result<Json<Value>, Error> {
+    let revision = revision(body.config.to_string().as_bytes());
+    let config = McpConfig::from_value(body.config)?;
+    let report = state.supervisor.apply(config, revision).await;
+    Ok(Json(json!({
+        "status": "accepted",
+        "added": report.added,
+        "updated": report.updated,
+        "removed": report.removed,
+    })))
+}
+
+async fn servers(State(state): State<AppState>) -> Json<Value> {
+    Json(json!(state.supervisor.servers()))
+}
+
+#[derive(Deserialize)]
+struct ServerName {
+    server_name: String,
+}
+
+async fn connect_server(
+    State(state): State<AppState>,
+    Body(body): Body<ServerName>,
+) -> Result<Json<Value>, Error> {
+    let tools = state.supervisor.connect(&body.server_name).await?;
+    Ok(Json(json!({
+        "status": "connected",
+        "server": body.server_name,
+        "tools": tools,
+    })))
+}
+
+async fn disconnect_server(
+    State(state): State<AppState>,
+    Body(body): Body<ServerName>,
+) -> Result<Json<Value>, Error> {
+    let was_connected = state.supervisor.disconnect(&body.server_name).await?;
+    let (status, message) = if was_connected {
+        (
+            "disconnected",
+            "the server was disconnected and its processes ended",
+        )
+    } else {
+        ("not_connected", "the server was not connected")
+    };
+    Ok(Json(json!({
+        "status": status,
+        "server": body.server_name,
+        "message": message,
+    })))
+}
+
+async fn tools(State(state): State<AppState>) -> Json<Value> {
+    Json(json!(state.supervisor.tools()))
+}
+
+#[derive(Deserialize)]
+struct ToolCall {
+    server_name: String,
+    tool_name: String,
+    #[serde(default)]
+    params: Option<Value>,
+}
+
+async fn tool_call(
+    State(state): State<AppState>,
+    Body(body): Body<ToolCall>,
+) -> Result<Json<Value>, Error> {
+    let arguments = match body.params {
+        None | Some(Value::Null) => Default::default(),
+        Some(Value::Object(arguments)) => arguments,
+        Some(_) => return Err(Error::InvalidBody("params must be a JSON object".into())),
+    };
+    let outcome = state
+        .supervisor
+        .call_tool(&body.server_name, &body.tool_name, arguments)
+        .await?;
+    let mut answer = json!({
+        "tool_name": body.tool_name,
+        "server_name": body.server_name,
+    });
+    match outcome {
+        Ok(result) => {
+            let error = result
+                .is_error
+                .unwrap_or(false)
+                .then(|| tool_error_text(&result));
+            answer["content"] = json!(result.content);
+            if let Some(structured) = result.structured_content {
+                answer["structured_content"] = structured;
+            }
+            if let Some(error) = error {
+                answer["error"] = json!(error);
+                answer["code"] = json!("tool_error");
+            }
+        }
+        Err(e) => {
+            answer["content"] = json!([]);
+            answer["error"] = json!(e.to_string());
+            answer["code"] = json!(e.code());
+        }
+    }
+    Ok(Json(answer))
+}
+
+/// The text of a result with `isError`, for the `error` field (never empty).
+fn tool_error_text(result: &rmcp::model::CallToolResult) -> String {
+    let text: Vec<&str> = result
+        .content
+        .iter()
+        .filter_map(|block| block.as_text().map(|t| t.text.as_str()))
+        .collect();
+    if text.is_empty() {
+        "the tool reported an error without a message".into()
+    } else {
+        text.join("\n")
+    }
+}
+
+async fn shutdown(State(state): State<AppState>) -> Json<Value> {
+    tracing::info!("shutdown requested over HTTP");
+    state.shutdown.cancel();
+    Json(json!({"status": "shutdown_initiated"}))
+}

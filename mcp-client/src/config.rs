@@ -1,0 +1,614 @@
+//! `mcp.json`: the server list in the format of Claude Desktop, Cursor and MAG (SPEC §3).
+//!
+//! ```json
+//! {"mcpServers": {"NAME": {"command": "npx", "args": ["-y", "pkg"], "env": {"K": "${K}"}}}}
+//! ```
+//!
+//! Parsing keeps every field it does not know (on the file and on each entry) so a rewrite
+//! loses nothing, reports every syntax and validation error with the line and column where it
+//! was found, and never half-applies: a file either parses into a whole [`McpConfig`] or into
+//! one [`ConfigError`]. `${VAR}` references are checked here and expanded at connect time by
+//! [`expand_vars`], so a value never sits in the parsed config, a log line or an API answer.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// Default for an entry's `timeout`: the connect handshake and each tool call, 60 s.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How mcp-client reaches a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportType {
+    /// A child process speaking newline-delimited JSON-RPC on stdin/stdout
+    /// (MCP spec 2025-11-25, Transports § stdio).
+    Stdio,
+    /// Legacy HTTP+SSE: GET an event stream whose `endpoint` event names the POST URL
+    /// (MCP spec 2024-11-05, Transports § HTTP with SSE).
+    Sse,
+    /// Streamable HTTP: one endpoint taking POSTs, answering JSON or SSE
+    /// (MCP spec 2025-03-26 and later, Transports § Streamable HTTP).
+    StreamableHttp,
+}
+
+impl TransportType {
+    /// Parses `transportType` / `type`: `stdio`, `sse`, `streamable_http`, and the aliases
+    /// `streamable-http`, `streamableHttp` and `http`. `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "stdio" => Some(Self::Stdio),
+            "sse" => Some(Self::Sse),
+            "streamable_http" | "streamable-http" | "streamableHttp" | "http" => {
+                Some(Self::StreamableHttp)
+            }
+            _ => None,
+        }
+    }
+
+    /// The canonical name, as `/servers` reports it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdio => "stdio",
+            Self::Sse => "sse",
+            Self::StreamableHttp => "streamable_http",
+        }
+    }
+}
+
+/// One validated `mcpServers` entry.
+///
+/// Strings may hold `${VAR}` references (in `args`, `env`, `url`, `headers`); they are kept
+/// unexpanded here. Two entries are equal when every field, unknown ones included, is equal:
+/// that is what hot reload compares to decide whether a server changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerEntry {
+    /// From `transportType` or its alias `type`; inferred when absent (`command` → stdio,
+    /// `url` → streamable HTTP).
+    pub transport: TransportType,
+    /// stdio: the program, run without a shell (looked up on `PATH` when it has no `/`).
+    pub command: Option<String>,
+    /// stdio: its arguments.
+    pub args: Vec<String>,
+    /// stdio: variables added to the daemon's environment for the child.
+    pub env: BTreeMap<String, String>,
+    /// stdio: the child's working directory (default: the daemon's).
+    pub cwd: Option<PathBuf>,
+    /// sse / streamable_http: the endpoint (`http://` or `https://`).
+    pub url: Option<String>,
+    /// sse / streamable_http: headers sent with every request.
+    pub headers: BTreeMap<String, String>,
+    /// A disabled server is listed but never connected.
+    pub disabled: bool,
+    /// Bound on the connect handshake and on each tool call (`timeout`, seconds; default 60).
+    pub timeout: Duration,
+    /// `autoApprove`: tool names, kept and reported; mcp-client itself never asks.
+    pub auto_approve: Vec<String>,
+    /// `autoConnect`: connect when the daemon starts or when the entry is added.
+    pub auto_connect: bool,
+    /// `ai_generated`: the tool was written by MCP generation (SPEC §5).
+    pub ai_generated: bool,
+    /// `maxConcurrency`: at most this many calls in flight on the connection (default: no cap).
+    pub max_concurrency: Option<usize>,
+    /// Every other field, kept as written.
+    pub extra: Map<String, Value>,
+}
+
+/// A whole `mcp.json`: the servers by name (sorted) and the file's other top-level fields.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct McpConfig {
+    /// `mcpServers`, validated.
+    pub servers: BTreeMap<String, ServerEntry>,
+    /// Top-level fields other than `mcpServers`, kept as written.
+    pub extra: Map<String, Value>,
+}
+
+/// Why a config was refused: the message and, when it came from text, where (1-based;
+/// `line` and `column` are 0 when the config did not come from text, e.g. `/load_config`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{message} (line {line}, column {column})")]
+pub struct ConfigError {
+    /// What is wrong, naming the server and field where there is one.
+    pub message: String,
+    /// 1-based line of the error, 0 if unknown.
+    pub line: usize,
+    /// 1-based column of the error, 0 if unknown.
+    pub column: usize,
+}
+
+impl From<serde_json::Error> for ConfigError {
+    fn from(error: serde_json::Error) -> Self {
+        // serde_json appends " at line L column C" to the message; keep the position apart.
+        let text = error.to_string();
+        let message = match text.rfind(" at line ") {
+            Some(at) if error.line() > 0 => text[..at].to_string(),
+            _ => text,
+        };
+        Self {
+            message,
+            line: error.line(),
+            column: error.column(),
+        }
+    }
+}
+
+impl McpConfig {
+    /// Parses and validates the text of an `mcp.json`.
+    ///
+    /// # Errors
+    /// The first syntax or validation error, with its line and column.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let config = ConfigSeed.deserialize(&mut de)?;
+        de.end()?;
+        Ok(config)
+    }
+
+    /// Validates an already-parsed JSON document (e.g. the body of `/load_config`).
+    ///
+    /// # Errors
+    /// The first validation error; `line` and `column` are 0.
+    pub fn from_value(value: Value) -> Result<Self, ConfigError> {
+        Ok(ConfigSeed.deserialize(value)?)
+    }
+}
+
+/// An opaque revision of a config file's bytes: 16 hex digits of their SHA-256.
+/// Equal bytes give equal revisions; mag-server uses it for optimistic concurrency.
+pub fn revision(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A `${VAR}` reference that cannot be expanded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExpandError {
+    /// The variable is not set in the daemon's environment.
+    #[error("environment variable {0} is not set")]
+    Unset(String),
+    /// `${` without a closing `}`, or a name that is not `[A-Za-z_][A-Za-z0-9_]*`.
+    #[error("malformed variable reference: {0}")]
+    Malformed(String),
+}
+
+/// Expands every `${VAR}` in `text` with `lookup` (normally `std::env::var`).
+///
+/// # Errors
+/// [`ExpandError::Unset`] when `lookup` has no value, [`ExpandError::Malformed`] for `${`
+/// without `}` or a bad name. Error texts name the variable, never a value.
+pub fn expand_vars(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, ExpandError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| ExpandError::Malformed(rest[start..].to_string()))?;
+        let name = &after[..end];
+        if !is_var_name(name) {
+            return Err(ExpandError::Malformed(format!("${{{name}}}")));
+        }
+        out.push_str(&lookup(name).ok_or_else(|| ExpandError::Unset(name.to_string()))?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn is_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+/// Checks a server name that becomes part of a file name (`logs/servers/NAME.stderr.log`):
+/// non-empty, at most 128 bytes, no `/`, `\`, NUL or `..`, not starting with `.`.
+///
+/// # Errors
+/// A sentence saying what is wrong with it.
+pub fn validate_server_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("server name is empty".into());
+    }
+    if name.len() > 128 {
+        return Err(format!("server name {name:?} is longer than 128 bytes"));
+    }
+    if name.contains(['/', '\\', '\0']) || name.contains("..") || name.starts_with('.') {
+        return Err(format!(
+            "server name {name:?} may not contain '/', '\\', NUL or '..', nor start with '.'"
+        ));
+    }
+    Ok(())
+}
+
+struct ConfigSeed;
+
+impl<'de> DeserializeSeed<'de> for ConfigSeed {
+    type Value = McpConfig;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<McpConfig, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ConfigSeed {
+    type Value = McpConfig;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(r#"an object like {"mcpServers": {...}}"#)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<McpConfig, A::Error> {
+        let mut config = McpConfig::default();
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "mcpServers" {
+                config.servers = map.next_value_seed(ServersSeed)?;
+            } else {
+                let value = map.next_value::<Value>()?;
+                config.extra.insert(key, value);
+            }
+        }
+        Ok(config)
+    }
+}
+
+struct ServersSeed;
+
+impl<'de> DeserializeSeed<'de> for ServersSeed {
+    type Value = BTreeMap<String, ServerEntry>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ServersSeed {
+    type Value = BTreeMap<String, ServerEntry>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object of server entries by name")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut servers = BTreeMap::new();
+        while let Some(name) = map.next_key::<String>()? {
+            validate_server_name(&name).map_err(de::Error::custom)?;
+            let raw = map.next_value_seed(RawEntrySeed)?;
+            let entry = raw
+                .validate()
+                .map_err(|e| de::Error::custom(format!("server {name:?}: {e}")))?;
+            if servers.insert(name.clone(), entry).is_some() {
+                return Err(de::Error::custom(format!(
+                    "server {name:?} is defined twice"
+                )));
+            }
+        }
+        Ok(servers)
+    }
+}
+
+/// An entry as written, before the rules that tie fields together are checked.
+#[derive(Default)]
+struct RawEntry {
+    transport: Option<String>,
+    command: Option<String>,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    cwd: Option<PathBuf>,
+    url: Option<String>,
+    headers: BTreeMap<String, String>,
+    disabled: bool,
+    timeout: Option<f64>,
+    auto_approve: Vec<String>,
+    auto_connect: bool,
+    ai_generated: bool,
+    max_concurrency: Option<usize>,
+    extra: Map<String, Value>,
+}
+
+impl RawEntry {
+    fn validate(self) -> Result<ServerEntry, String> {
+        let transport = match &self.transport {
+            Some(name) => TransportType::parse(name).ok_or_else(|| {
+                format!(
+                    "unknown transportType {name:?} (expected stdio, sse, streamable_http, \
+                     streamable-http or http)"
+                )
+            })?,
+            None if self.command.is_some() => TransportType::Stdio,
+            None if self.url.is_some() => TransportType::StreamableHttp,
+            None => return Err("needs \"command\" (stdio) or \"url\" (remote)".into()),
+        };
+        match transport {
+            TransportType::Stdio => match &self.command {
+                Some(command) if !command.trim().is_empty() => {}
+                _ => return Err("a stdio server needs a non-empty \"command\"".into()),
+            },
+            TransportType::Sse | TransportType::StreamableHttp => match &self.url {
+                Some(url)
+                    if url.starts_with("http://")
+                        || url.starts_with("https://")
+                        || url.starts_with("${") => {}
+                Some(url) => return Err(format!("url {url:?} is not http:// or https://")),
+                None => {
+                    return Err(format!("a {} server needs a \"url\"", transport.as_str()));
+                }
+            },
+        }
+        let timeout = match self.timeout {
+            None => DEFAULT_TIMEOUT,
+            Some(secs) if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 => {
+                Duration::from_secs_f64(secs)
+            }
+            Some(secs) => {
+                return Err(format!(
+                    "timeout {secs} is not a number of seconds in (0, 86400]"
+                ));
+            }
+        };
+        if self.max_concurrency == Some(0) {
+            return Err("maxConcurrency must be at least 1".into());
+        }
+        let references = self
+            .args
+            .iter()
+            .chain(self.env.values())
+            .chain(self.headers.values())
+            .chain(self.url.iter());
+        for text in references {
+            if let Err(ExpandError::Malformed(what)) = expand_vars(text, |_| Some(String::new())) {
+                return Err(format!("malformed variable reference {what}"));
+            }
+        }
+        Ok(ServerEntry {
+            transport,
+            command: self.command,
+            args: self.args,
+            env: self.env,
+            cwd: self.cwd,
+            url: self.url,
+            headers: self.headers,
+            disabled: self.disabled,
+            timeout,
+            auto_approve: self.auto_approve,
+            auto_connect: self.auto_connect,
+            ai_generated: self.ai_generated,
+            max_concurrency: self.max_concurrency,
+            extra: self.extra,
+        })
+    }
+}
+
+struct RawEntrySeed;
+
+impl<'de> DeserializeSeed<'de> for RawEntrySeed {
+    type Value = RawEntry;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<RawEntry, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RawEntrySeed {
+    type Value = RawEntry;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a server entry object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEntry, A::Error> {
+        let mut raw = RawEntry::default();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "transportType" | "type" => raw.transport = Some(map.next_value()?),
+                "command" => raw.command = Some(map.next_value()?),
+                "args" => raw.args = map.next_value()?,
+                "env" => raw.env = map.next_value()?,
+                "cwd" => raw.cwd = map.next_value()?,
+                "url" => raw.url = Some(map.next_value()?),
+                "headers" => raw.headers = map.next_value()?,
+                "disabled" => raw.disabled = map.next_value()?,
+                "timeout" => raw.timeout = map.next_value()?,
+                "autoApprove" => raw.auto_approve = map.next_value()?,
+                "autoConnect" => raw.auto_connect = map.next_value()?,
+                "ai_generated" => raw.ai_generated = map.next_value()?,
+                "maxConcurrency" => raw.max_concurrency = map.next_value()?,
+                _ => {
+                    let value = map.next_value::<Value>()?;
+                    raw.extra.insert(key, value);
+                }
+            }
+        }
+        Ok(raw)
+    }
+}
+
+// `Deserialize` for callers that embed an entry in their own types (mag-server's add).
+impl<'de> Deserialize<'de> for ServerEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        RawEntrySeed
+            .deserialize(deserializer)?
+            .validate()
+            .map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<McpConfig, ConfigError> {
+        McpConfig::parse(text)
+    }
+
+    #[test]
+    fn infers_transport_and_reads_every_field() {
+        let config = parse(
+            r#"{"mcpServers": {
+                "a": {"command": "npx", "args": ["-y", "x"], "env": {"K": "v"}, "cwd": "/tmp",
+                      "disabled": true, "timeout": 2.5, "autoApprove": ["t"], "autoConnect": true,
+                      "ai_generated": true, "maxConcurrency": 4},
+                "b": {"url": "http://127.0.0.1:1/mcp", "headers": {"X": "y"}},
+                "c": {"type": "sse", "url": "http://127.0.0.1:1/sse"},
+                "d": {"transportType": "streamable-http", "url": "https://h/mcp"},
+                "e": {"type": "http", "url": "https://h/mcp"}
+            }}"#,
+        )
+        .unwrap();
+        let a = &config.servers["a"];
+        assert_eq!(a.transport, TransportType::Stdio);
+        assert_eq!(a.args, ["-y", "x"]);
+        assert_eq!(a.env["K"], "v");
+        assert_eq!(a.cwd.as_deref(), Some(std::path::Path::new("/tmp")));
+        assert!(a.disabled && a.auto_connect && a.ai_generated);
+        assert_eq!(a.timeout, Duration::from_millis(2500));
+        assert_eq!(a.auto_approve, ["t"]);
+        assert_eq!(a.max_concurrency, Some(4));
+        assert_eq!(config.servers["b"].transport, TransportType::StreamableHttp);
+        assert_eq!(config.servers["b"].timeout, DEFAULT_TIMEOUT);
+        assert_eq!(config.servers["c"].transport, TransportType::Sse);
+        assert_eq!(config.servers["d"].transport, TransportType::StreamableHttp);
+        assert_eq!(config.servers["e"].transport, TransportType::StreamableHttp);
+    }
+
+    #[test]
+    fn keeps_unknown_fields() {
+        let config =
+            parse(r#"{"x": 1, "mcpServers": {"a": {"command": "c", "note": {"k": [1]}}}}"#)
+                .unwrap();
+        assert_eq!(config.extra["x"], 1);
+        assert_eq!(
+            config.servers["a"].extra["note"],
+            serde_json::json!({"k": [1]})
+        );
+    }
+
+    #[test]
+    fn empty_and_missing_server_lists_are_valid() {
+        assert!(parse("{}").unwrap().servers.is_empty());
+        assert!(parse(r#"{"mcpServers": {}}"#).unwrap().servers.is_empty());
+    }
+
+    #[test]
+    fn syntax_errors_have_line_and_column() {
+        let err = parse("{\n  \"mcpServers\": {\n    \"a\": {\"command\": \"x\",}\n").unwrap_err();
+        assert_eq!(err.line, 3);
+        assert!(err.column > 0, "{err:?}");
+        assert!(!err.message.contains(" at line "), "{err:?}");
+    }
+
+    #[test]
+    fn validation_errors_name_the_server_and_have_a_position() {
+        let cases = [
+            (r#"{"mcpServers": {"a": {}}}"#, "needs \"command\""),
+            (
+                r#"{"mcpServers": {"a": {"type": "ws", "url": "http://h"}}}"#,
+                "unknown transportType",
+            ),
+            (
+                r#"{"mcpServers": {"a": {"type": "stdio", "url": "http://h"}}}"#,
+                "non-empty \"command\"",
+            ),
+            (
+                r#"{"mcpServers": {"a": {"type": "sse", "command": "x"}}}"#,
+                "needs a \"url\"",
+            ),
+            (r#"{"mcpServers": {"a": {"url": "ftp://h"}}}"#, "not http"),
+            (
+                r#"{"mcpServers": {"a": {"command": "x", "timeout": 0}}}"#,
+                "timeout",
+            ),
+            (
+                r#"{"mcpServers": {"a": {"command": "x", "maxConcurrency": 0}}}"#,
+                "maxConcurrency",
+            ),
+            (
+                r#"{"mcpServers": {"a": {"command": "x", "args": ["${OPEN"]}}}"#,
+                "malformed",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(err.message.contains(needle), "{text}: {err:?}");
+            assert!(err.message.contains("server \"a\""), "{text}: {err:?}");
+            assert_eq!(err.line, 1, "{text}: {err:?}");
+            assert!(err.column > 0, "{text}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn wrong_types_are_reported_at_their_place() {
+        let err = parse("{\"mcpServers\": {\"a\": {\n\"command\": \"x\",\n\"args\": \"-v\"}}}")
+            .unwrap_err();
+        assert_eq!(err.line, 3, "{err:?}");
+        assert!(err.message.contains("invalid type"), "{err:?}");
+        let err = parse(r#"{"mcpServers": []}"#).unwrap_err();
+        assert!(err.message.contains("server entries"), "{err:?}");
+    }
+
+    #[test]
+    fn names_that_would_escape_the_log_dir_are_refused() {
+        for name in ["", "../x", "a/b", "..", ".hidden", "a\\b", "a\u{0}b"] {
+            let text = serde_json::json!({"mcpServers": {name: {"command": "x"}}}).to_string();
+            assert!(parse(&text).is_err(), "{name:?} accepted");
+        }
+        assert!(validate_server_name("time-server_2.v1").is_ok());
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let err =
+            parse(r#"{"mcpServers": {"a": {"command": "x"}, "a": {"command": "y"}}}"#).unwrap_err();
+        assert!(err.message.contains("defined twice"), "{err:?}");
+    }
+
+    #[test]
+    fn from_value_validates_without_position() {
+        let err = McpConfig::from_value(serde_json::json!({"mcpServers": {"a": {"args": []}}}))
+            .unwrap_err();
+        assert_eq!((err.line, err.column), (0, 0));
+        assert!(err.message.contains("server \"a\""), "{err:?}");
+    }
+
+    #[test]
+    fn expands_variables() {
+        let lookup = |name: &str| (name == "HOME_X").then(|| "/h".to_string());
+        assert_eq!(
+            expand_vars("a${HOME_X}b${HOME_X}", lookup).unwrap(),
+            "a/hb/h"
+        );
+        assert_eq!(
+            expand_vars("plain $HOME_X", lookup).unwrap(),
+            "plain $HOME_X"
+        );
+        assert_eq!(
+            expand_vars("${NOPE}", lookup),
+            Err(ExpandError::Unset("NOPE".into()))
+        );
+        assert!(matches!(
+            expand_vars("${1X}", lookup),
+            Err(ExpandError::Malformed(_))
+        ));
+        assert!(matches!(
+            expand_vars("${X", lookup),
+            Err(ExpandError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn revision_changes_with_the_bytes() {
+        assert_eq!(revision(b"a"), revision(b"a"));
+        assert_ne!(revision(b"a"), revision(b"b"));
+        assert_eq!(revision(b"a").len(), 16);
+    }
+}

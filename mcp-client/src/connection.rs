@@ -1,0 +1,445 @@
+//! One live MCP session with one server: the handshake, the tool list, tool calls, and
+//! noticing the end of the session.
+//!
+//! Calls are pipelined over the one session (JSON-RPC ids): any number may be in flight,
+//! capped by the entry's `maxConcurrency` when set. Each is bounded by the entry's `timeout`;
+//! a call that runs out is abandoned, which makes rmcp send `notifications/cancelled`
+//! (MCP spec 2025-11-25, Utilities § Cancellation). When the session ends, because the
+//! process exited, the stream closed or the daemon closed it, every call in flight fails at
+//! once with the reason.
+
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, ClientConfig,
+    Implementation, JsonObject, ProtocolVersion, Tool,
+};
+use rmcp::service::{
+    ClientLifecycleMode, ClientServiceExt, NotificationContext, Peer, RunningService,
+    RunningServiceCancellationToken,
+};
+use rmcp::transport::Transport;
+use rmcp::{ClientHandler, RoleClient};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerEntry;
+use crate::logs::ServerLog;
+use crate::transport::stdio::{ProcessGroup, STOP_GRACE, describe_exit};
+use crate::transport::{self, Opened};
+
+/// The protocol version mcp-client asks for in `initialize`: the newest revision that has an
+/// `initialize` handshake (MCP spec 2025-11-25, Lifecycle § Version Negotiation).
+pub const REQUESTED_PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion::V_2025_11_25;
+
+/// The versions a server may answer `initialize` with; any other ends the connection.
+pub const SUPPORTED_PROTOCOL_VERSIONS: [ProtocolVersion; 4] = [
+    ProtocolVersion::V_2024_11_05,
+    ProtocolVersion::V_2025_03_26,
+    ProtocolVersion::V_2025_06_18,
+    ProtocolVersion::V_2025_11_25,
+];
+
+/// How a tool call failed after it was sent.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No answer within the server's `timeout`; `notifications/cancelled` was sent.
+    #[error("tool call timed out after {0:?}; the server was sent notifications/cancelled")]
+    Timeout(Duration),
+    /// The session ended while the call was in flight.
+    #[error("{0}")]
+    Closed(String),
+    /// The server answered with a JSON-RPC error.
+    #[error("{0}")]
+    Server(String),
+}
+
+impl CallError {
+    /// The snake_case code reported next to the error text.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::Closed(_) => "server_gone",
+            Self::Server(_) => "server_error",
+        }
+    }
+}
+
+/// What the daemon needs to open connections: where server logs go and the shared HTTP client.
+#[derive(Debug, Clone)]
+pub struct ConnectContext {
+    /// The log dir; stdio servers log to `LOG_DIR/servers/NAME.stderr.log`.
+    pub log_dir: std::path::PathBuf,
+    /// The HTTP client for legacy SSE.
+    pub http: reqwest::Client,
+}
+
+/// A live session with one server. Cheap to share (`Arc`); [`Connection::close`] ends it.
+pub struct Connection {
+    peer: Peer<RoleClient>,
+    group: Option<ProcessGroup>,
+    tools: RwLock<Arc<Vec<Tool>>>,
+    tools_changed: Arc<Notify>,
+    closed: CancellationToken,
+    close_reason: OnceLock<String>,
+    stop: std::sync::Mutex<Option<RunningServiceCancellationToken>>,
+    ended: CancellationToken,
+    limit: Option<Semaphore>,
+    timeout: Duration,
+    protocol_version: ProtocolVersion,
+    connected_since: SystemTime,
+}
+
+/// The rmcp client handler: identifies mcp-client and hears `notifications/tools/list_changed`.
+struct Handler {
+    tools_changed: Arc<Notify>,
+}
+
+impl ClientHandler for Handler {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("mcp-client", env!("CARGO_PKG_VERSION")),
+        )
+        .with_protocol_version(REQUESTED_PROTOCOL_VERSION)
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.tools_changed.notify_one();
+    }
+}
+
+impl Connection {
+    /// Opens the transport, runs the `initialize` handshake and lists the tools (every page),
+    /// all within the entry's `timeout`.
+    ///
+    /// # Errors
+    /// A sentence with the cause: the transport could not be opened, the process exited
+    /// before answering (with its exit status and last stderr lines), the handshake failed
+    /// or timed out, or the server answered an unsupported protocol version.
+    pub async fn open(
+        name: &str,
+        entry: &ServerEntry,
+        ctx: &ConnectContext,
+    ) -> Result<Arc<Self>, String> {
+        let log = Arc::new(
+            ServerLog::open(&ctx.log_dir, name, crate::logs::DEFAULT_LOG_CAP).map_err(|e| {
+                format!(
+                    "cannot open the server log in {}: {e}",
+                    ctx.log_dir.display()
+                )
+            })?,
+        );
+        let timeout = entry.timeout;
+        let tools_changed = Arc::new(Notify::new());
+        let handler = Handler {
+            tools_changed: tools_changed.clone(),
+        };
+        let opened = tokio::time::timeout(timeout, transport::open(entry, log.clone(), &ctx.http))
+            .await
+            .map_err(|_| format!("the transport did not open within {timeout:?}"))??;
+        let (running, group) = match opened {
+            Opened::Stdio(spawned) => {
+                let group = spawned.group;
+                let running =
+                    handshake(handler, spawned.transport, timeout, Some(&group), &log).await;
+                match running {
+                    Ok(running) => (running, Some(group)),
+                    Err(e) => {
+                        group.stop(STOP_GRACE).await;
+                        return Err(e);
+                    }
+                }
+            }
+            Opened::Sse(t) => (handshake(handler, t, timeout, None, &log).await?, None),
+            Opened::StreamableHttp(t) => (handshake(handler, t, timeout, None, &log).await?, None),
+        };
+        let fail = |running: RunningService<RoleClient, Handler>,
+                    group: Option<ProcessGroup>,
+                    e| async move {
+            running.cancellation_token().cancel();
+            if let Some(group) = group {
+                group.stop(STOP_GRACE).await;
+            }
+            Err(e)
+        };
+        let protocol_version = match running.peer().peer_info() {
+            Some(info) => info.protocol_version.clone(),
+            None => {
+                return fail(
+                    running,
+                    group,
+                    "the server sent no initialize result".into(),
+                )
+                .await;
+            }
+        };
+        if !SUPPORTED_PROTOCOL_VERSIONS.contains(&protocol_version) {
+            let e = format!(
+                "the server answered protocolVersion {protocol_version}, which mcp-client does not \
+                 support (it supports 2024-11-05 to 2025-11-25)"
+            );
+            return fail(running, group, e).await;
+        }
+        let peer = running.peer().clone();
+        let tools = match tokio::time::timeout(timeout, peer.list_all_tools()).await {
+            Ok(Ok(tools)) => tools,
+            Ok(Err(e)) => return fail(running, group, format!("tools/list failed: {e}")).await,
+            Err(_) => {
+                let e = format!("tools/list was not answered within {timeout:?}");
+                return fail(running, group, e).await;
+            }
+        };
+        let connection = Arc::new(Self {
+            peer,
+            group,
+            tools: RwLock::new(Arc::new(tools)),
+            tools_changed,
+            closed: CancellationToken::new(),
+            close_reason: OnceLock::new(),
+            stop: std::sync::Mutex::new(Some(running.cancellation_token())),
+            ended: CancellationToken::new(),
+            limit: entry.max_concurrency.map(Semaphore::new),
+            timeout,
+            protocol_version,
+            connected_since: SystemTime::now(),
+        });
+        tokio::spawn(watch(connection.clone(), running, log));
+        Ok(connection)
+    }
+
+    /// The tools, as last listed.
+    pub fn tools(&self) -> Arc<Vec<Tool>> {
+        self.tools.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Lists the tools again (every page) and keeps the new list.
+    ///
+    /// # Errors
+    /// The session ended, or the server did not answer within the timeout.
+    pub async fn refresh_tools(&self) -> Result<Arc<Vec<Tool>>, CallError> {
+        let tools = self.bounded(self.peer.list_all_tools()).await?;
+        let tools = Arc::new(tools);
+        *self.tools.write().unwrap_or_else(|p| p.into_inner()) = tools.clone();
+        Ok(tools)
+    }
+
+    /// Calls a tool (`tools/call`) and waits for its result.
+    ///
+    /// # Errors
+    /// [`CallError`]: timeout (cancelled), the session ended, or a JSON-RPC error. A tool
+    /// that fails reports it in the result (`isError`), which is not an `Err` here.
+    pub async fn call_tool(
+        &self,
+        tool: &str,
+        arguments: JsonObject,
+    ) -> Result<CallToolResult, CallError> {
+        let _permit = match &self.limit {
+            Some(limit) => Some(tokio::select! {
+                permit = limit.acquire() => permit.map_err(|_| self.closed_error())?,
+                _ = self.closed.cancelled() => return Err(self.closed_error()),
+            }),
+            None => None,
+        };
+        let params = CallToolRequestParams::new(tool.to_string()).with_arguments(arguments);
+        match self.bounded(self.peer.call_tool_once(params)).await? {
+            CallToolResponse::Complete(result) => Ok(result),
+            CallToolResponse::InputRequired(_) => Err(CallError::Server(
+                "the server asked for more input (input_required), which mcp-client does not \
+                 provide"
+                    .into(),
+            )),
+            CallToolResponse::Task(_) => Err(CallError::Server(
+                "the server answered with a task, which mcp-client does not poll".into(),
+            )),
+            _ => Err(CallError::Server(
+                "the server sent an unknown kind of result".into(),
+            )),
+        }
+    }
+
+    /// Runs one request future within the timeout, failing at once if the session ends.
+    async fn bounded<T>(
+        &self,
+        request: impl Future<Output = Result<T, rmcp::ServiceError>>,
+    ) -> Result<T, CallError> {
+        tokio::select! {
+            result = tokio::time::timeout(self.timeout, request) => match result {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(rmcp::ServiceError::McpError(e))) => Err(CallError::Server(e.message.to_string())),
+                Ok(Err(rmcp::ServiceError::TransportClosed)) => {
+                    // The watcher sets the reason as the session ends; give it a moment.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), self.closed.cancelled()).await;
+                    Err(self.closed_error())
+                }
+                Ok(Err(e)) => Err(CallError::Server(e.to_string())),
+                Err(_) => Err(CallError::Timeout(self.timeout)),
+            },
+            _ = self.closed.cancelled() => Err(self.closed_error()),
+        }
+    }
+
+    fn closed_error(&self) -> CallError {
+        CallError::Closed(
+            self.close_reason
+                .get()
+                .cloned()
+                .unwrap_or_else(|| "the connection to the server closed".into()),
+        )
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Waits until the session has ended; returns why.
+    pub async fn closed(&self) -> String {
+        self.closed.cancelled().await;
+        self.close_reason.get().cloned().unwrap_or_default()
+    }
+
+    /// The stdio server's pid (the leader of its process group); `None` for remote servers.
+    pub fn pid(&self) -> Option<u32> {
+        self.group.as_ref().map(ProcessGroup::pid)
+    }
+
+    /// The protocol version the server answered `initialize` with.
+    pub fn protocol_version(&self) -> &ProtocolVersion {
+        &self.protocol_version
+    }
+
+    /// When the handshake completed.
+    pub fn connected_since(&self) -> SystemTime {
+        self.connected_since
+    }
+
+    /// Ends the session: closes the transport, ends the process group (SIGTERM, SIGKILL after
+    /// the grace period) and waits until both are done. Calls in flight fail with `reason`.
+    pub async fn close(&self, reason: &str) {
+        let _ = self.close_reason.set(reason.to_string());
+        if let Some(stop) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            stop.cancel();
+        }
+        if let Some(group) = &self.group {
+            group.stop(STOP_GRACE).await;
+        }
+        // The transport's own close is bounded by rmcp; this only guards against a stuck one.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.ended.cancelled()).await;
+    }
+}
+
+async fn handshake<T>(
+    handler: Handler,
+    transport: T,
+    timeout: Duration,
+    group: Option<&ProcessGroup>,
+    log: &ServerLog,
+) -> Result<RunningService<RoleClient, Handler>, String>
+where
+    T: Transport<RoleClient> + 'static,
+{
+    let serve = handler.serve_with_lifecycle(transport, ClientLifecycleMode::Initialize);
+    let exited = async {
+        match group {
+            Some(group) => group.exited().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = tokio::time::timeout(timeout, serve) => match result {
+            Ok(Ok(running)) => Ok(running),
+            Ok(Err(e)) => {
+                // A process that died makes the handshake fail with "connection closed":
+                // report the exit instead, which is the cause.
+                if let Some(group) = group
+                    && let Ok(Some(status)) = tokio::time::timeout(Duration::from_millis(500), group.exited()).await
+                {
+                    return Err(exit_message(status, log));
+                }
+                Err(format!("initialize failed: {}", crate::transport::sse::error_chain(&e)))
+            }
+            Err(_) => Err(with_stderr(
+                format!("the server did not answer initialize within {timeout:?}"),
+                log,
+            )),
+        },
+        Some(status) = exited => Err(exit_message(status, log)),
+    }
+}
+
+fn exit_message(status: std::process::ExitStatus, log: &ServerLog) -> String {
+    with_stderr(
+        format!(
+            "the process exited before answering initialize ({})",
+            describe_exit(status)
+        ),
+        log,
+    )
+}
+
+fn with_stderr(message: String, log: &ServerLog) -> String {
+    let tail = log.tail();
+    if tail.is_empty() {
+        format!("{message}; it wrote nothing on stderr")
+    } else {
+        format!("{message}; last stderr: {tail}")
+    }
+}
+
+/// Owns the rmcp service for the life of the session: refreshes the tool list when the server
+/// says it changed, and records why the session ended.
+async fn watch(
+    connection: Arc<Connection>,
+    running: RunningService<RoleClient, Handler>,
+    log: Arc<ServerLog>,
+) {
+    let waiting = running.waiting();
+    tokio::pin!(waiting);
+    let exited = async {
+        match &connection.group {
+            Some(group) => group.exited().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(exited);
+    let mut exit_seen = false;
+    loop {
+        tokio::select! {
+            _ = &mut waiting => break,
+            status = &mut exited, if !exit_seen => {
+                exit_seen = true;
+                if let Some(status) = status {
+                    let reason = with_stderr(format!("the server process exited ({})", describe_exit(status)), &log);
+                    let _ = connection.close_reason.set(reason);
+                }
+                // Fail the calls in flight now, even if a grandchild still holds the pipe.
+                connection.closed.cancel();
+                if let Some(stop) = connection.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    stop.cancel();
+                }
+            }
+            _ = connection.tools_changed.notified() => {
+                if let Err(e) = connection.refresh_tools().await {
+                    tracing::warn!("refreshing the tool list after list_changed failed: {e}");
+                }
+            }
+        }
+    }
+    // stdout usually closes a moment before the exit status is known: the status is the
+    // better reason, so wait a little for it.
+    if let Some(group) = &connection.group
+        && !exit_seen
+        && let Ok(Some(status)) =
+            tokio::time::timeout(Duration::from_millis(500), group.exited()).await
+    {
+        let reason = format!("the server process exited ({})", describe_exit(status));
+        let _ = connection.close_reason.set(with_stderr(reason, &log));
+    }
+    let _ = connection
+        .close_reason
+        .set("the server closed the connection".into());
+    connection.closed.cancel();
+    connection.ended.cancel();
+}

@@ -1,0 +1,123 @@
+//! mcp-client: the daemon that owns connections to MCP servers and serves them over a local
+//! HTTP API (SPEC §4).
+//!
+//! Modules by concern: [`config`] (`mcp.json`), [`transport`] (stdio, legacy SSE, streamable
+//! HTTP), [`connection`] (one MCP session), [`supervisor`] (the servers and their state; the
+//! core), [`api`] (thin HTTP handlers), [`logs`] (per-server log files), [`error`].
+
+pub mod api;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod logs;
+pub mod supervisor;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::{Error, Result};
+
+use crate::api::AppState;
+use crate::connection::ConnectContext;
+use crate::supervisor::Supervisor;
+
+/// How long shutdown may take before the daemon exits anyway: servers get their grace period,
+/// HTTP requests in flight get to finish.
+pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
+
+/// What the daemon runs with (the CLI's flags).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The `mcp.json` to load.
+    pub config: PathBuf,
+    /// Where server logs go (`servers/NAME.stderr.log`).
+    pub log_dir: PathBuf,
+    /// Largest request body accepted, in bytes.
+    pub body_limit: usize,
+}
+
+/// Runs the daemon on `listener` until `shutdown` resolves or `POST /shutdown` is called;
+/// then stops taking requests, ends every server process and returns.
+///
+/// A config file that is missing or invalid does not stop the daemon: it starts with no
+/// servers and `GET /` reports the error.
+///
+/// # Errors
+/// The HTTP server failed.
+pub async fn run(
+    options: Options,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| Error::Io {
+            context: "cannot build the HTTP client".into(),
+            source: std::io::Error::other(e),
+        })?;
+    let supervisor = Supervisor::new(
+        ConnectContext {
+            log_dir: options.log_dir.clone(),
+            http,
+        },
+        options.config.clone(),
+    );
+    if let Err(e) = supervisor.load_file(&options.config).await {
+        tracing::error!("starting without servers: the config was not applied: {e}");
+    }
+    supervisor.connect_auto();
+
+    let stop = CancellationToken::new();
+    let app = api::router(AppState {
+        supervisor: supervisor.clone(),
+        shutdown: stop.clone(),
+        body_limit: options.body_limit,
+    });
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        signal_stop.cancel();
+    });
+    let stopped = stop.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        stopped.cancelled().await;
+    });
+    let server = tokio::spawn(async move { server.await });
+    stop.cancelled().await;
+    tracing::info!("shutting down: ending every server");
+    let drained = tokio::time::timeout(SHUTDOWN_BOUND, async {
+        supervisor.shutdown().await;
+        server.await
+    })
+    .await;
+    match drained {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => {
+            return Err(Error::Io {
+                context: "the HTTP server failed".into(),
+                source: e,
+            });
+        }
+        Ok(Err(e)) => tracing::error!("the HTTP server task failed: {e}"),
+        Err(_) => tracing::warn!("shutdown took longer than {SHUTDOWN_BOUND:?}; exiting anyway"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Binds the API's listener, with a message that names the address on failure.
+///
+/// # Errors
+/// [`Error::Io`]: the address is in use or not available.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Io {
+        context: format!("cannot listen on {addr}"),
+        source,
+    })
+}

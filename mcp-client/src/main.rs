@@ -1,0 +1,108 @@
+//! `mcp-client`: see the crate docs and `mcp-client --help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Keeps connections to MCP servers and serves their tools over a local HTTP API.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The mcp.json listing the servers.
+    #[arg(long, default_value = "config/mcp.json")]
+    config: PathBuf,
+    /// Address of the HTTP API (loopback unless you mean it; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8765")]
+    listen: SocketAddr,
+    /// Folder for the daemon's log and servers/NAME.stderr.log.
+    #[arg(long, default_value = "logs")]
+    log_dir: PathBuf,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = mcp_client::api::DEFAULT_BODY_LIMIT)]
+    body_limit: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = std::fs::create_dir_all(&cli.log_dir) {
+        eprintln!(
+            "mcp-client: cannot create the log dir {}: {e}",
+            cli.log_dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let file = tracing_appender::rolling::daily(&cli.log_dir, "mcp-client.log");
+    let (file, _flush_on_exit) = tracing_appender::non_blocking(file);
+    tracing_subscriber::registry()
+        .with(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn")),
+        )
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(file),
+        )
+        .init();
+    // reqwest is built without a default TLS provider; ring is the one we ship.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("mcp-client: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listener = mcp_client::bind(cli.listen).await?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| mcp_client::Error::Io {
+                context: "cannot read the bound address".into(),
+                source,
+            })?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "the API listens beyond loopback");
+        }
+        // One line on stdout for whoever started us (tests, mag-server): where to reach us.
+        println!("mcp-client listening on http://{addr}");
+        tracing::info!(%addr, pid = std::process::id(), "mcp-client listening");
+        let options = mcp_client::Options {
+            config: cli.config,
+            log_dir: cli.log_dir,
+            body_limit: cli.body_limit,
+        };
+        mcp_client::run(options, listener, shutdown_signal()).await
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("mcp-client: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; use POST /shutdown");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

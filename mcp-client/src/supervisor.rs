@@ -1,0 +1,582 @@
+//! The daemon's core: the servers of the live config, their connections and their state.
+//!
+//! Everything the HTTP API does is a method here, so it can be tested without HTTP. Each
+//! server has its own lock for connect and disconnect, so a slow or hung server never delays
+//! another, and calls take no lock at all: they share the server's [`Connection`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use rmcp::model::{CallToolResult, JsonObject};
+use serde::Serialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, McpConfig, ServerEntry, revision};
+use crate::connection::{CallError, ConnectContext, Connection};
+use crate::error::{Error, Result};
+
+/// A server's state as `/servers` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Not connected, and nothing went wrong (never tried, or disconnected on purpose).
+    Disconnected,
+    /// A connect is under way.
+    Connecting,
+    /// Connected: calls go through.
+    Connected,
+    /// The last connect failed or the connection was lost; `error` says why.
+    Failed,
+    /// `disabled` in the config.
+    Disabled,
+}
+
+/// One server in `/servers`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerView {
+    /// Whether calls can go through now.
+    pub connected: bool,
+    /// Whether a connect was ever attempted.
+    pub init_attempted: bool,
+    /// Tool names, as last listed (empty when not connected).
+    pub tools: Vec<String>,
+    /// Why the last connect failed or the connection was lost.
+    pub error: Option<String>,
+    /// `stdio`, `sse` or `streamable_http`.
+    pub transport_type: &'static str,
+    /// The state.
+    pub status: Status,
+    /// The stdio server's pid (leader of its process group).
+    pub pid: Option<u32>,
+    /// When the current connection was made (RFC 3339, UTC).
+    pub connected_since: Option<String>,
+    /// How many times the connection was made again after being lost.
+    pub reconnects: u64,
+    /// The protocol version the server answered `initialize` with.
+    pub protocol_version: Option<String>,
+    /// `autoApprove` from the config.
+    pub auto_approve: Vec<String>,
+}
+
+/// One tool in `/tools`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolView {
+    /// The server it belongs to.
+    pub server_name: String,
+    /// The tool name.
+    pub name: String,
+    /// Its description.
+    pub description: Option<String>,
+    /// Its JSON Schema for arguments.
+    pub input_schema: Value,
+}
+
+/// The live config's origin and health, as `GET /` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigStatus {
+    /// The file watched.
+    pub path: PathBuf,
+    /// Revision of the live config ([`revision`]); `None` until one was applied.
+    pub revision: Option<String>,
+    /// Why the newest file was not applied; `None` when it was.
+    pub error: Option<ConfigError>,
+}
+
+/// What applying a config changed, by server name (sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ApplyReport {
+    /// Servers that were not in the live config.
+    pub added: Vec<String>,
+    /// Servers whose entry changed (reconnected if they were connected).
+    pub updated: Vec<String>,
+    /// Servers that are gone (disconnected, processes ended).
+    pub removed: Vec<String>,
+}
+
+/// The outcome of a tool call that reached the server.
+pub type CallOutcome = std::result::Result<CallToolResult, CallError>;
+
+/// The daemon's core. Cheap to clone; every clone is the same daemon.
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    servers: RwLock<BTreeMap<String, Arc<Slot>>>,
+    config: RwLock<ConfigStatus>,
+    ctx: ConnectContext,
+    shutting_down: CancellationToken,
+}
+
+struct Slot {
+    name: String,
+    /// Serializes connect and disconnect of this server.
+    op: tokio::sync::Mutex<()>,
+    state: Mutex<SlotState>,
+}
+
+struct SlotState {
+    entry: ServerEntry,
+    connection: Option<Arc<Connection>>,
+    status: Status,
+    init_attempted: bool,
+    error: Option<String>,
+    reconnects: u64,
+    removed: bool,
+}
+
+impl Slot {
+    fn new(name: &str, entry: ServerEntry) -> Arc<Self> {
+        let status = if entry.disabled {
+            Status::Disabled
+        } else {
+            Status::Disconnected
+        };
+        Arc::new(Self {
+            name: name.to_string(),
+            op: tokio::sync::Mutex::new(()),
+            state: Mutex::new(SlotState {
+                entry,
+                connection: None,
+                status,
+                init_attempted: false,
+                error: None,
+                reconnects: 0,
+                removed: false,
+            }),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live connection, if any.
+    fn connection(&self) -> Option<Arc<Connection>> {
+        self.state().connection.clone().filter(|c| !c.is_closed())
+    }
+}
+
+impl Supervisor {
+    /// A daemon with no servers; `config_path` is what `GET /` reports as the config file.
+    pub fn new(ctx: ConnectContext, config_path: PathBuf) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                servers: RwLock::new(BTreeMap::new()),
+                config: RwLock::new(ConfigStatus {
+                    path: config_path,
+                    revision: None,
+                    error: None,
+                }),
+                ctx,
+                shutting_down: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Reads, validates and applies the config file. A file that cannot be read or does not
+    /// validate is not applied: the live config stays and the error is kept for `GET /`.
+    ///
+    /// # Errors
+    /// The [`ConfigError`] (a read failure has line and column 0).
+    pub async fn load_file(&self, path: &Path) -> std::result::Result<ApplyReport, ConfigError> {
+        let parsed = match tokio::fs::read(path).await {
+            Ok(bytes) => std::str::from_utf8(&bytes)
+                .map_err(|e| ConfigError {
+                    message: format!("the file is not UTF-8: {e}"),
+                    line: 0,
+                    column: 0,
+                })
+                .and_then(McpConfig::parse)
+                .map(|config| (config, revision(&bytes))),
+            Err(e) => Err(ConfigError {
+                message: format!("cannot read {}: {e}", path.display()),
+                line: 0,
+                column: 0,
+            }),
+        };
+        match parsed {
+            Ok((config, revision)) => Ok(self.apply(config, revision).await),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), "config not applied: {error}");
+                self.config_mut().error = Some(error.clone());
+                Err(error)
+            }
+        }
+    }
+
+    /// Makes `config` the live config: removed servers are disconnected (their processes
+    /// ended) before this returns; changed ones that were connected are reconnected and added
+    /// ones with `autoConnect` connected, in the background. Unchanged servers are untouched.
+    pub async fn apply(&self, config: McpConfig, revision: String) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        let mut removed = Vec::new();
+        let mut reconnect = Vec::new();
+        let mut connect = Vec::new();
+        {
+            let mut servers = self
+                .inner
+                .servers
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            servers.retain(|name, slot| {
+                let keep = config.servers.contains_key(name);
+                if !keep {
+                    slot.state().removed = true;
+                    report.removed.push(name.clone());
+                    removed.push(slot.clone());
+                }
+                keep
+            });
+            for (name, entry) in config.servers {
+                match servers.get(&name) {
+                    None => {
+                        if entry.auto_connect && !entry.disabled {
+                            connect.push(name.clone());
+                        }
+                        servers.insert(name.clone(), Slot::new(&name, entry));
+                        report.added.push(name);
+                    }
+                    Some(slot) => {
+                        let mut state = slot.state();
+                        if state.entry == entry {
+                            continue;
+                        }
+                        let was_connected = state.connection.is_some();
+                        state.status = match (entry.disabled, state.status) {
+                            (true, _) => Status::Disabled,
+                            (false, Status::Disabled) => Status::Disconnected,
+                            (false, status) => status,
+                        };
+                        if was_connected || entry.disabled {
+                            reconnect.push((slot.clone(), was_connected && !entry.disabled));
+                        }
+                        state.entry = entry;
+                        drop(state);
+                        report.updated.push(name);
+                    }
+                }
+            }
+        }
+        {
+            let mut status = self.config_mut();
+            status.revision = Some(revision);
+            status.error = None;
+        }
+        tracing::info!(
+            added = ?report.added, updated = ?report.updated, removed = ?report.removed,
+            "config applied"
+        );
+        futures::future::join_all(
+            removed
+                .iter()
+                .map(|slot| self.disconnect_slot(slot, "the server was removed from the config")),
+        )
+        .await;
+        for (slot, connect_again) in reconnect {
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.disconnect_slot(&slot, "the server's config changed")
+                    .await;
+                if connect_again && let Err(e) = this.connect_slot(&slot).await {
+                    tracing::warn!(server = %slot.name, "reconnect after config change failed: {e}");
+                }
+            });
+        }
+        for name in connect {
+            self.spawn_connect(name);
+        }
+        report
+    }
+
+    /// Connects, in the background, every enabled server with `autoConnect`.
+    pub fn connect_auto(&self) {
+        let names: Vec<String> = self
+            .slots()
+            .into_iter()
+            .filter(|slot| {
+                let state = slot.state();
+                state.entry.auto_connect && !state.entry.disabled
+            })
+            .map(|slot| slot.name.clone())
+            .collect();
+        for name in names {
+            self.spawn_connect(name);
+        }
+    }
+
+    fn spawn_connect(&self, name: String) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.connect(&name).await {
+                tracing::warn!(server = %name, "autoConnect failed: {e}");
+            }
+        });
+    }
+
+    /// The live config's path, revision and the error of the newest file, if it was refused.
+    pub fn config_status(&self) -> ConfigStatus {
+        self.inner
+            .config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn config_mut(&self) -> std::sync::RwLockWriteGuard<'_, ConfigStatus> {
+        self.inner.config.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn slots(&self) -> Vec<Arc<Slot>> {
+        let servers = self.inner.servers.read().unwrap_or_else(|p| p.into_inner());
+        servers.values().cloned().collect()
+    }
+
+    fn slot(&self, name: &str) -> Result<Arc<Slot>> {
+        let servers = self.inner.servers.read().unwrap_or_else(|p| p.into_inner());
+        servers
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownServer(name.to_string()))
+    }
+
+    /// How many servers are connected now.
+    pub fn connected_count(&self) -> usize {
+        self.slots()
+            .iter()
+            .filter(|slot| slot.connection().is_some())
+            .count()
+    }
+
+    /// Every server of the live config, by name.
+    pub fn servers(&self) -> BTreeMap<String, ServerView> {
+        self.slots()
+            .iter()
+            .map(|slot| {
+                let state = slot.state();
+                let connection = state.connection.as_ref().filter(|c| !c.is_closed());
+                let view = ServerView {
+                    connected: connection.is_some(),
+                    init_attempted: state.init_attempted,
+                    tools: connection
+                        .map(|c| c.tools().iter().map(|t| t.name.to_string()).collect())
+                        .unwrap_or_default(),
+                    error: state.error.clone(),
+                    transport_type: state.entry.transport.as_str(),
+                    status: match (connection, state.status) {
+                        (None, Status::Connected) => Status::Failed,
+                        (_, status) => status,
+                    },
+                    pid: connection.and_then(|c| c.pid()),
+                    connected_since: connection.map(|c| {
+                        humantime::format_rfc3339_seconds(c.connected_since()).to_string()
+                    }),
+                    reconnects: state.reconnects,
+                    protocol_version: connection.map(|c| c.protocol_version().to_string()),
+                    auto_approve: state.entry.auto_approve.clone(),
+                };
+                (slot.name.clone(), view)
+            })
+            .collect()
+    }
+
+    /// Every tool of every connected server.
+    pub fn tools(&self) -> Vec<ToolView> {
+        let mut tools = Vec::new();
+        for slot in self.slots() {
+            let Some(connection) = slot.connection() else {
+                continue;
+            };
+            for tool in connection.tools().iter() {
+                tools.push(ToolView {
+                    server_name: slot.name.clone(),
+                    name: tool.name.to_string(),
+                    description: tool.description.as_deref().map(str::to_string),
+                    input_schema: Value::Object((*tool.input_schema).clone()),
+                });
+            }
+        }
+        tools
+    }
+
+    /// Connects a server (waiting for the handshake and the tool list) and returns its tool
+    /// names. Connecting a connected server returns its tools at once.
+    ///
+    /// # Errors
+    /// [`Error::UnknownServer`], [`Error::Disabled`], [`Error::ShuttingDown`], or
+    /// [`Error::Connect`] with the cause.
+    pub async fn connect(&self, name: &str) -> Result<Vec<String>> {
+        let slot = self.slot(name)?;
+        self.connect_slot(&slot).await
+    }
+
+    async fn connect_slot(&self, slot: &Arc<Slot>) -> Result<Vec<String>> {
+        let _op = slot.op.lock().await;
+        if let Some(connection) = slot.connection() {
+            return Ok(tool_names(&connection));
+        }
+        if self.inner.shutting_down.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let entry = {
+            let mut state = slot.state();
+            if state.removed {
+                return Err(Error::UnknownServer(slot.name.clone()));
+            }
+            if state.entry.disabled {
+                return Err(Error::Disabled(slot.name.clone()));
+            }
+            state.status = Status::Connecting;
+            state.init_attempted = true;
+            state.entry.clone()
+        };
+        tracing::info!(server = %slot.name, transport = entry.transport.as_str(), "connecting");
+        let opened = tokio::select! {
+            opened = Connection::open(&slot.name, &entry, &self.inner.ctx) => opened,
+            _ = self.inner.shutting_down.cancelled() => Err("mcp-client is shutting down".into()),
+        };
+        let connection = match opened {
+            Ok(connection) => connection,
+            Err(cause) => {
+                tracing::warn!(server = %slot.name, "connect failed: {cause}");
+                let mut state = slot.state();
+                state.status = Status::Failed;
+                state.error = Some(cause.clone());
+                return Err(Error::Connect {
+                    server: slot.name.clone(),
+                    cause,
+                });
+            }
+        };
+        let stale = {
+            let mut state = slot.state();
+            let stale = state.removed || self.inner.shutting_down.is_cancelled();
+            if !stale {
+                state.connection = Some(connection.clone());
+                state.status = Status::Connected;
+                state.error = None;
+            }
+            stale
+        };
+        if stale {
+            connection
+                .close("the server was removed while connecting")
+                .await;
+            return Err(Error::UnknownServer(slot.name.clone()));
+        }
+        tracing::info!(
+            server = %slot.name, pid = ?connection.pid(), tools = connection.tools().len(),
+            protocol = %connection.protocol_version(), "connected"
+        );
+        let watched = slot.clone();
+        let watched_connection = connection.clone();
+        tokio::spawn(async move {
+            let reason = watched_connection.closed().await;
+            let mut state = watched.state();
+            let current = state
+                .connection
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, &watched_connection));
+            if current {
+                tracing::warn!(server = %watched.name, "connection lost: {reason}");
+                state.connection = None;
+                state.status = Status::Failed;
+                state.error = Some(reason);
+            }
+        });
+        Ok(tool_names(&connection))
+    }
+
+    /// Disconnects a server: closes its session and ends its process group. Returns whether
+    /// it was connected.
+    ///
+    /// # Errors
+    /// [`Error::UnknownServer`].
+    pub async fn disconnect(&self, name: &str) -> Result<bool> {
+        let slot = self.slot(name)?;
+        Ok(self
+            .disconnect_slot(&slot, "the server was disconnected by the operator")
+            .await)
+    }
+
+    async fn disconnect_slot(&self, slot: &Arc<Slot>, reason: &str) -> bool {
+        let _op = slot.op.lock().await;
+        let connection = {
+            let mut state = slot.state();
+            let connection = state.connection.take();
+            if state.status != Status::Disabled && !state.entry.disabled {
+                state.status = Status::Disconnected;
+            } else {
+                state.status = Status::Disabled;
+            }
+            state.error = None;
+            connection
+        };
+        match connection {
+            Some(connection) => {
+                let was_live = !connection.is_closed();
+                connection.close(reason).await;
+                tracing::info!(server = %slot.name, "disconnected: {reason}");
+                was_live
+            }
+            None => false,
+        }
+    }
+
+    /// Calls a tool on a connected server. A tool missing from the cached list is looked up
+    /// once more (servers may add tools without saying so) before it is refused.
+    ///
+    /// # Errors
+    /// [`Error::UnknownServer`], [`Error::NotConnected`], [`Error::UnknownTool`]. Failures
+    /// after the call was sent (timeout, lost connection, JSON-RPC error) are the
+    /// `Err` of the [`CallOutcome`].
+    pub async fn call_tool(
+        &self,
+        server: &str,
+        tool: &str,
+        arguments: JsonObject,
+    ) -> Result<CallOutcome> {
+        let slot = self.slot(server)?;
+        let Some(connection) = slot.connection() else {
+            let reason = slot.state().error.clone();
+            return Err(Error::NotConnected {
+                server: server.to_string(),
+                reason,
+            });
+        };
+        let known = |tools: &[rmcp::model::Tool]| tools.iter().any(|t| t.name == tool);
+        if !known(&connection.tools()) {
+            let refreshed = connection.refresh_tools().await;
+            if !refreshed.as_deref().is_ok_and(|tools| known(tools)) {
+                return Err(Error::UnknownTool {
+                    server: server.to_string(),
+                    tool: tool.to_string(),
+                });
+            }
+        }
+        Ok(connection.call_tool(tool, arguments).await)
+    }
+
+    /// Stops taking connects and disconnects every server at once, ending their processes.
+    pub async fn shutdown(&self) {
+        self.inner.shutting_down.cancel();
+        let slots = self.slots();
+        futures::future::join_all(
+            slots
+                .iter()
+                .map(|slot| self.disconnect_slot(slot, "mcp-client is shutting down")),
+        )
+        .await;
+    }
+}
+
+fn tool_names(connection: &Connection) -> Vec<String> {
+    connection
+        .tools()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect()
+}

@@ -1,0 +1,191 @@
+//! Legacy HTTP+SSE client transport (MCP spec 2024-11-05, Transports § HTTP with SSE).
+//!
+//! rmcp removed its SSE client, so this one is ours: GET the SSE URL; the first `endpoint`
+//! event's data is the URL (relative to the SSE URL) to POST messages to; every `message`
+//! event carries one JSON-RPC message from the server. The connection ends when the event
+//! stream ends or fails: the 2024-11-05 transport has no resumption.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::{Client, Url};
+use rmcp::RoleClient;
+use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
+use rmcp::transport::Transport;
+use sse_stream::{Sse, SseStream};
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<Sse, sse_stream::Error>> + Send>>;
+
+/// An open legacy SSE session: the event stream and the endpoint to POST to.
+pub struct SseTransport {
+    events: EventStream,
+    post: Arc<PostTarget>,
+}
+
+struct PostTarget {
+    client: Client,
+    endpoint: Url,
+    headers: HeaderMap,
+}
+
+/// Why the SSE transport failed: the HTTP request, the status, the stream.
+#[derive(Debug, thiserror::Error)]
+pub enum SseError {
+    /// The HTTP request could not be made or its body could not be read.
+    #[error("{0}")]
+    Http(#[from] reqwest::Error),
+    /// The server answered with a status other than 2xx.
+    #[error("HTTP {status} from {url}")]
+    Status {
+        /// The status received.
+        status: reqwest::StatusCode,
+        /// The URL requested (without its query).
+        url: String,
+    },
+    /// The message could not be serialized.
+    #[error("cannot encode message: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl SseTransport {
+    /// Opens the event stream at `url` and waits for the `endpoint` event.
+    ///
+    /// # Errors
+    /// A sentence: the URL is invalid, the GET failed or was not answered with 2xx and
+    /// `text/event-stream`, or the stream ended before an `endpoint` event.
+    pub async fn connect(client: Client, url: &str, headers: HeaderMap) -> Result<Self, String> {
+        let base = Url::parse(url).map_err(|e| format!("invalid url: {e}"))?;
+        let response = client
+            .get(base.clone())
+            .headers(headers.clone())
+            .header(ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "GET {}: {}",
+                    without_query(&base),
+                    error_chain(&e.without_url())
+                )
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("GET {}: HTTP {status}", without_query(&base)));
+        }
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !content_type.starts_with("text/event-stream") {
+            return Err(format!(
+                "GET {}: expected an event stream, got content type {content_type:?}",
+                without_query(&base)
+            ));
+        }
+        let mut events: EventStream =
+            Box::pin(SseStream::from_bytes_stream(response.bytes_stream()));
+        let endpoint = loop {
+            match events.next().await {
+                Some(Ok(event)) if event.event.as_deref() == Some("endpoint") => {
+                    let data = event.data.unwrap_or_default();
+                    break base
+                        .join(data.trim())
+                        .map_err(|e| format!("invalid endpoint event {data:?}: {e}"))?;
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(format!("reading the event stream: {e}")),
+                None => return Err("the event stream ended before its endpoint event".into()),
+            }
+        };
+        Ok(Self {
+            events,
+            post: Arc::new(PostTarget {
+                client,
+                endpoint,
+                headers,
+            }),
+        })
+    }
+}
+
+impl Transport<RoleClient> for SseTransport {
+    type Error = SseError;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleClient>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        let post = self.post.clone();
+        async move {
+            let body = serde_json::to_vec(&item)?;
+            let response = post
+                .client
+                .post(post.endpoint.clone())
+                .headers(post.headers.clone())
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .body(body)
+                .send()
+                .await
+                .map_err(reqwest::Error::without_url)?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(SseError::Status {
+                    status,
+                    url: without_query(&post.endpoint),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+        loop {
+            let event = match self.events.next().await? {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::info!("SSE stream ended: {e}");
+                    return None;
+                }
+            };
+            if !matches!(event.event.as_deref(), None | Some("message")) {
+                continue;
+            }
+            let Some(data) = event.data else { continue };
+            match serde_json::from_str(&data) {
+                Ok(message) => return Some(message),
+                Err(e) => tracing::warn!("skipping an SSE message that is not JSON-RPC: {e}"),
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), Self::Error> {
+        self.events = Box::pin(futures::stream::empty());
+        Ok(())
+    }
+}
+
+/// The URL without query and fragment, for messages (a query may carry a key).
+pub fn without_query(url: &Url) -> String {
+    let mut url = url.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    url.to_string()
+}
+
+/// An error and its sources, joined by `: ` (reqwest's own text hides the cause).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

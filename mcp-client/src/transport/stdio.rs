@@ -1,0 +1,319 @@
+//! stdio: a server as a child process in its own process group, speaking newline-delimited
+//! JSON-RPC on stdin/stdout (MCP spec 2025-11-25, Transports § stdio).
+//!
+//! Our own [`rmcp::transport::Transport`] rather than rmcp's child-process one, for three
+//! things rmcp does not do: the child leads a process group so stopping it ends its
+//! grandchildren too (wrappers such as `sh -c` or `npx`), lines on stdout that are not JSON
+//! are logged to the server's log and skipped instead of silently dropped, and a line may be
+//! as long as [`MAX_LINE`] (rmcp's default stops at 16 MiB).
+
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use rmcp::RoleClient;
+use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
+use rmcp::transport::Transport;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{Mutex, watch};
+
+use crate::config::{ServerEntry, expand_vars};
+use crate::logs::ServerLog;
+
+/// The longest JSON-RPC line accepted from a server, in bytes (256 MiB); a longer line is
+/// logged as too long and skipped.
+pub const MAX_LINE: usize = 256 * 1024 * 1024;
+
+/// A started server process: the transport over its pipes and the handle on its group.
+pub struct Spawned {
+    /// The JSON-RPC transport over the child's stdin/stdout.
+    pub transport: StdioTransport,
+    /// The process group the child leads.
+    pub group: ProcessGroup,
+}
+
+/// Starts `entry` (a stdio entry) as a child in a new process group, with `${VAR}` expanded
+/// in `args` and `env`, stderr copied to `log`.
+///
+/// # Errors
+/// A sentence naming the cause: a variable that is not set, a `cwd` that does not exist, a
+/// command that is not found or cannot be executed. Never an environment value.
+pub fn spawn(entry: &ServerEntry, log: Arc<ServerLog>) -> Result<Spawned, String> {
+    let program = entry.command.as_deref().unwrap_or_default();
+    let lookup = |name: &str| std::env::var(name).ok();
+    let mut command = Command::new(program);
+    for arg in &entry.args {
+        command.arg(expand_vars(arg, lookup).map_err(|e| format!("in args: {e}"))?);
+    }
+    for (key, value) in &entry.env {
+        command.env(
+            key,
+            expand_vars(value, lookup).map_err(|e| format!("in env {key}: {e}"))?,
+        );
+    }
+    if let Some(cwd) = &entry.cwd {
+        if !cwd.is_dir() {
+            return Err(format!("cwd {} is not a directory", cwd.display()));
+        }
+        command.current_dir(cwd);
+    }
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("command {program:?} not found"),
+        std::io::ErrorKind::PermissionDenied => format!("command {program:?} is not executable"),
+        _ => format!("cannot start command {program:?}: {e}"),
+    })?;
+    let pid = child
+        .id()
+        .ok_or("the child exited before it could be watched")?;
+    log.note(&format!("started {program} (pid {pid})"));
+    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let (Some(stdin), Some(stdout), Some(stderr)) = (stdin, stdout, stderr) else {
+        return Err("the child's pipes were not set up".into());
+    };
+    let stderr_log = log.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match (&mut lines)
+                .take(64 * 1024)
+                .read_until(b'\n', &mut line)
+                .await
+            {
+                Ok(0) | Err(_) => break,
+                Ok(_) => stderr_log.stderr_line(line.strip_suffix(b"\n").unwrap_or(&line)),
+            }
+        }
+    });
+    let group = ProcessGroup::watch(child, pid, log.clone());
+    Ok(Spawned {
+        transport: StdioTransport {
+            reader: BufReader::with_capacity(64 * 1024, stdout),
+            line: Vec::new(),
+            writer: Arc::new(Mutex::new(Some(stdin))),
+            log,
+        },
+        group,
+    })
+}
+
+/// A child's process group: its exit status once it has exited, and the means to end it.
+///
+/// A task owns the child: when it exits (by itself or by a signal) the status is published
+/// and whatever is left of its group (a wrapper's background children) gets SIGTERM, then
+/// SIGKILL after the grace period.
+#[derive(Debug, Clone)]
+pub struct ProcessGroup {
+    pid: u32,
+    exit: watch::Receiver<Option<ExitStatus>>,
+}
+
+/// How long a process group gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
+impl ProcessGroup {
+    fn watch(mut child: Child, pid: u32, log: Arc<ServerLog>) -> Self {
+        let (tx, exit) = watch::channel(None);
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let status = match status {
+                Ok(status) => status,
+                Err(e) => {
+                    tracing::warn!(pid, "cannot wait for server process: {e}");
+                    return;
+                }
+            };
+            log.note(&format!("process {pid} exited: {}", describe_exit(status)));
+            let _ = tx.send(Some(status));
+            // The leader is gone; end what it left in its group.
+            end_group(pid, STOP_GRACE).await;
+        });
+        Self { pid, exit }
+    }
+
+    /// The group leader's pid (also the group id).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The exit status, once the leader has exited.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        *self.exit.borrow()
+    }
+
+    /// Waits until the leader has exited and returns its status.
+    pub async fn exited(&self) -> Option<ExitStatus> {
+        let mut exit = self.exit.clone();
+        let status = exit.wait_for(Option::is_some).await.ok()?;
+        *status
+    }
+
+    /// Ends the group: SIGTERM to every member, SIGKILL after `grace` to whatever is left.
+    /// Returns once the leader has exited (at most `grace` plus a moment).
+    pub async fn stop(&self, grace: Duration) {
+        if self.exit_status().is_none() {
+            signal_group(self.pid, Signal::SIGTERM);
+            if tokio::time::timeout(grace, self.exited()).await.is_err() {
+                signal_group(self.pid, Signal::SIGKILL);
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.exited()).await;
+            }
+        }
+        end_group(self.pid, grace).await;
+    }
+}
+
+fn signal_group(pid: u32, signal: Signal) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    killpg(Pid::from_raw(pid), signal).is_ok()
+}
+
+/// SIGTERM to what is left of a group, SIGKILL after `grace` if any member remains.
+async fn end_group(pid: u32, grace: Duration) {
+    if !signal_group(pid, Signal::SIGTERM) {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Ok(raw) = i32::try_from(pid) else { return };
+        if killpg(Pid::from_raw(raw), None).is_err() {
+            return;
+        }
+    }
+    signal_group(pid, Signal::SIGKILL);
+}
+
+/// "exit status 3", "killed by signal 9 (SIGKILL)".
+pub fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => match Signal::try_from(signal) {
+            Ok(name) => format!("killed by signal {signal} ({name})"),
+            Err(_) => format!("killed by signal {signal}"),
+        },
+        _ => status.to_string(),
+    }
+}
+
+/// The JSON-RPC transport over a child's stdin and stdout.
+pub struct StdioTransport {
+    reader: BufReader<ChildStdout>,
+    line: Vec<u8>,
+    writer: Arc<Mutex<Option<ChildStdin>>>,
+    log: Arc<ServerLog>,
+}
+
+impl StdioTransport {
+    /// Reads the next line into `self.line` (without the newline); `false` at end of stream.
+    /// A line longer than [`MAX_LINE`] is logged and skipped.
+    async fn next_line(&mut self) -> bool {
+        loop {
+            self.line.clear();
+            let limit = (MAX_LINE + 1) as u64;
+            match (&mut self.reader)
+                .take(limit)
+                .read_until(b'\n', &mut self.line)
+                .await
+            {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!("server stdout closed: {e}");
+                    return false;
+                }
+            }
+            if self.line.last() == Some(&b'\n') {
+                self.line.pop();
+                if self.line.last() == Some(&b'\r') {
+                    self.line.pop();
+                }
+                return true;
+            }
+            if self.line.len() <= MAX_LINE {
+                return true; // the last line, without a newline
+            }
+            self.log.note(&format!(
+                "skipped a stdout line longer than {MAX_LINE} bytes"
+            ));
+            let mut sink = Vec::new();
+            loop {
+                sink.clear();
+                match (&mut self.reader)
+                    .take(1 << 20)
+                    .read_until(b'\n', &mut sink)
+                    .await
+                {
+                    Ok(0) | Err(_) => return false,
+                    Ok(_) if sink.last() == Some(&b'\n') => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+}
+
+impl Transport<RoleClient> for StdioTransport {
+    type Error = std::io::Error;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleClient>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        let writer = self.writer.clone();
+        async move {
+            let mut bytes = serde_json::to_vec(&item)?;
+            bytes.push(b'\n');
+            let mut writer = writer.lock().await;
+            let stdin = writer.as_mut().ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotConnected, "stdin is closed")
+            })?;
+            stdin.write_all(&bytes).await?;
+            stdin.flush().await
+        }
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+        while self.next_line().await {
+            let line = self
+                .line
+                .strip_prefix(b"\xEF\xBB\xBF")
+                .unwrap_or(&self.line);
+            let start = line.iter().position(|b| !b.is_ascii_whitespace());
+            let Some(start) = start else { continue };
+            if line[start] != b'{' {
+                self.log.stdout_noise(line);
+                continue;
+            }
+            match serde_json::from_slice(line) {
+                Ok(message) => return Some(message),
+                Err(e) => {
+                    self.log.stdout_noise(line);
+                    self.log
+                        .note(&format!("the line above is not a JSON-RPC message: {e}"));
+                }
+            }
+        }
+        None
+    }
+
+    async fn close(&mut self) -> Result<(), Self::Error> {
+        // Closing stdin is the stdio transport's polite way to ask a server to exit.
+        if let Some(mut stdin) = self.writer.lock().await.take() {
+            let _ = stdin.shutdown().await;
+        }
+        Ok(())
+    }
+}
