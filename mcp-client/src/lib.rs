@@ -54,6 +54,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    install_tls_provider();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .build()
@@ -109,6 +110,12 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Installs ring as the process's TLS provider (reqwest is built without a default one).
+/// Idempotent; call before building any `reqwest::Client`.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Binds the API's listener, with a message that names the address on failure.

@@ -50,8 +50,6 @@ fn main() -> ExitCode {
                 .with_writer(file),
         )
         .init();
-    // reqwest is built without a default TLS provider; ring is the one we ship.
-    let _ = rustls::crypto::ring::default_provider().install_default();
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

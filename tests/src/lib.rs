@@ -1,1 +1,465 @@
-//! End-to-end test support.
+//! End-to-end test support: the real `mcp-client` binary, real MCP servers (SPEC §7), and
+//! the means to install them.
+//!
+//! The peers (npm `@modelcontextprotocol/server-everything`, `server-filesystem`, the
+//! conformance suite with the Node 22 it needs; PyPI `mcp` and `mcp-server-time`) are
+//! installed on first use into `$MAG_TEST_PEERS` (default `~/.cache/mag-test-peers`) with
+//! npm and pip, once per machine: a stamp file records the pinned versions, and a file lock
+//! makes concurrent test processes wait for one installer.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// The npm packages the tests use, pinned.
+const NPM_PACKAGES: &[(&str, &str)] = &[
+    ("@modelcontextprotocol/server-everything", "2026.8.31"),
+    ("@modelcontextprotocol/server-filesystem", "2026.8.31"),
+    ("@modelcontextprotocol/conformance", "0.1.16"),
+    ("node", "22.23.3"),
+];
+/// The PyPI packages the tests use, pinned.
+const PIP_PACKAGES: &[&str] = &["mcp==2.3.0", "mcp-server-time==2026.10.19"];
+
+/// Where the installed peers are.
+#[derive(Debug)]
+pub struct Peers {
+    root: PathBuf,
+}
+
+impl Peers {
+    /// `node_modules` of the npm peers.
+    pub fn node_modules(&self) -> PathBuf {
+        self.root.join("npm/node_modules")
+    }
+
+    /// The server-everything entry point (`node THIS stdio|sse|streamableHttp`).
+    pub fn everything_js(&self) -> PathBuf {
+        self.node_modules()
+            .join("@modelcontextprotocol/server-everything/dist/index.js")
+    }
+
+    /// The server-filesystem entry point (`node THIS DIR`).
+    pub fn filesystem_js(&self) -> PathBuf {
+        self.node_modules()
+            .join("@modelcontextprotocol/server-filesystem/dist/index.js")
+    }
+
+    /// The conformance suite's CLI (run it with [`Self::node22`]).
+    pub fn conformance_js(&self) -> PathBuf {
+        self.node_modules()
+            .join("@modelcontextprotocol/conformance/dist/index.js")
+    }
+
+    /// Node 22, from the npm package `node` (the suite crashes on Node 20).
+    pub fn node22(&self) -> PathBuf {
+        self.node_modules().join("node/bin/node")
+    }
+
+    /// The venv's Python, with `mcp` 2.x installed.
+    pub fn python(&self) -> PathBuf {
+        self.root.join("venv/bin/python")
+    }
+
+    /// `mcp-server-time`.
+    pub fn mcp_server_time(&self) -> PathBuf {
+        self.root.join("venv/bin/mcp-server-time")
+    }
+}
+
+/// The peers, installed on first call (see the crate docs). Panics with the installer's
+/// output when npm or pip fails.
+pub fn peers() -> &'static Peers {
+    static PEERS: OnceLock<Peers> = OnceLock::new();
+    PEERS.get_or_init(|| {
+        let root = std::env::var_os("MAG_TEST_PEERS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home().join(".cache/mag-test-peers"));
+        install_peers(&root);
+        Peers { root }
+    })
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+fn install_peers(root: &Path) {
+    std::fs::create_dir_all(root).expect("create the peers dir");
+    let lock = std::fs::File::create(root.join(".lock")).expect("create the peers lock");
+    lock.lock().expect("lock the peers dir");
+    let wanted = format!("{NPM_PACKAGES:?} {PIP_PACKAGES:?}");
+    let stamp = root.join(".installed");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return;
+    }
+    let npm_dir = root.join("npm");
+    std::fs::create_dir_all(&npm_dir).unwrap();
+    let deps: serde_json::Map<String, Value> = NPM_PACKAGES
+        .iter()
+        .map(|(name, version)| (name.to_string(), Value::from(*version)))
+        .collect();
+    let manifest =
+        serde_json::json!({"name": "mag-test-peers", "private": true, "dependencies": deps});
+    std::fs::write(npm_dir.join("package.json"), manifest.to_string()).unwrap();
+    run_installer(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&npm_dir),
+    );
+    let venv = root.join("venv");
+    if !venv.join("bin/python").exists() {
+        run_installer(Command::new("python3").arg("-m").arg("venv").arg(&venv));
+    }
+    run_installer(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(PIP_PACKAGES),
+    );
+    std::fs::write(&stamp, wanted).unwrap();
+}
+
+fn run_installer(command: &mut Command) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `tests/fixtures/NAME`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// A workspace binary (`mcp-client`), next to the test executable's `deps/` folder; built
+/// with cargo if it is not there yet.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    if !path.exists() {
+        static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+        if !path.exists() {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            run_installer(Command::new(cargo).args(["build", "--bin", name]));
+        }
+    }
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; good enough for a test peer).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on port {port} after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether `pid` is a live process (a zombie counts as gone).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
+/// Waits up to `within` for `pid` to be gone; whether it is.
+pub fn wait_gone(pid: u32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    true
+}
+
+/// A child process that is ended (SIGTERM, then SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    child: Option<Child>,
+}
+
+impl Proc {
+    /// Starts `command` with stdin closed.
+    pub fn spawn(command: &mut Command) -> Self {
+        let child = command
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        Self { child: Some(child) }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    /// The underlying child.
+    pub fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("running")
+    }
+
+    /// Sends `signal`.
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.pid() as i32), signal);
+    }
+
+    /// Waits up to `within` for it to exit by itself.
+    pub fn wait_timeout(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child().try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s; returns the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        if let Some(status) = self.wait_timeout(Duration::from_secs(10)) {
+            return status;
+        }
+        self.signal(Signal::SIGKILL);
+        self.child().wait().expect("wait")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && child.try_wait().ok().flatten().is_none()
+        {
+            self.stop();
+        }
+    }
+}
+
+/// A Python MCP server of the fixtures (`py_server.py`) over an HTTP transport, on
+/// 127.0.0.1; ended when dropped.
+pub struct PyHttpServer {
+    /// The process.
+    pub proc: Proc,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+impl PyHttpServer {
+    /// Starts it with `transport` (`sse` or `streamable-http`) and waits until it listens.
+    pub fn start(transport: &str) -> Self {
+        let port = free_port();
+        let proc = Proc::spawn(
+            Command::new(peers().python())
+                .arg(fixture("py_server.py"))
+                .arg(transport)
+                .arg(port.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        wait_for_port(port, Duration::from_secs(30));
+        Self { proc, port }
+    }
+
+    /// The URL of its MCP endpoint for `transport`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A running `mcp-client` on a temp config and log dir, ended when dropped.
+pub struct Daemon {
+    /// The process.
+    pub proc: Proc,
+    /// Base URL of its API, e.g. `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Holds the config file and the log dir.
+    pub dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+/// An `mcp.json` entry running `py_server.py` over stdio.
+pub fn py_stdio_entry() -> Value {
+    serde_json::json!({
+        "command": peers().python(),
+        "args": [fixture("py_server.py")],
+    })
+}
+
+/// An `mcp.json` entry running server-everything over stdio.
+pub fn everything_entry() -> Value {
+    serde_json::json!({
+        "command": "node",
+        "args": [peers().everything_js(), "stdio"],
+    })
+}
+
+impl Daemon {
+    /// Starts mcp-client with `{"mcpServers": servers}` and waits until it listens.
+    pub fn start(servers: Value) -> Self {
+        Self::start_with(servers, &[], &[])
+    }
+
+    /// Like [`Self::start`], with extra CLI arguments and environment variables.
+    pub fn start_with(servers: Value, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let text = serde_json::to_string_pretty(&serde_json::json!({"mcpServers": servers}));
+        Self::start_text(&text.unwrap(), args, env)
+    }
+
+    /// Starts mcp-client with `text` as its `mcp.json`, whatever it holds.
+    pub fn start_text(text: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("mcp.json");
+        std::fs::write(&config, text).unwrap();
+        let mut proc = Proc::spawn(
+            Command::new(workspace_bin("mcp-client"))
+                .arg("--config")
+                .arg(&config)
+                .arg("--listen")
+                .arg("127.0.0.1:0")
+                .arg("--log-dir")
+                .arg(dir.path().join("logs"))
+                .args(args)
+                .envs(env.iter().copied())
+                .env("RUST_LOG", "info,mcp_client=debug")
+                .stdout(Stdio::piped()),
+        );
+        let stdout = proc.child().stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("mcp-client did not say where it listens");
+        let base = line
+            .rsplit_once(' ')
+            .map(|(_, url)| url.to_string())
+            .expect("listening line");
+        Self {
+            proc,
+            base,
+            dir,
+            http: {
+                mcp_client::install_tls_provider();
+                reqwest::Client::builder()
+                    .no_proxy()
+                    .build()
+                    .expect("http client")
+            },
+        }
+    }
+
+    /// `GET path`: status and JSON body.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET");
+        decode(response).await
+    }
+
+    /// `POST path` with a JSON body: status and JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.post_raw(path, body.to_string()).await
+    }
+
+    /// `POST path` with these bytes as the body.
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("POST");
+        decode(response).await
+    }
+
+    /// Connects `server`, panicking with the answer unless it is 200.
+    pub async fn connect(&self, server: &str) -> Value {
+        let (status, body) = self
+            .post(
+                "/connect_server",
+                serde_json::json!({"server_name": server}),
+            )
+            .await;
+        assert_eq!(status, 200, "connect {server}: {body}");
+        body
+    }
+
+    /// Calls a tool; status and answer.
+    pub async fn call(&self, server: &str, tool: &str, params: Value) -> (u16, Value) {
+        self.post(
+            "/tool_call",
+            serde_json::json!({"server_name": server, "tool_name": tool, "params": params}),
+        )
+        .await
+    }
+
+    /// `/servers`[server].
+    pub async fn server(&self, server: &str) -> Value {
+        self.get("/servers").await.1[server].clone()
+    }
+}
+
+async fn decode(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.expect("body");
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, body)
+}
+
+/// The text of the first content block of a `/tool_call` answer.
+pub fn text(answer: &Value) -> &str {
+    answer["content"][0]["text"].as_str().unwrap_or_default()
+}

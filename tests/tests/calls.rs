@@ -1,0 +1,201 @@
+//! Tool calls: concurrency over one connection, timeouts with cancellation, tool errors, and
+//! a server that dies mid-call (SPEC §4 Behaviour).
+
+use std::time::Duration;
+
+use mag_tests::{Daemon, PyHttpServer, alive, py_stdio_entry, text, wait_gone};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+
+async fn stats(daemon: &Daemon, server: &str) -> Value {
+    let (_, answer) = daemon.call(server, "stats", json!({})).await;
+    serde_json::from_str(text(&answer)).expect("stats JSON")
+}
+
+async fn eight_sleeps_overlap(daemon: &Daemon, server: &str) {
+    let calls = (0..8).map(|_| daemon.call(server, "sleep", json!({"ms": 250})));
+    for (status, answer) in futures::future::join_all(calls).await {
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(text(&answer), "slept 250 ms", "{answer}");
+    }
+    let stats = stats(daemon, server).await;
+    assert_eq!(
+        stats["peak_in_flight"], 8,
+        "the server did not see 8 calls at once: {stats}"
+    );
+    assert_eq!(stats["completed"], 8, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eight_concurrent_calls_overlap_on_one_stdio_connection() {
+    let daemon = Daemon::start(json!({"py": py_stdio_entry()}));
+    daemon.connect("py").await;
+    eight_sleeps_overlap(&daemon, "py").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eight_concurrent_calls_overlap_over_streamable_http() {
+    let server = PyHttpServer::start("streamable-http");
+    let daemon = Daemon::start(json!({"py": {"url": format!("{}/mcp", server.url())}}));
+    daemon.connect("py").await;
+    eight_sleeps_overlap(&daemon, "py").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_concurrency_caps_calls_in_flight() {
+    let mut entry = py_stdio_entry();
+    entry["maxConcurrency"] = json!(2);
+    let daemon = Daemon::start(json!({"py": entry}));
+    daemon.connect("py").await;
+    let calls = (0..6).map(|_| daemon.call("py", "sleep", json!({"ms": 100})));
+    for (status, answer) in futures::future::join_all(calls).await {
+        assert_eq!(status, 200, "{answer}");
+    }
+    let stats = stats(&daemon, "py").await;
+    assert_eq!(stats["peak_in_flight"], 2, "{stats}");
+    assert_eq!(stats["completed"], 6, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_past_the_timeout_fails_and_is_cancelled_on_the_server() {
+    let mut entry = py_stdio_entry();
+    entry["timeout"] = json!(2);
+    let daemon = Daemon::start(json!({"py": entry}));
+    daemon.connect("py").await;
+    let (status, answer) = daemon.call("py", "sleep", json!({"ms": 30_000})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["code"], "timeout", "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("timed out"),
+        "{answer}"
+    );
+    // The server got notifications/cancelled and stopped the work.
+    let mut cancelled = json!(0);
+    for _ in 0..40 {
+        cancelled = stats(&daemon, "py").await["cancelled"].clone();
+        if cancelled == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cancelled, 1, "the server never saw the cancellation");
+    // The connection is still good.
+    let (_, answer) = daemon
+        .call("py", "echo", json!({"message": "still here"}))
+        .await;
+    assert_eq!(text(&answer), "still here");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tool_error_is_reported_with_its_text() {
+    let daemon = Daemon::start(json!({"py": py_stdio_entry()}));
+    daemon.connect("py").await;
+    let (status, answer) = daemon
+        .call("py", "fail", json!({"message": "broken on purpose"}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["code"], "tool_error");
+    assert!(!answer["error"].as_str().unwrap().is_empty(), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_server_fails_calls_in_flight_at_once_and_shows_disconnected() {
+    let daemon = Daemon::start(json!({"py": py_stdio_entry()}));
+    daemon.connect("py").await;
+    let pid = daemon.server("py").await["pid"].as_u64().unwrap() as u32;
+    let in_flight = daemon.call("py", "sleep", json!({"ms": 60_000}));
+    let killer = async {
+        // Let the call reach the server first.
+        for _ in 0..100 {
+            if stats(&daemon, "py").await["in_flight"] == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    };
+    let ((status, answer), ()) = tokio::join!(in_flight, killer);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["code"], "server_gone", "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.contains("SIGKILL"),
+        "the error should say how it ended: {error}"
+    );
+
+    let server = daemon.server("py").await;
+    assert_eq!(server["connected"], false, "{server}");
+    assert_eq!(server["status"], "failed", "{server}");
+    assert!(
+        server["error"].as_str().unwrap().contains("SIGKILL"),
+        "{server}"
+    );
+
+    let (status, answer) = daemon.call("py", "echo", json!({"message": "x"})).await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["code"], "not_connected");
+    assert!(
+        answer["detail"].as_str().unwrap().contains("SIGKILL"),
+        "{answer}"
+    );
+    assert!(!alive(pid));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrapper_that_dies_fails_the_call_even_if_its_child_holds_the_pipe() {
+    // `sh` runs the server in the background and waits: killing sh leaves the server
+    // holding stdout open, yet the call must fail now and the server be ended.
+    let python = mag_tests::peers().python();
+    let script = mag_tests::fixture("py_server.py");
+    let daemon = Daemon::start(json!({"wrapped": {
+        "command": "sh",
+        // (sh gives a background job /dev/null as stdin unless told otherwise: fd 3.)
+        "args": ["-c", format!("exec 3<&0; {} {} <&3 3<&- & wait", python.display(), script.display())],
+    }}));
+    daemon.connect("wrapped").await;
+    let sh = daemon.server("wrapped").await["pid"].as_u64().unwrap() as u32;
+    let in_flight = daemon.call("wrapped", "sleep", json!({"ms": 60_000}));
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        kill(Pid::from_raw(sh as i32), Signal::SIGKILL).unwrap();
+    };
+    let ((_, answer), ()) = tokio::join!(in_flight, killer);
+    assert_eq!(answer["code"], "server_gone", "{answer}");
+    // The whole group is ended: no python left in sh's process group.
+    let group_left = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| alive(*pid))
+            .filter(|pid| {
+                nix::unistd::getpgid(Some(Pid::from_raw(*pid as i32))).ok()
+                    == Some(Pid::from_raw(sh as i32))
+            })
+            .count()
+    };
+    for _ in 0..100 {
+        if group_left() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        group_left(),
+        0,
+        "processes of the wrapper's group outlived it"
+    );
+    assert!(wait_gone(sh, Duration::from_secs(1)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_tools_and_servers_are_404() {
+    let daemon = Daemon::start(json!({"py": py_stdio_entry()}));
+    daemon.connect("py").await;
+    let (status, answer) = daemon.call("py", "no_such_tool", json!({})).await;
+    assert_eq!(status, 404, "{answer}");
+    assert_eq!(answer["code"], "unknown_tool");
+    let (status, answer) = daemon.call("nobody", "echo", json!({})).await;
+    assert_eq!(status, 404, "{answer}");
+    assert_eq!(answer["code"], "unknown_server");
+}
