@@ -25,6 +25,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerEntry;
+use crate::error::{describe_initialize_error, describe_service_error};
 use crate::logs::ServerLog;
 use crate::transport::stdio::{ProcessGroup, STOP_GRACE, describe_exit};
 use crate::transport::{self, Opened};
@@ -269,14 +270,30 @@ impl Connection {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(rmcp::ServiceError::McpError(e))) => Err(CallError::Server(e.message.to_string())),
                 Ok(Err(rmcp::ServiceError::TransportClosed)) => {
-                    // The watcher sets the reason as the session ends; give it a moment.
+                    // A process that exited is reported by the watcher, with its exit status:
+                    // give it a moment. Otherwise (a remote server) the session is over now.
                     let _ = tokio::time::timeout(Duration::from_secs(1), self.closed.cancelled()).await;
+                    self.end("the connection to the server closed");
                     Err(self.closed_error())
                 }
-                Ok(Err(e)) => Err(CallError::Server(e.to_string())),
+                Ok(Err(e @ rmcp::ServiceError::TransportSend(_))) => {
+                    self.end(&format!("lost the connection: {}", describe_service_error(&e)));
+                    Err(self.closed_error())
+                }
+                Ok(Err(e)) => Err(CallError::Server(describe_service_error(&e))),
                 Err(_) => Err(CallError::Timeout(self.timeout)),
             },
             _ = self.closed.cancelled() => Err(self.closed_error()),
+        }
+    }
+
+    /// Marks the session over (calls in flight fail with `reason`, unless a reason was
+    /// already recorded) and stops the rmcp service; [`Self::close`] still ends the process.
+    fn end(&self, reason: &str) {
+        let _ = self.close_reason.set(reason.to_string());
+        self.closed.cancel();
+        if let Some(stop) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            stop.cancel();
         }
     }
 
@@ -318,10 +335,7 @@ impl Connection {
     /// Ends the session: closes the transport, ends the process group (SIGTERM, SIGKILL after
     /// the grace period) and waits until both are done. Calls in flight fail with `reason`.
     pub async fn close(&self, reason: &str) {
-        let _ = self.close_reason.set(reason.to_string());
-        if let Some(stop) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            stop.cancel();
-        }
+        self.end(reason);
         if let Some(group) = &self.group {
             group.stop(STOP_GRACE).await;
         }
@@ -358,7 +372,7 @@ where
                 {
                     return Err(exit_message(status, log));
                 }
-                Err(format!("initialize failed: {}", crate::transport::sse::error_chain(&e)))
+                Err(format!("initialize failed: {}", describe_initialize_error(&e)))
             }
             Err(_) => Err(with_stderr(
                 format!("the server did not answer initialize within {timeout:?}"),
@@ -415,10 +429,7 @@ async fn watch(
                     let _ = connection.close_reason.set(reason);
                 }
                 // Fail the calls in flight now, even if a grandchild still holds the pipe.
-                connection.closed.cancel();
-                if let Some(stop) = connection.stop.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                    stop.cancel();
-                }
+                connection.end("the server process exited");
             }
             _ = connection.tools_changed.notified() => {
                 if let Err(e) = connection.refresh_tools().await {

@@ -119,3 +119,60 @@ impl Error {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error and its sources, joined by `: ` (reqwest's own text hides the cause).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A readable sentence for an rmcp request error: a transport error shows its cause chain,
+/// not the transport's type name.
+pub fn describe_service_error(error: &rmcp::ServiceError) -> String {
+    match error {
+        rmcp::ServiceError::TransportSend(e) => transport_cause(&*e.error),
+        rmcp::ServiceError::McpError(e) => e.message.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// A readable sentence for a failed MCP handshake (see [`describe_service_error`]).
+pub fn describe_initialize_error(error: &rmcp::service::ClientInitializeError) -> String {
+    match error {
+        rmcp::service::ClientInitializeError::TransportError { error, context } => {
+            format!("{context}: {}", transport_cause(&*error.error))
+        }
+        other => error_chain(other),
+    }
+}
+
+/// The cause of a transport error. rmcp's streamable HTTP errors do not chain to reqwest's
+/// error, which holds the cause ("Connection refused"): reach it by downcasting. The URL is
+/// left out (its query may hold a key).
+fn transport_cause(error: &(dyn std::error::Error + Send + Sync + 'static)) -> String {
+    use rmcp::transport::streamable_http_client::StreamableHttpError;
+    use rmcp::transport::worker::WorkerQuitReason;
+    type HttpError = StreamableHttpError<reqwest::Error>;
+    let http = error.downcast_ref::<HttpError>().or_else(|| {
+        match error.downcast_ref::<WorkerQuitReason<HttpError>>() {
+            Some(WorkerQuitReason::Fatal { error, .. }) => Some(error),
+            _ => None,
+        }
+    });
+    match http {
+        Some(StreamableHttpError::Client(e)) => match std::error::Error::source(e) {
+            Some(cause) => format!("HTTP request failed: {}", error_chain(cause)),
+            None => "HTTP request failed".to_string(),
+        },
+        _ => error_chain(error),
+    }
+}

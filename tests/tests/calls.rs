@@ -199,3 +199,41 @@ async fn unknown_tools_and_servers_are_404() {
     assert_eq!(status, 404, "{answer}");
     assert_eq!(answer["code"], "unknown_server");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_remote_server_fails_the_call_in_flight_and_shows_disconnected() {
+    let server = PyHttpServer::start("streamable-http");
+    let daemon = Daemon::start(json!({"remote": {"url": format!("{}/mcp", server.url())}}));
+    daemon.connect("remote").await;
+    let in_flight = daemon.call("remote", "sleep", json!({"ms": 60_000}));
+    let killer = async {
+        for _ in 0..100 {
+            if stats(&daemon, "remote").await["in_flight"] == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.proc.signal(Signal::SIGKILL);
+    };
+    let ((status, answer), ()) = tokio::join!(in_flight, killer);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["code"], "server_gone", "{answer}");
+    assert!(!answer["error"].as_str().unwrap().is_empty(), "{answer}");
+    let status = daemon.server("remote").await;
+    assert_eq!(status["connected"], false, "{status}");
+    assert_eq!(status["status"], "failed", "{status}");
+    let (status, answer) = daemon.call("remote", "echo", json!({"message": "x"})).await;
+    assert_eq!(status, 409, "{answer}");
+    // Connecting again names the cause.
+    let (status, answer) = daemon
+        .post("/connect_server", json!({"server_name": "remote"}))
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Connection refused"),
+        "{answer}"
+    );
+}
