@@ -29,6 +29,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The body limit, in bytes.
     pub body_limit: usize,
+    /// When set, every endpoint but `GET /` wants `Authorization: Bearer TOKEN`.
+    pub token: Option<std::sync::Arc<str>>,
 }
 
 /// The API's routes over `state`.
@@ -45,8 +47,43 @@ pub fn router(state: AppState) -> Router {
         .route("/shutdown", post(shutdown))
         .fallback(|uri: Uri| async move { Error::NoRoute(uri.path().to_string()) })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// Refuses (401) a request without the configured bearer token; `GET /` stays open so
+/// supervisors can check liveness.
+async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = &state.token else {
+        return next.run(request).await;
+    };
+    if request.method() == axum::http::Method::GET && request.uri().path() == "/" {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        next.run(request).await
+    } else {
+        Error::Unauthorized.into_response()
+    }
+}
+
+/// Equality whose time does not depend on where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl IntoResponse for Error {

@@ -74,6 +74,8 @@ pub struct ConnectContext {
     pub log_dir: std::path::PathBuf,
     /// The HTTP client for legacy SSE.
     pub http: reqwest::Client,
+    /// Variables removed from stdio servers' environment (secrets of the daemon's own).
+    pub scrub_env: Vec<String>,
 }
 
 /// A live session with one server. Cheap to share (`Arc`); [`Connection::close`] ends it.
@@ -137,7 +139,7 @@ impl Connection {
         let handler = Handler {
             tools_changed: tools_changed.clone(),
         };
-        let opened = tokio::time::timeout(timeout, transport::open(entry, log.clone(), &ctx.http))
+        let opened = tokio::time::timeout(timeout, transport::open(entry, log.clone(), ctx))
             .await
             .map_err(|_| format!("the transport did not open within {timeout:?}"))??;
         let (running, group) = match opened {

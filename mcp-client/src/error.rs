@@ -60,6 +60,9 @@ pub enum Error {
     /// The endpoint exists but not with that method (405).
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A token is configured and the request did not carry it (401).
+    #[error("missing or wrong bearer token (send Authorization: Bearer TOKEN)")]
+    Unauthorized,
     /// The daemon is shutting down and takes no new work (503).
     #[error("mcp-client is shutting down")]
     ShuttingDown,
@@ -95,6 +98,7 @@ impl Error {
             Self::BodyTooLarge(_) => "body_too_large",
             Self::NoRoute(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unauthorized => "unauthorized",
             Self::ShuttingDown => "shutting_down",
             Self::Io { .. } => "io_error",
         }
@@ -111,6 +115,7 @@ impl Error {
             Self::Config(_) | Self::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -39,6 +39,11 @@ pub struct Options {
     pub log_dir: PathBuf,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
+    /// The API token (`--token-env`): every endpoint but `GET /` wants
+    /// `Authorization: Bearer TOKEN`. `None`: no token.
+    pub token: Option<String>,
+    /// Environment variables removed from every server's environment (the token's).
+    pub scrub_env: Vec<String>,
 }
 
 /// Runs the daemon on `listener` until `shutdown` resolves or `POST /shutdown` is called;
@@ -66,6 +71,7 @@ pub async fn run(
         ConnectContext {
             log_dir: options.log_dir.clone(),
             http,
+            scrub_env: options.scrub_env.clone(),
         },
         options.config.clone(),
     );
@@ -79,6 +85,7 @@ pub async fn run(
         supervisor: supervisor.clone(),
         shutdown: stop.clone(),
         body_limit: options.body_limit,
+        token: options.token.as_deref().map(Into::into),
     });
     let signal_stop = stop.clone();
     tokio::spawn(async move {

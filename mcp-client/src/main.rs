@@ -26,10 +26,24 @@ struct Cli {
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = mcp_client::api::DEFAULT_BODY_LIMIT)]
     body_limit: usize,
+    /// Name of an environment variable holding an API token: every endpoint but GET / then
+    /// wants `Authorization: Bearer TOKEN`. The variable is kept from server processes.
+    #[arg(long, value_name = "NAME")]
+    token_env: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let token = match &cli.token_env {
+        None => None,
+        Some(name) => match std::env::var(name) {
+            Ok(token) if !token.is_empty() => Some(token),
+            _ => {
+                eprintln!("mcp-client: --token-env {name}: the variable is not set or empty");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     if let Err(e) = std::fs::create_dir_all(&cli.log_dir) {
         eprintln!(
             "mcp-client: cannot create the log dir {}: {e}",
@@ -76,6 +90,8 @@ fn main() -> ExitCode {
             config: cli.config,
             log_dir: cli.log_dir,
             body_limit: cli.body_limit,
+            token,
+            scrub_env: cli.token_env.into_iter().collect(),
         };
         mcp_client::run(options, listener, shutdown_signal()).await
     });

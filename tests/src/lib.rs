@@ -162,7 +162,12 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
         if !path.exists() {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            run_installer(Command::new(cargo).args(["build", "--bin", name]));
+            let package = if name == "mcp-client" {
+                name
+            } else {
+                "mag-tests"
+            };
+            run_installer(Command::new(cargo).args(["build", "-p", package, "--bin", name]));
         }
     }
     path

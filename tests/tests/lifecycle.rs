@@ -182,3 +182,83 @@ fn the_default_config_is_valid() {
     let config = mcp_client::config::McpConfig::parse(&text).unwrap();
     assert!(config.servers["everything"].auto_connect);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_guards_every_endpoint_but_root_and_stays_out_of_servers() {
+    let secret = "s3cret-token-for-test";
+    let daemon = mag_tests::Daemon::start_with(
+        json!({"everything": everything_entry()}),
+        &["--token-env", "MAG_TEST_TOKEN"],
+        &[("MAG_TEST_TOKEN", secret)],
+    );
+    assert_eq!(daemon.get("/").await.0, 200);
+    let (status, answer) = daemon.get("/servers").await;
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(answer["code"], "unauthorized");
+    let (status, _) = daemon
+        .post("/connect_server", json!({"server_name": "everything"}))
+        .await;
+    assert_eq!(status, 401);
+
+    let http = reqwest::Client::new();
+    let authed = |path: &str| {
+        http.post(format!("{}{path}", daemon.base))
+            .bearer_auth(secret)
+            .header("content-type", "application/json")
+    };
+    let wrong = http
+        .get(format!("{}/servers", daemon.base))
+        .bearer_auth("s3cret-token-for-tesT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let connect = authed("/connect_server")
+        .body(json!({"server_name": "everything"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(connect.status(), 200);
+    // server-everything's get-env dumps its environment: the token is not in it.
+    let call = authed("/tool_call")
+        .body(
+            json!({"server_name": "everything", "tool_name": "get-env", "params": {}}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(call.status(), 200);
+    let body = call.text().await.unwrap();
+    assert!(body.contains("PATH"), "{body}");
+    assert!(
+        !body.contains(secret),
+        "the token leaked to a server: {body}"
+    );
+    assert!(!body.contains("MAG_TEST_TOKEN"), "{body}");
+    // Nor is it in the daemon's log.
+    let logs = std::fs::read_dir(daemon.dir.path().join("logs")).unwrap();
+    for entry in logs.flatten().filter(|e| e.path().is_file()) {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        assert!(
+            !text.contains(secret),
+            "token in {}",
+            entry.path().display()
+        );
+    }
+}
+
+#[test]
+fn a_token_variable_that_is_not_set_is_refused_at_start() {
+    let output = std::process::Command::new(mag_tests::workspace_bin("mcp-client"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--token-env",
+            "MAG_SURELY_UNSET_TOKEN_VAR",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("MAG_SURELY_UNSET_TOKEN_VAR"), "{stderr}");
+}

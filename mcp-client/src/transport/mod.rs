@@ -14,6 +14,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 
 use crate::config::{ServerEntry, TransportType, expand_vars};
+use crate::connection::ConnectContext;
 use crate::logs::ServerLog;
 
 /// The largest single SSE event (one JSON-RPC message) accepted over HTTP, in bytes (256 MiB).
@@ -29,8 +30,8 @@ pub enum Opened {
     StreamableHttp(StreamableHttpClientTransport<reqwest::Client>),
 }
 
-/// Opens the transport `entry` names. `log` receives a stdio server's stderr; `http` is the
-/// daemon's shared client for legacy SSE.
+/// Opens the transport `entry` names. `log` receives a stdio server's stderr; `ctx` gives
+/// the shared HTTP client for legacy SSE and the variables kept from child processes.
 ///
 /// # Errors
 /// A sentence naming the cause (see [`stdio::spawn`], [`sse::SseTransport::connect`], and
@@ -38,14 +39,14 @@ pub enum Opened {
 pub async fn open(
     entry: &ServerEntry,
     log: Arc<ServerLog>,
-    http: &reqwest::Client,
+    ctx: &ConnectContext,
 ) -> Result<Opened, String> {
     match entry.transport {
-        TransportType::Stdio => stdio::spawn(entry, log).map(Opened::Stdio),
+        TransportType::Stdio => stdio::spawn(entry, log, &ctx.scrub_env).map(Opened::Stdio),
         TransportType::Sse => {
             let url = expanded_url(entry)?;
             let headers = header_map(entry)?;
-            sse::SseTransport::connect(http.clone(), &url, headers)
+            sse::SseTransport::connect(ctx.http.clone(), &url, headers)
                 .await
                 .map(Opened::Sse)
         }

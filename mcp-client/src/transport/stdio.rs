@@ -36,15 +36,22 @@ pub struct Spawned {
 }
 
 /// Starts `entry` (a stdio entry) as a child in a new process group, with `${VAR}` expanded
-/// in `args` and `env`, stderr copied to `log`.
+/// in `args` and `env`, the variables named in `scrub_env` removed, stderr copied to `log`.
 ///
 /// # Errors
 /// A sentence naming the cause: a variable that is not set, a `cwd` that does not exist, a
 /// command that is not found or cannot be executed. Never an environment value.
-pub fn spawn(entry: &ServerEntry, log: Arc<ServerLog>) -> Result<Spawned, String> {
+pub fn spawn(
+    entry: &ServerEntry,
+    log: Arc<ServerLog>,
+    scrub_env: &[String],
+) -> Result<Spawned, String> {
     let program = entry.command.as_deref().unwrap_or_default();
     let lookup = |name: &str| std::env::var(name).ok();
     let mut command = Command::new(program);
+    for name in scrub_env {
+        command.env_remove(name);
+    }
     for arg in &entry.args {
         command.arg(expand_vars(arg, lookup).map_err(|e| format!("in args: {e}"))?);
     }
