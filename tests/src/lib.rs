@@ -7,6 +7,8 @@
 //! npm and pip, once per machine: a stamp file records the pinned versions, and a file lock
 //! makes concurrent test processes wait for one installer.
 
+pub mod mag;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

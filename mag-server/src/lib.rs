@@ -1,0 +1,1 @@
+//! mag-server: the control plane (SPEC §5). Under construction.

@@ -1,0 +1,1 @@
+//! Support for mag-server end-to-end tests.
