@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tools", get(tools))
         .route("/tool_call", post(tool_call))
         .route("/shutdown", post(shutdown))
+        .route("/metrics", get(metrics))
         .fallback(|uri: Uri| async move { Error::NoRoute(uri.path().to_string()) })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(
@@ -256,6 +257,12 @@ fn tool_error_text(result: &rmcp::model::CallToolResult) -> String {
     } else {
         text.join("\n")
     }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.supervisor.render_metrics();
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
 async fn shutdown(State(state): State<AppState>) -> Json<Value> {

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, ClientConfig,
-    Implementation, JsonObject, ProtocolVersion, Tool,
+    ClientRequest, Implementation, JsonObject, PingRequest, ProtocolVersion, Tool,
 };
 use rmcp::service::{
     ClientLifecycleMode, ClientServiceExt, NotificationContext, Peer, RunningService,
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerEntry;
 use crate::error::{describe_initialize_error, describe_service_error};
+use crate::ledger::Ledger;
 use crate::logs::ServerLog;
 use crate::transport::stdio::{ProcessGroup, STOP_GRACE, describe_exit};
 use crate::transport::{self, Opened};
@@ -68,7 +69,7 @@ impl CallError {
 }
 
 /// What the daemon needs to open connections: where server logs go and the shared HTTP client.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectContext {
     /// The log dir; stdio servers log to `LOG_DIR/servers/NAME.stderr.log`.
     pub log_dir: std::path::PathBuf,
@@ -76,6 +77,10 @@ pub struct ConnectContext {
     pub http: reqwest::Client,
     /// Variables removed from stdio servers' environment (secrets of the daemon's own).
     pub scrub_env: Vec<String>,
+    /// Where live process groups are recorded.
+    pub ledger: Arc<Ledger>,
+    /// How often a connected server is sent a `ping`; `None`: never.
+    pub ping_interval: Option<Duration>,
 }
 
 /// A live session with one server. Cheap to share (`Arc`); [`Connection::close`] ends it.
@@ -90,9 +95,13 @@ pub struct Connection {
     ended: CancellationToken,
     limit: Option<Semaphore>,
     timeout: Duration,
+    ping_interval: Option<Duration>,
     protocol_version: ProtocolVersion,
     connected_since: SystemTime,
 }
+
+/// The longest a health `ping` may take (or the server's `timeout`, if shorter).
+pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The rmcp client handler: identifies mcp-client and hears `notifications/tools/list_changed`.
 struct Handler {
@@ -205,6 +214,7 @@ impl Connection {
             ended: CancellationToken::new(),
             limit: entry.max_concurrency.map(Semaphore::new),
             timeout,
+            ping_interval: ctx.ping_interval,
             protocol_version,
             connected_since: SystemTime::now(),
         });
@@ -222,7 +232,9 @@ impl Connection {
     /// # Errors
     /// The session ended, or the server did not answer within the timeout.
     pub async fn refresh_tools(&self) -> Result<Arc<Vec<Tool>>, CallError> {
-        let tools = self.bounded(self.peer.list_all_tools()).await?;
+        let tools = self
+            .bounded(self.timeout, self.peer.list_all_tools())
+            .await?;
         let tools = Arc::new(tools);
         *self.tools.write().unwrap_or_else(|p| p.into_inner()) = tools.clone();
         Ok(tools)
@@ -246,7 +258,10 @@ impl Connection {
             None => None,
         };
         let params = CallToolRequestParams::new(tool.to_string()).with_arguments(arguments);
-        match self.bounded(self.peer.call_tool_once(params)).await? {
+        match self
+            .bounded(self.timeout, self.peer.call_tool_once(params))
+            .await?
+        {
             CallToolResponse::Complete(result) => Ok(result),
             CallToolResponse::InputRequired(_) => Err(CallError::Server(
                 "the server asked for more input (input_required), which mcp-client does not \
@@ -262,13 +277,30 @@ impl Connection {
         }
     }
 
-    /// Runs one request future within the timeout, failing at once if the session ends.
+    /// Sends a `ping` (MCP spec 2025-11-25, Utilities § Ping) and waits for the answer, at
+    /// most [`PING_TIMEOUT`] or the server's timeout if shorter.
+    ///
+    /// # Errors
+    /// No answer in time, or the session ended.
+    pub async fn ping(&self) -> Result<(), CallError> {
+        let ping = ClientRequest::PingRequest(PingRequest {
+            method: Default::default(),
+            extensions: Default::default(),
+        });
+        let limit = self.timeout.min(PING_TIMEOUT);
+        self.bounded(limit, self.peer.send_request(ping))
+            .await
+            .map(|_| ())
+    }
+
+    /// Runs one request future within `limit`, failing at once if the session ends.
     async fn bounded<T>(
         &self,
+        limit: Duration,
         request: impl Future<Output = Result<T, rmcp::ServiceError>>,
     ) -> Result<T, CallError> {
         tokio::select! {
-            result = tokio::time::timeout(self.timeout, request) => match result {
+            result = tokio::time::timeout(limit, request) => match result {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(rmcp::ServiceError::McpError(e))) => Err(CallError::Server(e.message.to_string())),
                 Ok(Err(rmcp::ServiceError::TransportClosed)) => {
@@ -283,7 +315,7 @@ impl Connection {
                     Err(self.closed_error())
                 }
                 Ok(Err(e)) => Err(CallError::Server(describe_service_error(&e))),
-                Err(_) => Err(CallError::Timeout(self.timeout)),
+                Err(_) => Err(CallError::Timeout(limit)),
             },
             _ = self.closed.cancelled() => Err(self.closed_error()),
         }
@@ -421,8 +453,20 @@ async fn watch(
     };
     tokio::pin!(exited);
     let mut exit_seen = false;
+    // (Without pings the timer still exists but its branch is disabled.)
+    let period = connection
+        .ping_interval
+        .unwrap_or(Duration::from_secs(3600));
+    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = pings.tick(), if connection.ping_interval.is_some() => {
+                if let Err(e) = connection.ping().await {
+                    tracing::warn!("health ping failed: {e}");
+                    connection.end(&format!("the server did not answer a health ping: {e}"));
+                }
+            }
             _ = &mut waiting => break,
             status = &mut exited, if !exit_seen => {
                 exit_seen = true;

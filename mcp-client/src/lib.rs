@@ -1,17 +1,21 @@
 //! mcp-client: the daemon that owns connections to MCP servers and serves them over a local
 //! HTTP API (SPEC §4).
 //!
-//! Modules by concern: [`config`] (`mcp.json`), [`transport`] (stdio, legacy SSE, streamable
-//! HTTP), [`connection`] (one MCP session), [`supervisor`] (the servers and their state; the
-//! core), [`api`] (thin HTTP handlers), [`logs`] (per-server log files), [`error`].
+//! Modules by concern: [`config`] (`mcp.json`), [`watch`] (hot reload), [`transport`] (stdio,
+//! legacy SSE, streamable HTTP), [`connection`] (one MCP session), [`supervisor`] (the servers
+//! and their state; the core), [`ledger`] (process groups that must not outlive us), [`api`]
+//! (thin HTTP handlers), [`metrics`], [`logs`] (per-server log files), [`error`].
 
 pub mod api;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod ledger;
 pub mod logs;
+pub mod metrics;
 pub mod supervisor;
 pub mod transport;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,21 +48,40 @@ pub struct Options {
     pub token: Option<String>,
     /// Environment variables removed from every server's environment (the token's).
     pub scrub_env: Vec<String>,
+    /// How often connected servers are pinged; `None`: never.
+    pub ping_interval: Option<Duration>,
 }
 
 /// Runs the daemon on `listener` until `shutdown` resolves or `POST /shutdown` is called;
 /// then stops taking requests, ends every server process and returns.
 ///
 /// A config file that is missing or invalid does not stop the daemon: it starts with no
-/// servers and `GET /` reports the error.
+/// servers and `GET /` reports the error. Before anything starts, the server processes a
+/// SIGKILLed previous run left behind (per the [`ledger::Ledger`] in the log dir) are ended.
 ///
 /// # Errors
-/// The HTTP server failed.
+/// Another daemon uses the log dir, or the HTTP server failed.
 pub async fn run(
     options: Options,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    // Ending a crashed run's leftovers waits for them: off the async threads.
+    let log_dir = options.log_dir.clone();
+    let (ledger, leftovers) = tokio::task::spawn_blocking(move || ledger::Ledger::open(&log_dir))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|opened| opened.map_err(std::io::Error::other))
+        .map_err(|source| Error::Io {
+            context: "cannot take the process ledger".into(),
+            source,
+        })?;
+    if leftovers > 0 {
+        tracing::warn!(
+            leftovers,
+            "ended server processes a previous run left behind"
+        );
+    }
     install_tls_provider();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
@@ -72,15 +95,20 @@ pub async fn run(
             log_dir: options.log_dir.clone(),
             http,
             scrub_env: options.scrub_env.clone(),
+            ledger: std::sync::Arc::new(ledger),
+            ping_interval: options.ping_interval,
         },
         options.config.clone(),
     );
+    // Applying the config also starts connecting its `autoConnect` servers.
     if let Err(e) = supervisor.load_file(&options.config).await {
         tracing::error!("starting without servers: the config was not applied: {e}");
     }
-    supervisor.connect_auto();
 
     let stop = CancellationToken::new();
+    if let Err(e) = watch::watch_config(supervisor.clone(), options.config.clone(), stop.clone()) {
+        tracing::error!("hot reload is off: {e}");
+    }
     let app = api::router(AppState {
         supervisor: supervisor.clone(),
         shutdown: stop.clone(),

@@ -30,6 +30,9 @@ struct Cli {
     /// wants `Authorization: Bearer TOKEN`. The variable is kept from server processes.
     #[arg(long, value_name = "NAME")]
     token_env: Option<String>,
+    /// Seconds between health pings of each connected server (MCP ping); 0 turns them off.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    ping_interval: f64,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +95,9 @@ fn main() -> ExitCode {
             body_limit: cli.body_limit,
             token,
             scrub_env: cli.token_env.into_iter().collect(),
+            ping_interval: (cli.ping_interval > 0.0)
+                .then(|| std::time::Duration::try_from_secs_f64(cli.ping_interval).ok())
+                .flatten(),
         };
         mcp_client::run(options, listener, shutdown_signal()).await
     });

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use rmcp::model::{CallToolResult, JsonObject};
 use serde::Serialize;
@@ -16,6 +17,20 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ConfigError, McpConfig, ServerEntry, revision};
 use crate::connection::{CallError, ConnectContext, Connection};
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+
+/// Longest wait between reconnect attempts (SPEC §4: 1 s doubling to 30 s).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The wait before reconnect attempt `attempt` (1-based): 1 s doubling to [`MAX_BACKOFF`],
+/// each drawn between half and all of that (jitter, so servers lost together do not all
+/// come back at the same instant).
+pub fn backoff(attempt: u32) -> Duration {
+    let doubled = Duration::from_secs(1) * (1u32 << attempt.saturating_sub(1).min(5));
+    doubled
+        .min(MAX_BACKOFF)
+        .mul_f64(rand::random_range(0.5..=1.0))
+}
 
 /// A server's state as `/servers` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -29,6 +44,9 @@ pub enum Status {
     Connected,
     /// The last connect failed or the connection was lost; `error` says why.
     Failed,
+    /// The connection was lost (or an `autoConnect` failed) and a new attempt is scheduled
+    /// with backoff; `attempts` counts them, `error` holds the last cause.
+    Reconnecting,
     /// `disabled` in the config.
     Disabled,
 }
@@ -54,6 +72,8 @@ pub struct ServerView {
     pub connected_since: Option<String>,
     /// How many times the connection was made again after being lost.
     pub reconnects: u64,
+    /// Failed attempts in the current outage (0 when connected or not wanted).
+    pub attempts: u32,
     /// The protocol version the server answered `initialize` with.
     pub protocol_version: Option<String>,
     /// `autoApprove` from the config.
@@ -109,6 +129,7 @@ struct Inner {
     config: RwLock<ConfigStatus>,
     ctx: ConnectContext,
     shutting_down: CancellationToken,
+    metrics: Metrics,
 }
 
 struct Slot {
@@ -126,6 +147,12 @@ struct SlotState {
     error: Option<String>,
     reconnects: u64,
     removed: bool,
+    /// The operator (or `autoConnect`) wants it connected: a lost connection is made again.
+    wanted: bool,
+    /// Failed attempts in the current outage.
+    attempts: u32,
+    /// Cancels the pending reconnect loop, if one runs.
+    retry: Option<CancellationToken>,
 }
 
 impl Slot {
@@ -146,6 +173,9 @@ impl Slot {
                 error: None,
                 reconnects: 0,
                 removed: false,
+                wanted: false,
+                attempts: 0,
+                retry: None,
             }),
         })
     }
@@ -173,6 +203,7 @@ impl Supervisor {
                 }),
                 ctx,
                 shutting_down: CancellationToken::new(),
+                metrics: Metrics::default(),
             }),
         }
     }
@@ -245,14 +276,14 @@ impl Supervisor {
                         if state.entry == entry {
                             continue;
                         }
-                        let was_connected = state.connection.is_some();
+                        let wanted = state.wanted;
                         state.status = match (entry.disabled, state.status) {
                             (true, _) => Status::Disabled,
                             (false, Status::Disabled) => Status::Disconnected,
                             (false, status) => status,
                         };
-                        if was_connected || entry.disabled {
-                            reconnect.push((slot.clone(), was_connected && !entry.disabled));
+                        if wanted || state.connection.is_some() || entry.disabled {
+                            reconnect.push((slot.clone(), wanted && !entry.disabled));
                         }
                         state.entry = entry;
                         drop(state);
@@ -281,39 +312,79 @@ impl Supervisor {
             tokio::spawn(async move {
                 this.disconnect_slot(&slot, "the server's config changed")
                     .await;
-                if connect_again && let Err(e) = this.connect_slot(&slot).await {
-                    tracing::warn!(server = %slot.name, "reconnect after config change failed: {e}");
+                if connect_again {
+                    this.connect_wanted(&slot).await;
                 }
             });
         }
         for name in connect {
-            self.spawn_connect(name);
+            self.spawn_connect(&name);
         }
         report
     }
 
-    /// Connects, in the background, every enabled server with `autoConnect`.
-    pub fn connect_auto(&self) {
-        let names: Vec<String> = self
-            .slots()
-            .into_iter()
-            .filter(|slot| {
-                let state = slot.state();
-                state.entry.auto_connect && !state.entry.disabled
-            })
-            .map(|slot| slot.name.clone())
-            .collect();
-        for name in names {
-            self.spawn_connect(name);
+    /// Connects `name` in the background as a wanted server (see [`Self::connect_wanted`]).
+    fn spawn_connect(&self, name: &str) {
+        let Ok(slot) = self.slot(name) else { return };
+        let this = self.clone();
+        tokio::spawn(async move { this.connect_wanted(&slot).await });
+    }
+
+    /// Marks the server wanted and connects it; if that fails, keeps trying with backoff.
+    async fn connect_wanted(&self, slot: &Arc<Slot>) {
+        slot.state().wanted = true;
+        if let Err(e) = self.connect_slot(slot).await {
+            tracing::warn!(server = %slot.name, "connect failed, will retry: {e}");
+            self.schedule_reconnect(slot);
         }
     }
 
-    fn spawn_connect(&self, name: String) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = this.connect(&name).await {
-                tracing::warn!(server = %name, "autoConnect failed: {e}");
+    /// Starts the reconnect loop of a wanted server, unless one runs: wait [`backoff`], try,
+    /// repeat until connected, disconnected, removed or shut down.
+    fn schedule_reconnect(&self, slot: &Arc<Slot>) {
+        let token = {
+            let mut state = slot.state();
+            let running = state.retry.as_ref().is_some_and(|t| !t.is_cancelled());
+            if !state.wanted || state.removed || running || self.inner.shutting_down.is_cancelled()
+            {
+                return;
             }
+            state.status = Status::Reconnecting;
+            let token = self.inner.shutting_down.child_token();
+            state.retry = Some(token.clone());
+            token
+        };
+        let this = self.clone();
+        let slot = slot.clone();
+        tokio::spawn(async move {
+            loop {
+                let attempt = {
+                    let mut state = slot.state();
+                    state.attempts += 1;
+                    state.status = Status::Reconnecting;
+                    state.attempts
+                };
+                let delay = backoff(attempt);
+                tracing::info!(server = %slot.name, attempt, ?delay, "reconnecting after a delay");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = token.cancelled() => return,
+                }
+                if slot.connection().is_some() {
+                    break; // the operator connected it meanwhile
+                }
+                match this.connect_slot_if(&slot, true).await {
+                    Ok(_) => {
+                        slot.state().reconnects += 1;
+                        this.inner.metrics.reconnect(&slot.name);
+                        break;
+                    }
+                    Err(Error::Connect { .. }) if !token.is_cancelled() => continue,
+                    Err(_) => break,
+                }
+            }
+            // This loop is over: let a later loss start a new one.
+            token.cancel();
         });
     }
 
@@ -370,6 +441,7 @@ impl Supervisor {
                         (None, Status::Connected) => Status::Failed,
                         (_, status) => status,
                     },
+                    attempts: state.attempts,
                     pid: connection.and_then(|c| c.pid()),
                     connected_since: connection.map(|c| {
                         humantime::format_rfc3339_seconds(c.connected_since()).to_string()
@@ -414,6 +486,12 @@ impl Supervisor {
     }
 
     async fn connect_slot(&self, slot: &Arc<Slot>) -> Result<Vec<String>> {
+        self.connect_slot_if(slot, false).await
+    }
+
+    /// Connects; with `only_if_wanted`, gives up (NotConnected) if the server stopped being
+    /// wanted while this waited for the server's lock (an operator disconnect won the race).
+    async fn connect_slot_if(&self, slot: &Arc<Slot>, only_if_wanted: bool) -> Result<Vec<String>> {
         let _op = slot.op.lock().await;
         if let Some(connection) = slot.connection() {
             return Ok(tool_names(&connection));
@@ -429,6 +507,12 @@ impl Supervisor {
             if state.entry.disabled {
                 return Err(Error::Disabled(slot.name.clone()));
             }
+            if only_if_wanted && !state.wanted {
+                return Err(Error::NotConnected {
+                    server: slot.name.clone(),
+                    reason: None,
+                });
+            }
             state.status = Status::Connecting;
             state.init_attempted = true;
             state.entry.clone()
@@ -443,7 +527,12 @@ impl Supervisor {
             Err(cause) => {
                 tracing::warn!(server = %slot.name, "connect failed: {cause}");
                 let mut state = slot.state();
-                state.status = Status::Failed;
+                let retrying = state.retry.as_ref().is_some_and(|t| !t.is_cancelled());
+                state.status = if retrying {
+                    Status::Reconnecting
+                } else {
+                    Status::Failed
+                };
                 state.error = Some(cause.clone());
                 return Err(Error::Connect {
                     server: slot.name.clone(),
@@ -458,6 +547,8 @@ impl Supervisor {
                 state.connection = Some(connection.clone());
                 state.status = Status::Connected;
                 state.error = None;
+                state.wanted = true;
+                state.attempts = 0;
             }
             stale
         };
@@ -471,20 +562,29 @@ impl Supervisor {
             server = %slot.name, pid = ?connection.pid(), tools = connection.tools().len(),
             protocol = %connection.protocol_version(), "connected"
         );
+        let this = self.clone();
         let watched = slot.clone();
         let watched_connection = connection.clone();
         tokio::spawn(async move {
             let reason = watched_connection.closed().await;
-            let mut state = watched.state();
-            let current = state
-                .connection
-                .as_ref()
-                .is_some_and(|c| Arc::ptr_eq(c, &watched_connection));
-            if current {
+            let lost = {
+                let mut state = watched.state();
+                let current = state
+                    .connection
+                    .as_ref()
+                    .is_some_and(|c| Arc::ptr_eq(c, &watched_connection));
+                if current {
+                    state.connection = None;
+                    state.status = Status::Failed;
+                    state.error = Some(reason.clone());
+                }
+                current
+            };
+            if lost {
                 tracing::warn!(server = %watched.name, "connection lost: {reason}");
-                state.connection = None;
-                state.status = Status::Failed;
-                state.error = Some(reason);
+                // Make sure the process is gone (a server that stopped answering pings).
+                watched_connection.close(&reason).await;
+                this.schedule_reconnect(&watched);
             }
         });
         Ok(tool_names(&connection))
@@ -506,6 +606,11 @@ impl Supervisor {
         let _op = slot.op.lock().await;
         let connection = {
             let mut state = slot.state();
+            state.wanted = false;
+            state.attempts = 0;
+            if let Some(retry) = state.retry.take() {
+                retry.cancel();
+            }
             let connection = state.connection.take();
             if state.status != Status::Disabled && !state.entry.disabled {
                 state.status = Status::Disconnected;
@@ -557,7 +662,22 @@ impl Supervisor {
                 });
             }
         }
-        Ok(connection.call_tool(tool, arguments).await)
+        let started = Instant::now();
+        let outcome = connection.call_tool(tool, arguments).await;
+        let error = match &outcome {
+            Ok(result) if result.is_error == Some(true) => Some("tool_error"),
+            Ok(_) => None,
+            Err(e) => Some(e.code()),
+        };
+        self.inner
+            .metrics
+            .call(server, tool, started.elapsed(), error);
+        Ok(outcome)
+    }
+
+    /// The metrics, as OpenMetrics text (`GET /metrics`).
+    pub fn render_metrics(&self) -> String {
+        self.inner.metrics.render(self.connected_count())
     }
 
     /// Stops taking connects and disconnects every server at once, ending their processes.

@@ -28,7 +28,11 @@ const NPM_PACKAGES: &[(&str, &str)] = &[
     ("node", "22.23.3"),
 ];
 /// The PyPI packages the tests use, pinned.
-const PIP_PACKAGES: &[&str] = &["mcp==2.3.0", "mcp-server-time==2026.10.19"];
+const PIP_PACKAGES: &[&str] = &[
+    "mcp==2.3.0",
+    "mcp-server-time==2026.10.19",
+    "prometheus-client==0.26.0",
+];
 
 /// Where the installed peers are.
 #[derive(Debug)]
@@ -296,7 +300,11 @@ pub struct PyHttpServer {
 impl PyHttpServer {
     /// Starts it with `transport` (`sse` or `streamable-http`) and waits until it listens.
     pub fn start(transport: &str) -> Self {
-        let port = free_port();
+        Self::start_on(transport, free_port())
+    }
+
+    /// Like [`Self::start`], on a given port (to bring a killed server back).
+    pub fn start_on(transport: &str, port: u16) -> Self {
         let proc = Proc::spawn(
             Command::new(peers().python())
                 .arg(fixture("py_server.py"))
@@ -323,6 +331,8 @@ pub struct Daemon {
     pub base: String,
     /// Holds the config file and the log dir.
     pub dir: tempfile::TempDir,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
     http: reqwest::Client,
 }
 
@@ -357,49 +367,38 @@ impl Daemon {
     /// Starts mcp-client with `text` as its `mcp.json`, whatever it holds.
     pub fn start_text(text: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("mcp.json");
-        std::fs::write(&config, text).unwrap();
-        let mut proc = Proc::spawn(
-            Command::new(workspace_bin("mcp-client"))
-                .arg("--config")
-                .arg(&config)
-                .arg("--listen")
-                .arg("127.0.0.1:0")
-                .arg("--log-dir")
-                .arg(dir.path().join("logs"))
-                .args(args)
-                .envs(env.iter().copied())
-                .env("RUST_LOG", "info,mcp_client=debug")
-                .stdout(Stdio::piped()),
-        );
-        let stdout = proc.child().stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("mcp-client did not say where it listens");
-        let base = line
-            .rsplit_once(' ')
-            .map(|(_, url)| url.to_string())
-            .expect("listening line");
+        std::fs::write(dir.path().join("mcp.json"), text).unwrap();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (proc, base) = launch(dir.path(), &args, &env);
+        mcp_client::install_tls_provider();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("http client");
         Self {
             proc,
             base,
             dir,
-            http: {
-                mcp_client::install_tls_provider();
-                reqwest::Client::builder()
-                    .no_proxy()
-                    .build()
-                    .expect("http client")
-            },
+            args,
+            env,
+            http,
         }
+    }
+
+    /// The config file it watches.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("mcp.json")
+    }
+
+    /// Starts mcp-client again on the same config and log dir (after the old one ended).
+    pub fn respawn(&mut self) {
+        let (proc, base) = launch(self.dir.path(), &self.args, &self.env);
+        self.proc = proc;
+        self.base = base;
     }
 
     /// `GET path`: status and JSON body.
@@ -456,6 +455,57 @@ impl Daemon {
     pub async fn server(&self, server: &str) -> Value {
         self.get("/servers").await.1[server].clone()
     }
+
+    /// Polls `/servers`[server] until `done` holds (at most `within`); the last state seen.
+    pub async fn wait_server(
+        &self,
+        server: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let state = self.server(server).await;
+            if done(&state) || Instant::now() > deadline {
+                return state;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Starts mcp-client on `dir/mcp.json` with logs in `dir/logs`; the process and its base URL.
+fn launch(dir: &Path, args: &[String], env: &[(String, String)]) -> (Proc, String) {
+    let mut proc = Proc::spawn(
+        Command::new(workspace_bin("mcp-client"))
+            .arg("--config")
+            .arg(dir.join("mcp.json"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--log-dir")
+            .arg(dir.join("logs"))
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "info,mcp_client=debug")
+            .stdout(Stdio::piped()),
+    );
+    let stdout = proc.child().stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("mcp-client did not say where it listens");
+    let base = line
+        .rsplit_once(' ')
+        .map(|(_, url)| url.to_string())
+        .expect("listening line");
+    (proc, base)
 }
 
 async fn decode(response: reqwest::Response) -> (u16, Value) {

@@ -126,20 +126,23 @@ async fn a_killed_server_fails_calls_in_flight_at_once_and_shows_disconnected() 
 
     let server = daemon.server("py").await;
     assert_eq!(server["connected"], false, "{server}");
-    assert_eq!(server["status"], "failed", "{server}");
+    assert_eq!(server["status"], "reconnecting", "{server}");
     assert!(
         server["error"].as_str().unwrap().contains("SIGKILL"),
         "{server}"
     );
-
-    let (status, answer) = daemon.call("py", "echo", json!({"message": "x"})).await;
-    assert_eq!(status, 409, "{answer}");
-    assert_eq!(answer["code"], "not_connected");
-    assert!(
-        answer["detail"].as_str().unwrap().contains("SIGKILL"),
-        "{answer}"
-    );
     assert!(!alive(pid));
+
+    // No operator action: it comes back within the backoff, with a new process.
+    let server = daemon
+        .wait_server("py", Duration::from_secs(15), |s| s["connected"] == true)
+        .await;
+    assert_eq!(server["status"], "connected", "{server}");
+    assert_eq!(server["reconnects"], 1, "{server}");
+    assert_ne!(server["pid"], json!(pid));
+    assert!(server["error"].is_null(), "{server}");
+    let (_, answer) = daemon.call("py", "echo", json!({"message": "back"})).await;
+    assert_eq!(text(&answer), "back");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -221,10 +224,8 @@ async fn a_killed_remote_server_fails_the_call_in_flight_and_shows_disconnected(
     assert!(!answer["error"].as_str().unwrap().is_empty(), "{answer}");
     let status = daemon.server("remote").await;
     assert_eq!(status["connected"], false, "{status}");
-    assert_eq!(status["status"], "failed", "{status}");
-    let (status, answer) = daemon.call("remote", "echo", json!({"message": "x"})).await;
-    assert_eq!(status, 409, "{answer}");
-    // Connecting again names the cause.
+    assert_eq!(status["status"], "reconnecting", "{status}");
+    // Connecting by hand while it is down names the cause.
     let (status, answer) = daemon
         .post("/connect_server", json!({"server_name": "remote"}))
         .await;
@@ -236,4 +237,21 @@ async fn a_killed_remote_server_fails_the_call_in_flight_and_shows_disconnected(
             .contains("Connection refused"),
         "{answer}"
     );
+    let (status, _) = daemon.call("remote", "echo", json!({"message": "x"})).await;
+    assert_eq!(status, 409);
+    // The server comes back on its port: mcp-client reconnects by itself.
+    let port = server.port;
+    drop(server);
+    let _again = PyHttpServer::start_on("streamable-http", port);
+    let state = daemon
+        .wait_server("remote", Duration::from_secs(40), |s| {
+            s["connected"] == true
+        })
+        .await;
+    assert_eq!(state["connected"], true, "{state}");
+    assert!(state["reconnects"].as_u64().unwrap() >= 1, "{state}");
+    let (_, answer) = daemon
+        .call("remote", "echo", json!({"message": "back"}))
+        .await;
+    assert_eq!(text(&answer), "back");
 }

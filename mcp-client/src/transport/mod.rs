@@ -42,7 +42,7 @@ pub async fn open(
     ctx: &ConnectContext,
 ) -> Result<Opened, String> {
     match entry.transport {
-        TransportType::Stdio => stdio::spawn(entry, log, &ctx.scrub_env).map(Opened::Stdio),
+        TransportType::Stdio => stdio::spawn(entry, log, ctx).map(Opened::Stdio),
         TransportType::Sse => {
             let url = expanded_url(entry)?;
             let headers = header_map(entry)?;

@@ -21,6 +21,8 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Mutex, watch};
 
 use crate::config::{ServerEntry, expand_vars};
+use crate::connection::ConnectContext;
+use crate::ledger::Ledger;
 use crate::logs::ServerLog;
 
 /// The longest JSON-RPC line accepted from a server, in bytes (256 MiB); a longer line is
@@ -36,7 +38,9 @@ pub struct Spawned {
 }
 
 /// Starts `entry` (a stdio entry) as a child in a new process group, with `${VAR}` expanded
-/// in `args` and `env`, the variables named in `scrub_env` removed, stderr copied to `log`.
+/// in `args` and `env`, the variables in `ctx.scrub_env` removed, stderr copied to `log`.
+/// The group is recorded in the daemon's [`Ledger`] until it has ended, and the child gets
+/// SIGTERM if the daemon dies (`PR_SET_PDEATHSIG`).
 ///
 /// # Errors
 /// A sentence naming the cause: a variable that is not set, a `cwd` that does not exist, a
@@ -44,12 +48,12 @@ pub struct Spawned {
 pub fn spawn(
     entry: &ServerEntry,
     log: Arc<ServerLog>,
-    scrub_env: &[String],
+    ctx: &ConnectContext,
 ) -> Result<Spawned, String> {
     let program = entry.command.as_deref().unwrap_or_default();
     let lookup = |name: &str| std::env::var(name).ok();
     let mut command = Command::new(program);
-    for name in scrub_env {
+    for name in &ctx.scrub_env {
         command.env_remove(name);
     }
     for arg in &entry.args {
@@ -73,6 +77,14 @@ pub fn spawn(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+    // which is async-signal-safe. The "parent" of PDEATHSIG is the spawning thread: a tokio
+    // worker, which lives as long as the runtime.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+        });
+    }
     let mut child = command.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => format!("command {program:?} not found"),
         std::io::ErrorKind::PermissionDenied => format!("command {program:?} is not executable"),
@@ -102,7 +114,8 @@ pub fn spawn(
             }
         }
     });
-    let group = ProcessGroup::watch(child, pid, log.clone());
+    ctx.ledger.add(pid);
+    let group = ProcessGroup::watch(child, pid, log.clone(), ctx.ledger.clone());
     Ok(Spawned {
         transport: StdioTransport {
             reader: BufReader::with_capacity(64 * 1024, stdout),
@@ -129,7 +142,7 @@ pub struct ProcessGroup {
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
 
 impl ProcessGroup {
-    fn watch(mut child: Child, pid: u32, log: Arc<ServerLog>) -> Self {
+    fn watch(mut child: Child, pid: u32, log: Arc<ServerLog>, ledger: Arc<Ledger>) -> Self {
         let (tx, exit) = watch::channel(None);
         tokio::spawn(async move {
             let status = child.wait().await;
@@ -137,6 +150,8 @@ impl ProcessGroup {
                 Ok(status) => status,
                 Err(e) => {
                     tracing::warn!(pid, "cannot wait for server process: {e}");
+                    end_group(pid, Duration::ZERO).await;
+                    ledger.remove(pid);
                     return;
                 }
             };
@@ -144,6 +159,7 @@ impl ProcessGroup {
             let _ = tx.send(Some(status));
             // The leader is gone; end what it left in its group.
             end_group(pid, STOP_GRACE).await;
+            ledger.remove(pid);
         });
         Self { pid, exit }
     }
