@@ -151,14 +151,18 @@ impl Connection {
         let opened = tokio::time::timeout(timeout, transport::open(entry, log.clone(), ctx))
             .await
             .map_err(|_| format!("the transport did not open within {timeout:?}"))??;
+        // If this future is dropped before the end (shutdown), the process group dies with it.
+        let mut abandoned = KillOnDrop(None);
         let (running, group) = match opened {
             Opened::Stdio(spawned) => {
                 let group = spawned.group;
+                abandoned.0 = Some(group.clone());
                 let running =
                     handshake(handler, spawned.transport, timeout, Some(&group), &log).await;
                 match running {
                     Ok(running) => (running, Some(group)),
                     Err(e) => {
+                        abandoned.0 = None;
                         group.stop(STOP_GRACE).await;
                         return Err(e);
                     }
@@ -179,12 +183,8 @@ impl Connection {
         let protocol_version = match running.peer().peer_info() {
             Some(info) => info.protocol_version.clone(),
             None => {
-                return fail(
-                    running,
-                    group,
-                    "the server sent no initialize result".into(),
-                )
-                .await;
+                let e = "the server sent no initialize result".to_string();
+                return fail(running, abandoned.0.take(), e).await;
             }
         };
         if !SUPPORTED_PROTOCOL_VERSIONS.contains(&protocol_version) {
@@ -192,15 +192,22 @@ impl Connection {
                 "the server answered protocolVersion {protocol_version}, which mcp-client does not \
                  support (it supports 2024-11-05 to 2025-11-25)"
             );
-            return fail(running, group, e).await;
+            return fail(running, abandoned.0.take(), e).await;
         }
         let peer = running.peer().clone();
         let tools = match tokio::time::timeout(timeout, peer.list_all_tools()).await {
             Ok(Ok(tools)) => tools,
-            Ok(Err(e)) => return fail(running, group, format!("tools/list failed: {e}")).await,
+            Ok(Err(e)) => {
+                return fail(
+                    running,
+                    abandoned.0.take(),
+                    format!("tools/list failed: {e}"),
+                )
+                .await;
+            }
             Err(_) => {
                 let e = format!("tools/list was not answered within {timeout:?}");
-                return fail(running, group, e).await;
+                return fail(running, abandoned.0.take(), e).await;
             }
         };
         let connection = Arc::new(Self {
@@ -218,6 +225,7 @@ impl Connection {
             protocol_version,
             connected_since: SystemTime::now(),
         });
+        abandoned.0 = None;
         tokio::spawn(watch(connection.clone(), running, log));
         Ok(connection)
     }
@@ -375,6 +383,17 @@ impl Connection {
         }
         // The transport's own close is bounded by rmcp; this only guards against a stuck one.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.ended.cancelled()).await;
+    }
+}
+
+/// Kills a process group when dropped while it holds one (see [`ProcessGroup::kill_now`]).
+struct KillOnDrop(Option<ProcessGroup>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(group) = self.0.take() {
+            group.kill_now();
+        }
     }
 }
 

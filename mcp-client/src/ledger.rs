@@ -3,7 +3,7 @@
 //!
 //! `LOG_DIR/mcp-client.pgroups` holds one line per live group, `PGID STARTTIME`, where
 //! STARTTIME is the leader's start time in clock ticks since boot (`/proc/PID/stat` field
-//! 22). It is rewritten atomically (temp file, rename) whenever a group starts or ends.
+//! 22). It is replaced by rename (never half-written) whenever a group starts or ends.
 //!
 //! On start, the groups a previous run listed are ended (SIGTERM, SIGKILL after 2 s) when
 //! they are still that run's: the leader is alive with the recorded start time, or the leader
@@ -105,8 +105,10 @@ impl Ledger {
             .map(|(pgid, start)| format!("{pgid} {start}\n"))
             .collect();
         let temp = self.path.with_extension("pgroups.tmp");
+        // No fsync: the ledger must survive the daemon's death, not the machine's (after a
+        // reboot no server of ours is left), and the page cache outlives any process.
         let written = File::create(&temp)
-            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+            .and_then(|mut f| f.write_all(text.as_bytes()))
             .and_then(|()| std::fs::rename(&temp, &self.path));
         if let Err(e) = written {
             tracing::warn!(path = %self.path.display(), "cannot write the process ledger: {e}");

@@ -55,6 +55,10 @@ pub struct Options {
 /// Runs the daemon on `listener` until `shutdown` resolves or `POST /shutdown` is called;
 /// then stops taking requests, ends every server process and returns.
 ///
+/// Once the config is loaded and watched and the API is about to serve, it prints one line on
+/// stdout, `mcp-client listening on http://ADDR`, for whoever started it (mag-server, tests):
+/// from then on the config file's changes are seen.
+///
 /// A config file that is missing or invalid does not stop the daemon: it starts with no
 /// servers and `GET /` reports the error. Before anything starts, the server processes a
 /// SIGKILLed previous run left behind (per the [`ledger::Ledger`] in the log dir) are ended.
@@ -120,6 +124,10 @@ pub async fn run(
         shutdown.await;
         signal_stop.cancel();
     });
+    if let Ok(addr) = listener.local_addr() {
+        println!("mcp-client listening on http://{addr}");
+        tracing::info!(%addr, pid = std::process::id(), "mcp-client listening");
+    }
     let stopped = stop.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         stopped.cancelled().await;

@@ -86,9 +86,6 @@ fn main() -> ExitCode {
         if !addr.ip().is_loopback() {
             tracing::warn!(%addr, "the API listens beyond loopback");
         }
-        // One line on stdout for whoever started us (tests, mag-server): where to reach us.
-        println!("mcp-client listening on http://{addr}");
-        tracing::info!(%addr, pid = std::process::id(), "mcp-client listening");
         let options = mcp_client::Options {
             config: cli.config,
             log_dir: cli.log_dir,

@@ -60,7 +60,7 @@ async fn max_concurrency_caps_calls_in_flight() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_past_the_timeout_fails_and_is_cancelled_on_the_server() {
     let mut entry = py_stdio_entry();
-    entry["timeout"] = json!(2);
+    entry["timeout"] = json!(4);
     let daemon = Daemon::start(json!({"py": entry}));
     daemon.connect("py").await;
     let (status, answer) = daemon.call("py", "sleep", json!({"ms": 30_000})).await;

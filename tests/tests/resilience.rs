@@ -116,7 +116,7 @@ async fn an_operator_disconnect_is_not_undone_by_reconnects() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_that_stops_answering_pings_is_replaced() {
     let mut entry = py_stdio_entry();
-    entry["timeout"] = json!(2);
+    entry["timeout"] = json!(4);
     let daemon = Daemon::start_with(json!({"py": entry}), &["--ping-interval", "0.5"], &[]);
     daemon.connect("py").await;
     let pid = daemon.server("py").await["pid"].as_u64().unwrap() as u32;
@@ -276,15 +276,16 @@ async fn after_a_sigkill_of_the_daemon_the_next_start_ends_what_it_left() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_parse_as_prometheus_text_and_count_calls() {
+    // The timeout bounds the connect too: long enough for a busy machine.
     let mut entry = py_stdio_entry();
-    entry["timeout"] = json!(1);
+    entry["timeout"] = json!(4);
     let daemon = Daemon::start(json!({"py": entry}));
     daemon.connect("py").await;
     for _ in 0..3 {
         daemon.call("py", "echo", json!({"message": "x"})).await;
     }
     daemon.call("py", "fail", json!({"message": "x"})).await;
-    daemon.call("py", "sleep", json!({"ms": 5000})).await;
+    daemon.call("py", "sleep", json!({"ms": 30_000})).await;
     let response = reqwest::get(format!("{}/metrics", daemon.base))
         .await
         .unwrap();

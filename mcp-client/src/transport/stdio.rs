@@ -181,6 +181,11 @@ impl ProcessGroup {
         *status
     }
 
+    /// SIGKILL to the whole group, at once (for a connect abandoned half-way).
+    pub fn kill_now(&self) {
+        signal_group(self.pid, Signal::SIGKILL);
+    }
+
     /// Ends the group: SIGTERM to every member, SIGKILL after `grace` to whatever is left.
     /// Returns once the leader has exited (at most `grace` plus a moment).
     pub async fn stop(&self, grace: Duration) {
