@@ -1,1 +1,117 @@
-//! mag-server: the control plane (SPEC §5). Under construction.
+//! mag-server: the control plane (SPEC §5). It supervises mcp-client (adopts a running one
+//! or spawns its own, restarts it with backoff behind a crash-loop guard, reconnects its
+//! servers), edits `mcp.json` without ever losing an edit, and forwards MAG's `/api/mcp`
+//! management API to it.
+//!
+//! Modules by concern: [`settings`] (CLI, `MAG_*` env and TOML merged), [`supervisor`]
+//! (the mcp-client process), [`client`] (typed HTTP client to mcp-client with timeouts),
+//! [`config_store`] (`mcp.json`: revision, atomic writes under a lock), [`control`] (every
+//! operation, without HTTP), [`api`] (thin HTTP handlers), [`error`].
+
+pub mod api;
+pub mod client;
+pub mod config_store;
+pub mod control;
+pub mod error;
+pub mod settings;
+pub mod supervisor;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::{Error, Result};
+
+use crate::api::AppState;
+use crate::client::McpClient;
+use crate::config_store::ConfigStore;
+use crate::control::ControlPlane;
+use crate::settings::Settings;
+use crate::supervisor::Supervisor;
+
+/// How long requests in flight may take to finish once shutdown began; mcp-client's stop
+/// (its grace period) runs meanwhile.
+pub const DRAIN_BOUND: Duration = Duration::from_secs(5);
+
+/// Runs mag-server on `listener` until `shutdown` resolves: supervises mcp-client and
+/// serves the API; then stops taking requests, stops the mcp-client it spawned (an adopted
+/// one is left running) and returns.
+///
+/// # Errors
+/// The HTTP client cannot be built, or the HTTP server failed.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    if let Err(e) = std::fs::create_dir_all(&settings.data_dir) {
+        tracing::warn!(
+            "cannot create the data dir {}: {e}",
+            settings.data_dir.display()
+        );
+    }
+    let store = Arc::new(ConfigStore::new(settings.mcp_config.clone()));
+    let client = McpClient::new(settings.client_listen)?;
+    let supervisor = Supervisor::new(&settings, client.clone(), store.clone());
+    supervisor.start();
+    let plane = ControlPlane::new(
+        store,
+        client,
+        supervisor.clone(),
+        settings.connect_concurrency,
+    );
+    let app = api::router(AppState {
+        plane,
+        body_limit: settings.body_limit,
+        token: settings.api_token.clone(),
+    });
+
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        stopped.cancelled().await;
+    });
+    let mut server = tokio::spawn(async move { server.await });
+    tokio::select! {
+        () = shutdown => {}
+        result = &mut server => {
+            // The server ended by itself: an error.
+            supervisor.shutdown().await;
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(source)) => Err(Error::Io { context: "the HTTP server failed".into(), source }),
+                Err(e) => Err(Error::Io { context: "the HTTP server task failed".into(), source: std::io::Error::other(e) }),
+            };
+        }
+    }
+    tracing::info!("shutting down: stopping mcp-client and the API");
+    stop.cancel();
+    let drain = async {
+        match tokio::time::timeout(DRAIN_BOUND, &mut server).await {
+            Ok(Ok(Err(e))) => tracing::error!("the HTTP server failed: {e}"),
+            Ok(Err(e)) => tracing::error!("the HTTP server task failed: {e}"),
+            Ok(Ok(Ok(()))) => {}
+            Err(_) => {
+                tracing::warn!("requests still running after {DRAIN_BOUND:?}; dropping them");
+                server.abort();
+            }
+        }
+    };
+    tokio::join!(drain, supervisor.shutdown());
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Binds the API's listener, with a message that names the address on failure.
+///
+/// # Errors
+/// [`Error::Io`]: the address is in use or not available.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Io {
+        context: format!("cannot listen on {addr}"),
+        source,
+    })
+}

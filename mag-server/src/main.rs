@@ -1,1 +1,98 @@
-fn main() {}
+//! `mag-server`: see the crate docs and `mag-server --help`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mag_server::settings::{Cli, Settings};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+fn main() -> ExitCode {
+    let settings = match Settings::resolve(Cli::parse()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("mag-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = std::fs::create_dir_all(&settings.log_dir) {
+        eprintln!(
+            "mag-server: cannot create the log dir {}: {e}",
+            settings.log_dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let file = tracing_appender::rolling::daily(&settings.log_dir, "mag-server.log");
+    let (file, _flush_on_exit) = tracing_appender::non_blocking(file);
+    tracing_subscriber::registry()
+        .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(file),
+        )
+        .init();
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("mag-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        // Installed before anything starts, so a signal never finds the default action.
+        let shutdown = shutdown_signal();
+        let listener = mag_server::bind(settings.listen).await?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| mag_server::Error::Io {
+                context: "cannot read the bound address".into(),
+                source,
+            })?;
+        if !addr.ip().is_loopback() && settings.api_token.is_none() {
+            tracing::warn!(%addr, "the API listens beyond loopback without MAG_API_TOKEN");
+        }
+        // One line on stdout for whoever started us (tests, scripts): where to reach us.
+        println!("mag-server listening on http://{addr}");
+        tracing::info!(
+            %addr,
+            pid = std::process::id(),
+            settings_file = ?settings.settings_file,
+            mcp_config = %settings.mcp_config.display(),
+            client = %settings.client_listen,
+            "mag-server listening"
+        );
+        mag_server::run(settings, listener, shutdown).await
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("mag-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves on either.
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    let handlers = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    }
+}

@@ -154,28 +154,51 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A workspace binary (`mcp-client`), next to the test executable's `deps/` folder; built
-/// with cargo if it is not there yet.
+/// A workspace binary (`mcp-client`, `mag-server`) of the profile the caller was built
+/// with: the one next to the caller's executable (or its `deps/` folder). Under cargo
+/// (`CARGO` set) it is built once per process first, so `cargo test -p mag-tests` never runs
+/// a stale binary; a no-op build takes about a second.
 pub fn workspace_bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().expect("current exe");
-    let mut dir = exe.parent().expect("exe dir").to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
+    let mut profile_dir = exe.parent().expect("exe dir").to_path_buf();
+    if profile_dir.ends_with("deps") {
+        profile_dir.pop();
     }
-    let path = dir.join(name);
-    if !path.exists() {
-        static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-        if !path.exists() {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let package = if name == "mcp-client" {
-                name
-            } else {
-                "mag-tests"
-            };
-            run_installer(Command::new(cargo).args(["build", "-p", package, "--bin", name]));
+    let path = profile_dir.join(name);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if built.iter().any(|b| b == name) {
+        return path;
+    }
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        assert!(path.exists(), "{} is not built", path.display());
+        return path;
+    };
+    let mut command = Command::new(cargo);
+    command.args(["build", "--quiet", "-p", name, "--bin", name]);
+    // What cargo set for this test process would make the build differ from the outer one
+    // (and rebuild everything, twice per run).
+    for (var, _) in std::env::vars_os() {
+        let var = var.to_string_lossy();
+        let keep = ["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&var.as_ref());
+        if (var.starts_with("CARGO_") && !keep) || var == "LD_LIBRARY_PATH" {
+            command.env_remove(var.as_ref());
         }
     }
+    if let Some(target_dir) = profile_dir.parent() {
+        command.arg("--target-dir").arg(target_dir);
+    }
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            command.arg("--release");
+        }
+        Some(profile) => {
+            command.args(["--profile", profile]);
+        }
+    }
+    run_installer(&mut command);
+    built.push(name.to_string());
     path
 }
 
@@ -489,7 +512,14 @@ fn launch(dir: &Path, args: &[String], env: &[(String, String)]) -> (Proc, Strin
             .env("RUST_LOG", "info,mcp_client=debug")
             .stdout(Stdio::piped()),
     );
-    let stdout = proc.child().stdout.take().expect("stdout");
+    let base = listen_url(&mut proc, "mcp-client");
+    (proc, base)
+}
+
+/// Reads the first line a daemon prints on stdout, `PROGRAM listening on URL`, and returns
+/// the URL (the rest of its stdout is drained). Panics after 30 s without it.
+pub fn listen_url(proc: &mut Proc, program: &str) -> String {
+    let stdout = proc.child().stdout.take().expect("stdout piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
@@ -500,12 +530,10 @@ fn launch(dir: &Path, args: &[String], env: &[(String, String)]) -> (Proc, Strin
     });
     let line = rx
         .recv_timeout(Duration::from_secs(30))
-        .expect("mcp-client did not say where it listens");
-    let base = line
-        .rsplit_once(' ')
-        .map(|(_, url)| url.to_string())
-        .expect("listening line");
-    (proc, base)
+        .unwrap_or_else(|_| panic!("{program} did not say where it listens"));
+    line.strip_prefix(&format!("{program} listening on "))
+        .unwrap_or_else(|| panic!("unexpected first line of {program}: {line}"))
+        .to_string()
 }
 
 async fn decode(response: reqwest::Response) -> (u16, Value) {

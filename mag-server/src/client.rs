@@ -1,0 +1,257 @@
+//! A typed HTTP client for mcp-client's API (SPEC §4), with a bound on every request.
+//!
+//! Failures map onto [`Error`]: a refused or dropped connection is
+//! [`Error::Unavailable`] (503) naming the address and the cause, a request over its bound
+//! is [`Error::Timeout`] (504), a 401 means mcp-client holds another token (503), and any
+//! other non-2xx answer is passed on as [`Error::Upstream`] with mcp-client's own status,
+//! `code` and `detail`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use mcp_client::error::error_chain;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::settings::Secret;
+
+/// Bound on requests that do not wait for an MCP server (`/servers`, `/tools`,
+/// `/load_config`).
+pub const GENERAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bound on `/disconnect_server`: mcp-client gives a server's process group a grace period.
+pub const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Added to a server's own `timeout` for connects and tool calls, which mcp-client bounds by
+/// that timeout itself: mag-server's bound only catches a stuck mcp-client.
+pub const TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
+
+/// What `GET /` answered, when it came from an mcp-client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRoot {
+    /// Its pid.
+    pub pid: Option<u32>,
+    /// The config file it serves (`config.path`).
+    pub config_path: Option<String>,
+}
+
+/// What answers `GET /` on the address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootAnswer {
+    /// An mcp-client.
+    McpClient(ClientRoot),
+    /// Something else; the text says what it answered.
+    Other(String),
+}
+
+/// mcp-client's API at one address. Cheap to clone; clones share the token.
+#[derive(Clone)]
+pub struct McpClient {
+    http: reqwest::Client,
+    addr: SocketAddr,
+    base: String,
+    token: Arc<RwLock<Option<Secret>>>,
+}
+
+impl McpClient {
+    /// A client for the mcp-client at `addr`. Connections are not pooled, so a restarted
+    /// mcp-client on the same port is never reached through a stale connection.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the HTTP client cannot be built.
+    pub fn new(addr: SocketAddr) -> Result<Self> {
+        mcp_client::install_tls_provider();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(3))
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| Error::Io {
+                context: "cannot build the HTTP client".into(),
+                source: std::io::Error::other(e),
+            })?;
+        Ok(Self {
+            http,
+            addr,
+            base: format!("http://{addr}"),
+            token: Arc::default(),
+        })
+    }
+
+    /// The address it talks to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sets the bearer token sent from now on (`None`: no `Authorization` header).
+    pub fn set_token(&self, token: Option<Secret>) {
+        *self.token.write().unwrap_or_else(|p| p.into_inner()) = token;
+    }
+
+    /// `GET /` without a token, to tell an mcp-client from another program.
+    ///
+    /// # Errors
+    /// The request failed (refused, reset, not HTTP, over `within`): the error's text.
+    pub async fn root(&self, within: Duration) -> std::result::Result<RootAnswer, String> {
+        let response = self
+            .http
+            .get(format!("{}/", self.base))
+            .timeout(within)
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let status = response.status();
+        let body = read_capped(response, 64 * 1024).await;
+        let json: Option<Value> = serde_json::from_slice(&body).ok();
+        match json {
+            Some(root) if status.is_success() && root["service"] == "mcp-client" => {
+                Ok(RootAnswer::McpClient(ClientRoot {
+                    pid: root["pid"].as_u64().and_then(|p| u32::try_from(p).ok()),
+                    config_path: root["config"]["path"].as_str().map(Into::into),
+                }))
+            }
+            _ => {
+                let text: String = String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(200)
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
+                Ok(RootAnswer::Other(format!(
+                    "it answered GET / with HTTP {status}: {:?}",
+                    text.trim()
+                )))
+            }
+        }
+    }
+
+    /// `GET path` with the token; the JSON answer.
+    ///
+    /// # Errors
+    /// See the module docs.
+    pub async fn get(&self, path: &str, within: Duration) -> Result<Value> {
+        self.send(
+            self.http.get(format!("{}{path}", self.base)),
+            "GET",
+            path,
+            within,
+        )
+        .await
+    }
+
+    /// `POST path` with a JSON body and the token; the JSON answer.
+    ///
+    /// # Errors
+    /// See the module docs.
+    pub async fn post(&self, path: &str, body: &Value, within: Duration) -> Result<Value> {
+        let request = self.http.post(format!("{}{path}", self.base)).json(body);
+        self.send(request, "POST", path, within).await
+    }
+
+    /// `POST /connect_server`, bounded by `within`.
+    ///
+    /// # Errors
+    /// See the module docs; mcp-client answers 404 (unknown), 409 (disabled), 400 (failed).
+    pub async fn connect(&self, server: &str, within: Duration) -> Result<Value> {
+        self.post("/connect_server", &json!({"server_name": server}), within)
+            .await
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        method: &str,
+        path: &str,
+        within: Duration,
+    ) -> Result<Value> {
+        let token = self.token.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let request = match token {
+            Some(token) => request.bearer_auth(token.expose()),
+            None => request,
+        };
+        let what = || format!("{method} {path}");
+        let failed = |e: reqwest::Error| {
+            if e.is_timeout() {
+                Error::Timeout {
+                    what: what(),
+                    secs: within.as_secs_f64(),
+                }
+            } else {
+                Error::Unavailable(format!(
+                    "cannot reach mcp-client at {} ({}): {}",
+                    self.addr,
+                    what(),
+                    error_chain(&e)
+                ))
+            }
+        };
+        let response = request.timeout(within).send().await.map_err(failed)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(failed)?;
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(Error::TokenRefused(self.addr));
+        }
+        let body: Option<Value> = serde_json::from_slice(&bytes).ok();
+        if status.is_success() {
+            return body.ok_or_else(|| {
+                Error::Unavailable(format!(
+                    "mcp-client at {} answered {} with a body that is not JSON",
+                    self.addr,
+                    what()
+                ))
+            });
+        }
+        let detail = body
+            .as_ref()
+            .and_then(|b| b["detail"].as_str().map(str::to_string))
+            .unwrap_or_else(|| {
+                format!(
+                    "mcp-client answered {} with HTTP {status}: {}",
+                    what(),
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(500)])
+                )
+            });
+        let code = body
+            .as_ref()
+            .and_then(|b| b["code"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "mcp_client_error".into());
+        Err(Error::Upstream {
+            status,
+            code,
+            detail,
+        })
+    }
+}
+
+/// Connects `servers` (name and bound each), at most `concurrency` at once; each name with
+/// its answer or error, in the order they finished.
+pub async fn connect_many(
+    client: &McpClient,
+    servers: Vec<(String, Duration)>,
+    concurrency: usize,
+) -> Vec<(String, Result<Value>)> {
+    futures::stream::iter(servers)
+        .map(|(name, within)| async move {
+            let result = client.connect(&name, within).await;
+            (name, result)
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await
+}
+
+/// At most `cap` bytes of the body; what could be read.
+async fn read_capped(response: reqwest::Response, cap: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= cap {
+            body.truncate(cap);
+            break;
+        }
+    }
+    body
+}

@@ -1,0 +1,316 @@
+//! `mcp.json` on disk: read, validate (with mcp-client's own types), revision, and atomic
+//! writes under one lock (SPEC §3, §5).
+//!
+//! The revision of the file is [`revision`] of its bytes (a missing file reads as empty).
+//! Writers take [`ConfigStore::lock`], compare the revision they were given with the file's,
+//! and write while holding it, so two writers that read the same revision never both
+//! succeed: no update is lost. A write goes to a temp file in the same folder, is fsynced,
+//! renamed over the file, and the folder is fsynced: readers (mcp-client's watcher, people)
+//! see the old file or the new one, never half of one. Fields are written as the client
+//! sent them, unknown ones included, as 2-space indented JSON with a final newline.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mcp_client::config::{DEFAULT_TIMEOUT, McpConfig, revision};
+use serde_json::{Map, Value};
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+
+/// The file as last read.
+#[derive(Debug, Clone)]
+pub struct FileState {
+    /// Its revision.
+    pub version: String,
+    /// Its top-level object (empty for a missing file), fields in file order.
+    pub document: Map<String, Value>,
+}
+
+impl FileState {
+    /// `mcpServers` of the document (empty when absent).
+    pub fn servers(&self) -> Map<String, Value> {
+        match self.document.get("mcpServers") {
+            Some(Value::Object(servers)) => servers.clone(),
+            _ => Map::new(),
+        }
+    }
+}
+
+/// The `mcp.json` file and the lock its writers share.
+#[derive(Debug)]
+pub struct ConfigStore {
+    path: PathBuf,
+    lock: Mutex<()>,
+}
+
+/// Held by one writer at a time: read, check, write.
+pub struct ConfigGuard<'a> {
+    store: &'a ConfigStore,
+    _held: MutexGuard<'a, ()>,
+}
+
+impl ConfigStore {
+    /// The store for the file at `path` (which need not exist yet).
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Takes the writers' lock.
+    pub async fn lock(&self) -> ConfigGuard<'_> {
+        ConfigGuard {
+            store: self,
+            _held: self.lock.lock().await,
+        }
+    }
+
+    /// Reads and validates the file, without the lock.
+    ///
+    /// # Errors
+    /// [`Error::ConfigFileInvalid`] (with line, column and the revision) when it does not
+    /// parse or validate; [`Error::Io`] when it cannot be read.
+    pub async fn read(&self) -> Result<FileState> {
+        let path = self.path.clone();
+        blocking(move || read_file(&path)).await
+    }
+
+    /// Each server's `timeout` (the connect and tool-call bound) from the file; servers
+    /// that are not in it, or an unreadable file, get the default (60 s).
+    pub async fn timeouts(&self) -> Timeouts {
+        let path = self.path.clone();
+        let servers = blocking(move || {
+            let bytes = read_bytes(&path)?;
+            let text = String::from_utf8_lossy(&bytes);
+            Ok(McpConfig::parse(&text)
+                .map(|config| {
+                    config
+                        .servers
+                        .into_iter()
+                        .map(|(name, entry)| (name, entry.timeout))
+                        .collect()
+                })
+                .unwrap_or_default())
+        })
+        .await
+        .unwrap_or_default();
+        Timeouts(servers)
+    }
+}
+
+/// Servers' `timeout`s by name, see [`ConfigStore::timeouts`].
+#[derive(Debug, Clone, Default)]
+pub struct Timeouts(BTreeMap<String, Duration>);
+
+impl Timeouts {
+    /// The server's timeout, or the default (60 s).
+    pub fn of(&self, server: &str) -> Duration {
+        self.0.get(server).copied().unwrap_or(DEFAULT_TIMEOUT)
+    }
+}
+
+impl ConfigGuard<'_> {
+    /// The file's current revision, whether or not its content is valid.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when it cannot be read.
+    pub async fn version(&self) -> Result<String> {
+        let path = self.store.path.clone();
+        blocking(move || read_bytes(&path).map(|b| revision(&b))).await
+    }
+
+    /// Reads and validates the file (see [`ConfigStore::read`]).
+    ///
+    /// # Errors
+    /// As [`ConfigStore::read`].
+    pub async fn read(&self) -> Result<FileState> {
+        self.store.read().await
+    }
+
+    /// Writes `document` atomically (see the module docs); its new revision.
+    ///
+    /// # Errors
+    /// [`Error::Io`]: the folder is not writable, the disk is full; the file is unchanged.
+    pub async fn write(&mut self, document: &Map<String, Value>) -> Result<String> {
+        let mut bytes = serde_json::to_vec_pretty(document).expect("a JSON map always serializes");
+        bytes.push(b'\n');
+        let path = self.store.path.clone();
+        let version = revision(&bytes);
+        blocking(move || {
+            write_atomic(&path, &bytes).map_err(|source| Error::Io {
+                context: format!("cannot write {}", path.display()),
+                source,
+            })
+        })
+        .await?;
+        Ok(version)
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(Error::Io {
+            context: "a file task failed".into(),
+            source: std::io::Error::other(e),
+        })
+    })
+}
+
+/// The file's bytes; a missing file reads as empty.
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(Error::Io {
+            context: format!("cannot read {}", path.display()),
+            source,
+        }),
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileState> {
+    let bytes = read_bytes(path)?;
+    let version = revision(&bytes);
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(FileState {
+            version,
+            document: Map::new(),
+        });
+    }
+    let invalid = |error| Error::ConfigFileInvalid {
+        path: path.display().to_string(),
+        error,
+        version: version.clone(),
+    };
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        invalid(mcp_client::config::ConfigError {
+            message: format!("not UTF-8: {e}"),
+            line: 0,
+            column: 0,
+        })
+    })?;
+    McpConfig::parse(text).map_err(invalid)?;
+    match serde_json::from_str(text) {
+        Ok(Value::Object(document)) => Ok(FileState { version, document }),
+        _ => Err(invalid(mcp_client::config::ConfigError {
+            message: "the top level is not a JSON object".into(),
+            line: 1,
+            column: 1,
+        })),
+    }
+}
+
+/// Temp file in the same folder, write, fsync, rename, fsync the folder. A symlinked file is
+/// written where the link points; the mode of the file it replaces is kept (0644 for a new
+/// one).
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let dir = match target.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir)?;
+    let mode = std::fs::metadata(&target)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644);
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "mcp.json".into());
+    let mut temp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(&dir)?;
+    temp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_all()?;
+    temp.persist(&target).map_err(|e| e.error)?;
+    std::fs::File::open(&dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(value: Value) -> Map<String, Value> {
+        value.as_object().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_missing_file_reads_empty_and_is_created_by_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConfigStore::new(dir.path().join("sub/mcp.json"));
+        let empty = store.read().await.unwrap();
+        assert_eq!(empty.version, revision(b""));
+        assert!(empty.document.is_empty());
+        let document = doc(
+            json!({"mcpServers": {"b": {"command": "x", "zz": 1}, "a": {"url": "http://h"}}, "note": true}),
+        );
+        let version = store.lock().await.write(&document).await.unwrap();
+        let written = std::fs::read(store.path()).unwrap();
+        assert_eq!(
+            written,
+            format!("{}\n", serde_json::to_string_pretty(&document).unwrap()).as_bytes()
+        );
+        assert_eq!(version, revision(&written));
+        let read = store.read().await.unwrap();
+        assert_eq!(read.version, version);
+        assert_eq!(read.document, document);
+        // Order as written, not sorted.
+        assert_eq!(read.servers().keys().next().unwrap(), "b");
+        let mode = std::fs::metadata(store.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+        // No temp file left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("sub")).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_invalid_file_is_reported_with_its_position_and_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mcp.json");
+        std::fs::write(&path, "{\n  \"mcpServers\": {\"a\": {\"command\": 1}}\n}\n").unwrap();
+        let store = ConfigStore::new(path.clone());
+        match store.read().await.unwrap_err() {
+            Error::ConfigFileInvalid { error, version, .. } => {
+                assert_eq!(error.line, 2);
+                assert_eq!(version, revision(&std::fs::read(&path).unwrap()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.timeouts().await.of("a"), DEFAULT_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn writes_keep_the_mode_and_follow_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.json");
+        std::fs::write(&real, "{}").unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("mcp.json");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let store = ConfigStore::new(link.clone());
+        let document = doc(json!({"mcpServers": {"a": {"command": "x", "timeout": 5}}}));
+        store.lock().await.write(&document).await.unwrap();
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+        let mode = std::fs::metadata(&real).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(store.timeouts().await.of("a"), Duration::from_secs(5));
+        assert_eq!(store.timeouts().await.of("b"), DEFAULT_TIMEOUT);
+    }
+}

@@ -1,0 +1,169 @@
+//! The crate's one error type and its HTTP mapping (SPEC §5, §6).
+//!
+//! Every error answers `{"detail": TEXT, "code": SNAKE_ID}` with the status of
+//! [`Error::status`]; a few add fields a client can act on (a stale revision carries
+//! `current_version`, an invalid file carries `version`, `line` and `column`).
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use mcp_client::config::ConfigError;
+use serde_json::json;
+
+/// Everything an operation of mag-server can fail with.
+///
+/// The `Display` text is the `detail` an API client sees: it names the cause and never a
+/// token or an environment value.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// mcp-client cannot take the request now: it is starting, restarting, crash-looping,
+    /// its address is held by another program, or it could not be reached (503).
+    #[error("mcp-client is unavailable: {0}")]
+    Unavailable(String),
+    /// The mcp-client on the address wants a token other than mag-server's (503): it was
+    /// started by someone else, or by a mag-server that is gone.
+    #[error(
+        "mcp-client is unavailable: the mcp-client at {0} refused mag-server's token (it was \
+         started with another one: set MAG_CLIENT_TOKEN to it, or stop that mcp-client)"
+    )]
+    TokenRefused(std::net::SocketAddr),
+    /// mcp-client took longer than the request's bound (504).
+    #[error("mcp-client did not answer {what} within {secs:.0} s")]
+    Timeout {
+        /// The request, e.g. `POST /connect_server`.
+        what: String,
+        /// The bound, in seconds.
+        secs: f64,
+    },
+    /// mcp-client refused the request; its status, code and detail are passed on.
+    #[error("{detail}")]
+    Upstream {
+        /// mcp-client's HTTP status.
+        status: StatusCode,
+        /// mcp-client's `code`.
+        code: String,
+        /// mcp-client's `detail`.
+        detail: String,
+    },
+    /// The `version` sent is not the file's current revision (409).
+    #[error(
+        "the config changed since version {expected} was read (now {current}); read it again and retry"
+    )]
+    StaleRevision {
+        /// The version the client sent.
+        expected: String,
+        /// The file's current revision.
+        current: String,
+    },
+    /// A config sent to the API does not validate (422); nothing was written.
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    /// The config file on disk does not parse or validate (500); `version` lets a client
+    /// overwrite it on purpose.
+    #[error("the config file {path} is invalid: {error}")]
+    ConfigFileInvalid {
+        /// The file.
+        path: String,
+        /// What is wrong, with line and column.
+        error: ConfigError,
+        /// The file's current revision.
+        version: String,
+    },
+    /// A server name that cannot be one (422): empty, too long, or with `/`, `\`, NUL, `..`.
+    #[error("invalid server name: {0}")]
+    InvalidServerName(String),
+    /// The request body is not JSON (400).
+    #[error("malformed JSON body: {0}")]
+    MalformedJson(String),
+    /// The request body is JSON of the wrong shape (422).
+    #[error("invalid request body: {0}")]
+    InvalidBody(String),
+    /// The request body is larger than the limit, in bytes (413).
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(usize),
+    /// No such endpoint (404).
+    #[error("no endpoint {0}")]
+    NoRoute(String),
+    /// The endpoint exists but not with that method (405).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// `MAG_API_TOKEN` is set and the request did not carry it (401).
+    #[error("missing or wrong bearer token (send Authorization: Bearer TOKEN)")]
+    Unauthorized,
+    /// The operation does not apply to mcp-client in its current state (409), e.g.
+    /// restarting an adopted client.
+    #[error("{0}")]
+    ClientState(String),
+    /// A local I/O failure (500): reading or writing the config file.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The stable machine-readable code sent as `code`.
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Unavailable(_) | Self::TokenRefused(_) => "mcp_client_unavailable",
+            Self::Timeout { .. } => "mcp_client_timeout",
+            Self::Upstream { code, .. } => code,
+            Self::StaleRevision { .. } => "stale_revision",
+            Self::InvalidConfig(_) => "invalid_config",
+            Self::ConfigFileInvalid { .. } => "config_file_invalid",
+            Self::InvalidServerName(_) => "invalid_server_name",
+            Self::MalformedJson(_) => "malformed_json",
+            Self::InvalidBody(_) => "invalid_body",
+            Self::BodyTooLarge(_) => "body_too_large",
+            Self::NoRoute(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unauthorized => "unauthorized",
+            Self::ClientState(_) => "client_state",
+            Self::Io { .. } => "io_error",
+        }
+    }
+
+    /// The HTTP status the API answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unavailable(_) | Self::TokenRefused(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream { status, .. } => *status,
+            Self::StaleRevision { .. } | Self::ClientState(_) => StatusCode::CONFLICT,
+            Self::InvalidConfig(_) | Self::InvalidServerName(_) | Self::InvalidBody(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::ConfigFileInvalid { .. } | Self::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NoRoute(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let mut body = json!({"detail": self.to_string(), "code": self.code()});
+        match &self {
+            Self::StaleRevision { expected, current } => {
+                body["current_version"] = json!(current);
+                body["expected_version"] = json!(expected);
+            }
+            Self::ConfigFileInvalid { error, version, .. } => {
+                body["version"] = json!(version);
+                body["line"] = json!(error.line);
+                body["column"] = json!(error.column);
+            }
+            _ => {}
+        }
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
