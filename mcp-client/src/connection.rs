@@ -423,20 +423,21 @@ where
                 if let Some(group) = group
                     && let Ok(Some(status)) = tokio::time::timeout(Duration::from_millis(500), group.exited()).await
                 {
-                    return Err(exit_message(status, log));
+                    return Err(exit_message(status, log).await);
                 }
                 Err(format!("initialize failed: {}", describe_initialize_error(&e)))
             }
             Err(_) => Err(with_stderr(
                 format!("the server did not answer initialize within {timeout:?}"),
                 log,
-            )),
+            )
+            .await),
         },
-        Some(status) = exited => Err(exit_message(status, log)),
+        Some(status) = exited => Err(exit_message(status, log).await),
     }
 }
 
-fn exit_message(status: std::process::ExitStatus, log: &ServerLog) -> String {
+async fn exit_message(status: std::process::ExitStatus, log: &ServerLog) -> String {
     with_stderr(
         format!(
             "the process exited before answering initialize ({})",
@@ -444,10 +445,12 @@ fn exit_message(status: std::process::ExitStatus, log: &ServerLog) -> String {
         ),
         log,
     )
+    .await
 }
 
-fn with_stderr(message: String, log: &ServerLog) -> String {
-    let tail = log.tail();
+/// `message` and what the server last wrote on stderr.
+async fn with_stderr(message: String, log: &ServerLog) -> String {
+    let tail = log.settled_tail().await;
     if tail.is_empty() {
         format!("{message}; it wrote nothing on stderr")
     } else {
@@ -490,7 +493,8 @@ async fn watch(
             status = &mut exited, if !exit_seen => {
                 exit_seen = true;
                 if let Some(status) = status {
-                    let reason = with_stderr(format!("the server process exited ({})", describe_exit(status)), &log);
+                    let reason = format!("the server process exited ({})", describe_exit(status));
+                    let reason = with_stderr(reason, &log).await;
                     let _ = connection.close_reason.set(reason);
                 }
                 // Fail the calls in flight now, even if a grandchild still holds the pipe.
@@ -511,7 +515,7 @@ async fn watch(
             tokio::time::timeout(Duration::from_millis(500), group.exited()).await
     {
         let reason = format!("the server process exited ({})", describe_exit(status));
-        let _ = connection.close_reason.set(with_stderr(reason, &log));
+        let _ = connection.close_reason.set(with_stderr(reason, &log).await);
     }
     let _ = connection
         .close_reason

@@ -27,7 +27,11 @@ pub struct ServerLog {
     path: PathBuf,
     cap: u64,
     state: Mutex<LogState>,
+    stderr_closed: tokio_util::sync::CancellationToken,
 }
+
+/// How long [`ServerLog::settled_tail`] waits for stderr to reach its end.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
 
 #[derive(Debug)]
 struct LogState {
@@ -56,6 +60,7 @@ impl ServerLog {
                 written,
                 tail: VecDeque::with_capacity(TAIL_LINES),
             }),
+            stderr_closed: tokio_util::sync::CancellationToken::new(),
         })
     }
 
@@ -97,6 +102,18 @@ impl ServerLog {
     pub fn note(&self, text: &str) {
         let mut state = self.lock();
         self.write(&mut state, b"[mcp-client] ", text.as_bytes());
+    }
+
+    /// Notes that the server's stderr reached its end (everything it wrote is logged).
+    pub fn stderr_closed(&self) {
+        self.stderr_closed.cancel();
+    }
+
+    /// [`Self::tail`], once stderr has reached its end or after 300 ms (a grandchild may hold
+    /// it open): a process that just exited has often not had its last words read yet.
+    pub async fn settled_tail(&self) -> String {
+        let _ = tokio::time::timeout(SETTLE, self.stderr_closed.cancelled()).await;
+        self.tail()
     }
 
     /// The last stderr lines (at most five, each cut to 300 bytes), joined by ` | `;

@@ -575,7 +575,11 @@ impl Supervisor {
                     .is_some_and(|c| Arc::ptr_eq(c, &watched_connection));
                 if current {
                     state.connection = None;
-                    state.status = Status::Failed;
+                    state.status = if state.wanted && !state.removed {
+                        Status::Reconnecting
+                    } else {
+                        Status::Failed
+                    };
                     state.error = Some(reason.clone());
                 }
                 current

@@ -113,6 +113,7 @@ pub fn spawn(
                 Ok(_) => stderr_log.stderr_line(line.strip_suffix(b"\n").unwrap_or(&line)),
             }
         }
+        stderr_log.stderr_closed();
     });
     ctx.ledger.add(pid);
     let group = ProcessGroup::watch(child, pid, log.clone(), ctx.ledger.clone());
