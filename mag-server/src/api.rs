@@ -19,10 +19,9 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, Path, Request, State};
-use axum::http::{Method, StatusCode, Uri, header};
+use axum::http::{Method, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,6 +29,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+
+use mcp_client::http_edge::{BodyError, bearer_matches, read_json};
 
 use crate::control::{ControlPlane, ToolTest};
 use crate::error::{Error, Result};
@@ -78,22 +79,11 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     if request.method() == Method::GET && request.uri().path() == "/health" {
         return next.run(request).await;
     }
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+    if bearer_matches(request.headers(), token.expose()) {
         next.run(request).await
     } else {
         Error::Unauthorized.into_response()
     }
-}
-
-/// Equality whose time does not depend on where the inputs differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A JSON request body: read within the body limit, then parsed into `T`.
@@ -103,20 +93,13 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for Body<T> {
     type Rejection = Error;
 
     async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self> {
-        let bytes = Bytes::from_request(request, state)
+        read_json(request, state)
             .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    Error::BodyTooLarge(state.body_limit)
-                } else {
-                    Error::MalformedJson(rejection.body_text())
-                }
-            })?;
-        serde_json::from_slice(&bytes)
             .map(Body)
-            .map_err(|e| match e.classify() {
-                serde_json::error::Category::Data => Error::InvalidBody(e.to_string()),
-                _ => Error::MalformedJson(e.to_string()),
+            .map_err(|e| match e {
+                BodyError::TooLarge => Error::BodyTooLarge(state.body_limit),
+                BodyError::Malformed(why) => Error::MalformedJson(why),
+                BodyError::Invalid(why) => Error::InvalidBody(why),
             })
     }
 }

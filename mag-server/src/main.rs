@@ -5,9 +5,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use mag_server::settings::{Cli, Settings};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> ExitCode {
     let settings = match Settings::resolve(Cli::parse()) {
@@ -24,17 +21,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let file = tracing_appender::rolling::daily(&settings.log_dir, "mag-server.log");
-    let (file, _flush_on_exit) = tracing_appender::non_blocking(file);
-    tracing_subscriber::registry()
-        .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(file),
-        )
-        .init();
+    let _flush_on_exit =
+        mcp_client::http_edge::init_tracing(&settings.log_dir, "mag-server.log", "info");
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

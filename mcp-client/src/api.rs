@@ -2,9 +2,8 @@
 //! [`Supervisor`]. Every error is `{"detail": TEXT, "code": SNAKE_ID}` with the status of
 //! [`Error::status`]; bad bodies get 400 (not JSON), 422 (wrong shape) or 413 (too large).
 
-use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{StatusCode, Uri};
+use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -15,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{McpConfig, revision};
 use crate::error::Error;
+use crate::http_edge::{BodyError, read_json};
 use crate::supervisor::Supervisor;
 
 /// Default limit on a request body, in bytes (4 MiB, SPEC §6).
@@ -69,22 +69,11 @@ async fn require_token(
     if request.method() == axum::http::Method::GET && request.uri().path() == "/" {
         return next.run(request).await;
     }
-    let given = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+    if crate::http_edge::bearer_matches(request.headers(), token) {
         next.run(request).await
     } else {
         Error::Unauthorized.into_response()
     }
-}
-
-/// Equality whose time does not depend on where the inputs differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl IntoResponse for Error {
@@ -101,20 +90,13 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
     type Rejection = Error;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Error> {
-        let bytes = Bytes::from_request(request, state)
+        read_json(request, state)
             .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    Error::BodyTooLarge(state.body_limit)
-                } else {
-                    Error::MalformedJson(rejection.body_text())
-                }
-            })?;
-        serde_json::from_slice(&bytes)
             .map(Body)
-            .map_err(|e| match e.classify() {
-                serde_json::error::Category::Data => Error::InvalidBody(e.to_string()),
-                _ => Error::MalformedJson(e.to_string()),
+            .map_err(|e| match e {
+                BodyError::TooLarge => Error::BodyTooLarge(state.body_limit),
+                BodyError::Malformed(why) => Error::MalformedJson(why),
+                BodyError::Invalid(why) => Error::InvalidBody(why),
             })
     }
 }

@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod http_edge;
 pub mod ledger;
 pub mod logs;
 pub mod metrics;

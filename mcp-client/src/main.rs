@@ -6,9 +6,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 /// Keeps connections to MCP servers and serves their tools over a local HTTP API.
 #[derive(Debug, Parser)]
@@ -54,19 +51,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let file = tracing_appender::rolling::daily(&cli.log_dir, "mcp-client.log");
-    let (file, _flush_on_exit) = tracing_appender::non_blocking(file);
-    tracing_subscriber::registry()
-        .with(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn")),
-        )
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(file),
-        )
-        .init();
+    let _flush_on_exit =
+        mcp_client::http_edge::init_tracing(&cli.log_dir, "mcp-client.log", "info,rmcp=warn");
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

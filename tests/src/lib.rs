@@ -156,10 +156,10 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// A workspace binary (`mcp-client`, `mag-server`) of the profile the caller was built
 /// with: the one next to the caller's executable (or its `deps/` folder). Under cargo
-/// (`CARGO` set) it is built once per process first, so `cargo test -p mag-tests` never runs
-/// a stale binary; a no-op build takes about a second.
+/// (`CARGO` set) the workspace's binaries are built once per process first, so
+/// `cargo test -p mag-tests` never runs a stale binary; a no-op build takes about a second.
 pub fn workspace_bin(name: &str) -> PathBuf {
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let exe = std::env::current_exe().expect("current exe");
     let mut profile_dir = exe.parent().expect("exe dir").to_path_buf();
     if profile_dir.ends_with("deps") {
@@ -167,7 +167,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     }
     let path = profile_dir.join(name);
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    if built.iter().any(|b| b == name) {
+    if *built {
         return path;
     }
     let Some(cargo) = std::env::var_os("CARGO") else {
@@ -175,7 +175,9 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         return path;
     };
     let mut command = Command::new(cargo);
-    command.args(["build", "--quiet", "-p", name, "--bin", name]);
+    // Every binary of the workspace, so features unify as in `cargo test --workspace`
+    // (building one package alone would resolve other features and rebuild half the tree).
+    command.args(["build", "--quiet", "--workspace", "--bins"]);
     // What cargo set for this test process would make the build differ from the outer one
     // (and rebuild everything, twice per run).
     for (var, _) in std::env::vars_os() {
@@ -198,7 +200,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         }
     }
     run_installer(&mut command);
-    built.push(name.to_string());
+    *built = true;
     path
 }
 
@@ -231,6 +233,21 @@ pub fn alive(pid: u32) -> bool {
             .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
         Err(_) => false,
     }
+}
+
+/// The pids of every live process in process group `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| alive(*pid))
+        .filter(|pid| {
+            nix::unistd::getpgid(Some(Pid::from_raw(*pid as i32))).ok()
+                == Some(Pid::from_raw(pgid as i32))
+        })
+        .collect()
 }
 
 /// Waits up to `within` for `pid` to be gone; whether it is.

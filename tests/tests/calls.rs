@@ -166,17 +166,7 @@ async fn a_wrapper_that_dies_fails_the_call_even_if_its_child_holds_the_pipe() {
     let ((_, answer), ()) = tokio::join!(in_flight, killer);
     assert_eq!(answer["code"], "server_gone", "{answer}");
     // The whole group is ended: no python left in sh's process group.
-    let group_left = || {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| alive(*pid))
-            .filter(|pid| {
-                nix::unistd::getpgid(Some(Pid::from_raw(*pid as i32))).ok()
-                    == Some(Pid::from_raw(sh as i32))
-            })
-            .count()
-    };
+    let group_left = || mag_tests::group_members(sh).len();
     for _ in 0..100 {
         if group_left() == 0 {
             break;

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use mag_tests::{Daemon, PyHttpServer, alive, fixture, peers, py_stdio_entry, text, wait_gone};
+use mag_tests::{
+    Daemon, PyHttpServer, fixture, group_members, peers, py_stdio_entry, text, wait_gone,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
@@ -224,19 +226,6 @@ async fn a_20_mib_result_passes_over_stdio_and_streamable_http() {
     daemon.connect("http").await;
     big_result_passes(&daemon, "stdio").await;
     big_result_passes(&daemon, "http").await;
-}
-
-/// The pids of every live process in group `pgid`.
-fn group_members(pgid: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| alive(*pid))
-        .filter(|pid| {
-            nix::unistd::getpgid(Some(Pid::from_raw(*pid as i32))).ok()
-                == Some(Pid::from_raw(pgid as i32))
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
