@@ -290,6 +290,18 @@ async fn main() {
             format!("{name}: added p50 (target ≤ 100 µs)"),
             spread(&added, "µs"),
         );
+        if name == "fast" {
+            // What the HTTP hop alone costs with the same client: GET / (no MCP behind it).
+            let mut bare = Vec::new();
+            for _ in 0..runs {
+                let mut samples = Vec::with_capacity(LATENCY_CALLS);
+                for _ in 0..LATENCY_CALLS {
+                    samples.push(timed(api.get("/")).await);
+                }
+                bare.push(percentiles(&mut samples).0);
+            }
+            report.row("bare HTTP round trip to GET / (p50)", spread(&bare, "µs"));
+        }
         session.cancel().await.ok();
     }
 
