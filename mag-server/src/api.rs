@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use mcp_client::http_edge::{BodyError, bearer_matches, read_json};
+use mcp_client::http_edge::{EdgeError, bearer_matches, read_json};
 
 use crate::control::{ControlPlane, ToolTest};
 use crate::error::{Error, Result};
@@ -61,8 +61,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/mcp/tools", get(tools))
         .route("/api/mcp/test-tool", post(test_tool))
         .route("/api/mcp/client/restart", post(restart_client))
-        .fallback(|uri: Uri| async move { Error::NoRoute(uri.path().to_string()) })
-        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .fallback(|uri: Uri| async move { Error::from(EdgeError::NoRoute(uri.path().to_string())) })
+        .method_not_allowed_fallback(|| async { Error::from(EdgeError::MethodNotAllowed) })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -82,7 +82,7 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     if bearer_matches(request.headers(), token.expose()) {
         next.run(request).await
     } else {
-        Error::Unauthorized.into_response()
+        Error::from(EdgeError::Unauthorized).into_response()
     }
 }
 
@@ -93,14 +93,10 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for Body<T> {
     type Rejection = Error;
 
     async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self> {
-        read_json(request, state)
+        read_json(request, state, state.body_limit)
             .await
             .map(Body)
-            .map_err(|e| match e {
-                BodyError::TooLarge => Error::BodyTooLarge(state.body_limit),
-                BodyError::Malformed(why) => Error::MalformedJson(why),
-                BodyError::Invalid(why) => Error::InvalidBody(why),
-            })
+            .map_err(Error::from)
     }
 }
 
@@ -128,8 +124,8 @@ async fn set_config(State(state): St, Body(body): Body<Map<String, Value>>) -> A
         Some(config) => (config, body.remove("version")),
         None if body.contains_key("mcpServers") => (Value::Object(body), None),
         None => {
-            return Err(Error::InvalidBody(
-                "expected {\"config\": {\"mcpServers\": {...}}, \"version\": VERSION}".into(),
+            return Err(Error::invalid_body(
+                "expected {\"config\": {\"mcpServers\": {...}}, \"version\": VERSION}",
             ));
         }
     };
@@ -162,8 +158,8 @@ enum RemoveBody {
 
 async fn remove(State(state): St, Body(body): Body<Value>) -> AppResult {
     let body: RemoveBody = serde_json::from_value(body).map_err(|_| {
-        Error::InvalidBody(
-            "expected {\"server_names\": [NAME, ...], \"version\": VERSION} or [NAME, ...]".into(),
+        Error::invalid_body(
+            "expected {\"server_names\": [NAME, ...], \"version\": VERSION} or [NAME, ...]",
         )
     })?;
     let (names, version) = match body {
@@ -215,7 +211,7 @@ async fn test_tool(State(state): St, Body(body): Body<TestToolBody>) -> AppResul
     let params = match body.params {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(params)) => params,
-        Some(_) => return Err(Error::InvalidBody("params must be a JSON object".into())),
+        Some(_) => return Err(Error::invalid_body("params must be a JSON object")),
     };
     let test = ToolTest {
         server_name: body.server_name,

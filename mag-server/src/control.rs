@@ -111,8 +111,8 @@ impl ControlPlane {
     /// [`Error::InvalidConfig`] (422), [`Error::StaleRevision`] (409), [`Error::Io`].
     pub async fn set_config(&self, config: Value, version: Option<Value>) -> Result<Value> {
         let Value::Object(mut document) = config else {
-            return Err(Error::InvalidBody(
-                "config must be an object like {\"mcpServers\": {...}}".into(),
+            return Err(Error::invalid_body(
+                "config must be an object like {\"mcpServers\": {...}}",
             ));
         };
         validate(&document)?;

@@ -8,6 +8,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use mcp_client::config::ConfigError;
+use mcp_client::http_edge::EdgeError;
 use serde_json::json;
 
 /// Everything an operation of mag-server can fail with.
@@ -72,24 +73,9 @@ pub enum Error {
     /// A server name that cannot be one (422): empty, too long, or with `/`, `\`, NUL, `..`.
     #[error("invalid server name: {0}")]
     InvalidServerName(String),
-    /// The request body is not JSON (400).
-    #[error("malformed JSON body: {0}")]
-    MalformedJson(String),
-    /// The request body is JSON of the wrong shape (422).
-    #[error("invalid request body: {0}")]
-    InvalidBody(String),
-    /// The request body is larger than the limit, in bytes (413).
-    #[error("request body larger than {0} bytes")]
-    BodyTooLarge(usize),
-    /// No such endpoint (404).
-    #[error("no endpoint {0}")]
-    NoRoute(String),
-    /// The endpoint exists but not with that method (405).
-    #[error("method not allowed")]
-    MethodNotAllowed,
-    /// `MAG_API_TOKEN` is set and the request did not carry it (401).
-    #[error("missing or wrong bearer token (send Authorization: Bearer TOKEN)")]
-    Unauthorized,
+    /// Refused at the HTTP edge: bad body, no route, no token (400, 404, 405, 413, 422, 401).
+    #[error(transparent)]
+    Edge(#[from] EdgeError),
     /// The operation does not apply to mcp-client in its current state (409), e.g.
     /// restarting an adopted client.
     #[error("{0}")]
@@ -115,15 +101,15 @@ impl Error {
             Self::InvalidConfig(_) => "invalid_config",
             Self::ConfigFileInvalid { .. } => "config_file_invalid",
             Self::InvalidServerName(_) => "invalid_server_name",
-            Self::MalformedJson(_) => "malformed_json",
-            Self::InvalidBody(_) => "invalid_body",
-            Self::BodyTooLarge(_) => "body_too_large",
-            Self::NoRoute(_) => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::Unauthorized => "unauthorized",
             Self::ClientState(_) => "client_state",
             Self::Io { .. } => "io_error",
+            Self::Edge(e) => e.code(),
         }
+    }
+
+    /// [`EdgeError::InvalidBody`]: JSON of the wrong shape (422).
+    pub fn invalid_body(why: impl Into<String>) -> Self {
+        Self::Edge(EdgeError::InvalidBody(why.into()))
     }
 
     /// The HTTP status the API answers with.
@@ -133,15 +119,9 @@ impl Error {
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream { status, .. } => *status,
             Self::StaleRevision { .. } | Self::ClientState(_) => StatusCode::CONFLICT,
-            Self::InvalidConfig(_) | Self::InvalidServerName(_) | Self::InvalidBody(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Self::InvalidConfig(_) | Self::InvalidServerName(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::ConfigFileInvalid { .. } | Self::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
-            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NoRoute(_) => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Edge(e) => e.status(),
         }
     }
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{McpConfig, revision};
 use crate::error::Error;
-use crate::http_edge::{BodyError, read_json};
+use crate::http_edge::{EdgeError, read_json};
 use crate::supervisor::Supervisor;
 
 /// Default limit on a request body, in bytes (4 MiB, SPEC §6).
@@ -46,8 +46,8 @@ pub fn router(state: AppState) -> Router {
         .route("/tool_call", post(tool_call))
         .route("/shutdown", post(shutdown))
         .route("/metrics", get(metrics))
-        .fallback(|uri: Uri| async move { Error::NoRoute(uri.path().to_string()) })
-        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .fallback(|uri: Uri| async move { Error::from(EdgeError::NoRoute(uri.path().to_string())) })
+        .method_not_allowed_fallback(|| async { Error::from(EdgeError::MethodNotAllowed) })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -72,7 +72,7 @@ async fn require_token(
     if crate::http_edge::bearer_matches(request.headers(), token) {
         next.run(request).await
     } else {
-        Error::Unauthorized.into_response()
+        Error::from(EdgeError::Unauthorized).into_response()
     }
 }
 
@@ -90,14 +90,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
     type Rejection = Error;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Error> {
-        read_json(request, state)
+        read_json(request, state, state.body_limit)
             .await
             .map(Body)
-            .map_err(|e| match e {
-                BodyError::TooLarge => Error::BodyTooLarge(state.body_limit),
-                BodyError::Malformed(why) => Error::MalformedJson(why),
-                BodyError::Invalid(why) => Error::InvalidBody(why),
-            })
+            .map_err(Error::from)
     }
 }
 
@@ -193,7 +189,7 @@ async fn tool_call(
     let arguments = match body.params {
         None | Some(Value::Null) => Default::default(),
         Some(Value::Object(arguments)) => arguments,
-        Some(_) => return Err(Error::InvalidBody("params must be a JSON object".into())),
+        Some(_) => return Err(Error::invalid_body("params must be a JSON object")),
     };
     let outcome = state
         .supervisor

@@ -3,6 +3,7 @@
 use axum::http::StatusCode;
 
 use crate::config::ConfigError;
+use crate::http_edge::EdgeError;
 
 /// Everything an operation of mcp-client can fail with.
 ///
@@ -45,24 +46,9 @@ pub enum Error {
     /// A config was refused (422); the live config is unchanged.
     #[error("invalid config: {0}")]
     Config(#[from] ConfigError),
-    /// The request body is not JSON (400).
-    #[error("malformed JSON body: {0}")]
-    MalformedJson(String),
-    /// The request body is JSON of the wrong shape (422).
-    #[error("invalid request body: {0}")]
-    InvalidBody(String),
-    /// The request body is larger than the limit (413).
-    #[error("request body larger than {0} bytes")]
-    BodyTooLarge(usize),
-    /// No such endpoint (404).
-    #[error("no endpoint {0}")]
-    NoRoute(String),
-    /// The endpoint exists but not with that method (405).
-    #[error("method not allowed")]
-    MethodNotAllowed,
-    /// A token is configured and the request did not carry it (401).
-    #[error("missing or wrong bearer token (send Authorization: Bearer TOKEN)")]
-    Unauthorized,
+    /// Refused at the HTTP edge: bad body, no route, no token (400, 404, 405, 413, 422, 401).
+    #[error(transparent)]
+    Edge(#[from] EdgeError),
     /// The daemon is shutting down and takes no new work (503).
     #[error("mcp-client is shutting down")]
     ShuttingDown,
@@ -93,29 +79,25 @@ impl Error {
             Self::Disabled(_) => "server_disabled",
             Self::Connect { .. } => "connect_failed",
             Self::Config(_) => "invalid_config",
-            Self::MalformedJson(_) => "malformed_json",
-            Self::InvalidBody(_) => "invalid_body",
-            Self::BodyTooLarge(_) => "body_too_large",
-            Self::NoRoute(_) => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::Unauthorized => "unauthorized",
+            Self::Edge(e) => e.code(),
             Self::ShuttingDown => "shutting_down",
             Self::Io { .. } => "io_error",
         }
     }
 
+    /// [`EdgeError::InvalidBody`]: JSON of the wrong shape (422).
+    pub fn invalid_body(why: impl Into<String>) -> Self {
+        Self::Edge(EdgeError::InvalidBody(why.into()))
+    }
+
     /// The HTTP status the API answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::UnknownServer(_) | Self::UnknownTool { .. } | Self::NoRoute(_) => {
-                StatusCode::NOT_FOUND
-            }
+            Self::UnknownServer(_) | Self::UnknownTool { .. } => StatusCode::NOT_FOUND,
             Self::NotConnected { .. } | Self::Disabled(_) => StatusCode::CONFLICT,
-            Self::Connect { .. } | Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
-            Self::Config(_) | Self::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Connect { .. } => StatusCode::BAD_REQUEST,
+            Self::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Edge(e) => e.status(),
             Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }

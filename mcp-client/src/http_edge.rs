@@ -11,37 +11,77 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// Why a request body was refused (each API maps it to its own error: 413, 400, 422).
-#[derive(Debug)]
-pub enum BodyError {
-    /// Over the body limit (`DefaultBodyLimit`).
-    TooLarge,
-    /// Not readable or not JSON: the reason.
-    Malformed(String),
-    /// JSON of the wrong shape (types, missing fields): the reason.
-    Invalid(String),
+/// What the HTTP edge refuses, shared by both daemons' error types (SPEC §6).
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// The request body is not JSON (400).
+    #[error("malformed JSON body: {0}")]
+    MalformedJson(String),
+    /// The request body is JSON of the wrong shape (422).
+    #[error("invalid request body: {0}")]
+    InvalidBody(String),
+    /// The request body is larger than the limit, in bytes (413).
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(usize),
+    /// No such endpoint (404).
+    #[error("no endpoint {0}")]
+    NoRoute(String),
+    /// The endpoint exists but not with that method (405).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A token is configured and the request did not carry it (401).
+    #[error("missing or wrong bearer token (send Authorization: Bearer TOKEN)")]
+    Unauthorized,
 }
 
-/// Reads `request`'s body (within the router's `DefaultBodyLimit`) and parses it as `T`.
+impl EdgeError {
+    /// The stable machine-readable code sent as `code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "malformed_json",
+            Self::InvalidBody(_) => "invalid_body",
+            Self::BodyTooLarge(_) => "body_too_large",
+            Self::NoRoute(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unauthorized => "unauthorized",
+        }
+    }
+
+    /// The HTTP status answered.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NoRoute(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+/// Reads `request`'s body (within the router's `DefaultBodyLimit`, `limit` bytes) and parses
+/// it as `T`.
 ///
 /// # Errors
-/// [`BodyError`]: too large, not JSON, or the wrong shape.
+/// [`EdgeError::BodyTooLarge`], [`EdgeError::MalformedJson`], [`EdgeError::InvalidBody`].
 pub async fn read_json<T: DeserializeOwned, S: Send + Sync>(
     request: Request,
     state: &S,
-) -> Result<T, BodyError> {
+    limit: usize,
+) -> Result<T, EdgeError> {
     let bytes = Bytes::from_request(request, state)
         .await
         .map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                BodyError::TooLarge
+                EdgeError::BodyTooLarge(limit)
             } else {
-                BodyError::Malformed(rejection.body_text())
+                EdgeError::MalformedJson(rejection.body_text())
             }
         })?;
     serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => BodyError::Invalid(e.to_string()),
-        _ => BodyError::Malformed(e.to_string()),
+        serde_json::error::Category::Data => EdgeError::InvalidBody(e.to_string()),
+        _ => EdgeError::MalformedJson(e.to_string()),
     })
 }
 

@@ -415,8 +415,11 @@ impl Daemon {
             .collect();
         let (proc, base) = launch(dir.path(), &args, &env);
         mcp_client::install_tls_provider();
+        // No pooled connections: a daemon closes a connection after refusing a body it did
+        // not read (413), and a reused one would fail the next request.
         let http = reqwest::Client::builder()
             .no_proxy()
+            .pool_max_idle_per_host(0)
             .build()
             .expect("http client");
         Self {

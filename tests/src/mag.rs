@@ -126,6 +126,7 @@ impl MagServer {
             token: None,
             http: reqwest::Client::builder()
                 .no_proxy()
+                .pool_max_idle_per_host(0)
                 .timeout(Duration::from_secs(120))
                 .build()
                 .expect("http client"),
