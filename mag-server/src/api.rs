@@ -21,16 +21,14 @@ use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, Path, Request, State};
-use axum::http::{Method, Uri};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use mcp_client::http_edge::{EdgeError, bearer_matches, read_json};
+use mcp_client::http_edge::read_json;
 
 use crate::control::{ControlPlane, ToolTest};
 use crate::error::{Error, Result};
@@ -49,8 +47,9 @@ pub struct AppState {
 
 /// The API's routes over `state`.
 pub fn router(state: AppState) -> Router {
+    let token: Option<Arc<str>> = state.token.as_ref().map(|t| t.expose().into());
     let limit = state.body_limit;
-    Router::new()
+    let routes = Router::new()
         .route("/health", get(health))
         .route("/api/mcp/config", get(get_config).post(set_config))
         .route("/api/mcp/add", post(add))
@@ -61,29 +60,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/mcp/tools", get(tools))
         .route("/api/mcp/test-tool", post(test_tool))
         .route("/api/mcp/client/restart", post(restart_client))
-        .fallback(|uri: Uri| async move { Error::from(EdgeError::NoRoute(uri.path().to_string())) })
-        .method_not_allowed_fallback(|| async { Error::from(EdgeError::MethodNotAllowed) })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_token,
-        ))
-        .layer(axum::extract::DefaultBodyLimit::max(limit))
-        .with_state(Arc::new(state))
-}
-
-/// Refuses (401) a request without the configured bearer token; `GET /health` stays open.
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(token) = &state.token else {
-        return next.run(request).await;
-    };
-    if request.method() == Method::GET && request.uri().path() == "/health" {
-        return next.run(request).await;
-    }
-    if bearer_matches(request.headers(), token.expose()) {
-        next.run(request).await
-    } else {
-        Error::from(EdgeError::Unauthorized).into_response()
-    }
+        .with_state(Arc::new(state));
+    // `GET /health` stays open with a token, so supervisors can check liveness.
+    mcp_client::http_edge::finish(routes, token, "/health", limit)
 }
 
 /// A JSON request body: read within the body limit, then parsed into `T`.

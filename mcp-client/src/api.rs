@@ -3,7 +3,7 @@
 //! [`Error::status`]; bad bodies get 400 (not JSON), 422 (wrong shape) or 413 (too large).
 
 use axum::extract::{FromRequest, Request, State};
-use axum::http::Uri;
+
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{McpConfig, revision};
 use crate::error::Error;
-use crate::http_edge::{EdgeError, read_json};
+use crate::http_edge::read_json;
 use crate::supervisor::Supervisor;
 
 /// Default limit on a request body, in bytes (4 MiB, SPEC §6).
@@ -35,8 +35,8 @@ pub struct AppState {
 
 /// The API's routes over `state`.
 pub fn router(state: AppState) -> Router {
-    let limit = state.body_limit;
-    Router::new()
+    let (token, limit) = (state.token.clone(), state.body_limit);
+    let routes = Router::new()
         .route("/", get(root))
         .route("/load_config", post(load_config))
         .route("/servers", get(servers))
@@ -46,34 +46,9 @@ pub fn router(state: AppState) -> Router {
         .route("/tool_call", post(tool_call))
         .route("/shutdown", post(shutdown))
         .route("/metrics", get(metrics))
-        .fallback(|uri: Uri| async move { Error::from(EdgeError::NoRoute(uri.path().to_string())) })
-        .method_not_allowed_fallback(|| async { Error::from(EdgeError::MethodNotAllowed) })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_token,
-        ))
-        .layer(axum::extract::DefaultBodyLimit::max(limit))
-        .with_state(state)
-}
-
-/// Refuses (401) a request without the configured bearer token; `GET /` stays open so
-/// supervisors can check liveness.
-async fn require_token(
-    State(state): State<AppState>,
-    request: Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let Some(token) = &state.token else {
-        return next.run(request).await;
-    };
-    if request.method() == axum::http::Method::GET && request.uri().path() == "/" {
-        return next.run(request).await;
-    }
-    if crate::http_edge::bearer_matches(request.headers(), token) {
-        next.run(request).await
-    } else {
-        Error::from(EdgeError::Unauthorized).into_response()
-    }
+        .with_state(state);
+    // `GET /` stays open with a token, so supervisors can check liveness.
+    crate::http_edge::finish(routes, token, "/", limit)
 }
 
 impl IntoResponse for Error {

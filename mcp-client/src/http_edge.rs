@@ -2,10 +2,13 @@
 //! the body limit, checking a bearer token, and setting up the daemon's log.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -58,6 +61,42 @@ impl EdgeError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
         }
     }
+}
+
+impl IntoResponse for EdgeError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"detail": self.to_string(), "code": self.code()});
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+/// Adds what both APIs share at the edge to `router`: a JSON 404 for unknown paths and 405
+/// for wrong methods, the bearer `token` check on every request but `GET open_path` (401),
+/// and the body limit (`limit` bytes; [`read_json`] turns a larger body into 413).
+pub fn finish(
+    router: Router,
+    token: Option<Arc<str>>,
+    open_path: &'static str,
+    limit: usize,
+) -> Router {
+    router
+        .fallback(|uri: Uri| async move { EdgeError::NoRoute(uri.path().to_string()) })
+        .method_not_allowed_fallback(|| async { EdgeError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: axum::middleware::Next| {
+                let token = token.clone();
+                async move {
+                    let open = request.method() == Method::GET && request.uri().path() == open_path;
+                    match token {
+                        Some(token) if !open && !bearer_matches(request.headers(), &token) => {
+                            EdgeError::Unauthorized.into_response()
+                        }
+                        _ => next.run(request).await,
+                    }
+                }
+            },
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
 }
 
 /// Reads `request`'s body (within the router's `DefaultBodyLimit`, `limit` bytes) and parses
