@@ -313,8 +313,10 @@ impl Connection {
                 Ok(Err(rmcp::ServiceError::McpError(e))) => Err(CallError::Server(e.message.to_string())),
                 Ok(Err(rmcp::ServiceError::TransportClosed)) => {
                     // A process that exited is reported by the watcher, with its exit status:
-                    // give it a moment. Otherwise (a remote server) the session is over now.
-                    let _ = tokio::time::timeout(Duration::from_secs(1), self.closed.cancelled()).await;
+                    // give it a moment. A remote server has no watcher: over now.
+                    if self.group.is_some() {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), self.closed.cancelled()).await;
+                    }
                     self.end("the connection to the server closed");
                     Err(self.closed_error())
                 }
