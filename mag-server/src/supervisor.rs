@@ -621,13 +621,9 @@ impl Supervisor {
         // Readiness: GET / answers from it (or from a process in its group, when the binary
         // is a wrapper that did not exec).
         loop {
-            tokio::select! {
-                status = child.wait() => return Outcome::Exited(exited(status.ok())),
-                _ = inner.stop.cancelled() => {
-                    self.stop_child(&mut child, pid).await;
-                    return Outcome::Shutdown;
-                }
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            let pause = tokio::time::sleep(Duration::from_millis(100));
+            if let Err(outcome) = self.watched(&mut child, pid, &exited, pause).await {
+                return outcome;
             }
             if let Ok(RootAnswer::McpClient(root)) = inner.client.root(Duration::from_secs(2)).await
                 && root.pid.is_some_and(|p| p == pid || in_group(p, pid))
@@ -647,13 +643,12 @@ impl Supervisor {
         }
         tracing::info!(pid, "mcp-client is ready");
 
-        let report = tokio::select! {
-            report = self.reconnect() => report,
-            status = child.wait() => return Outcome::Exited(exited(status.ok())),
-            _ = inner.stop.cancelled() => {
-                self.stop_child(&mut child, pid).await;
-                return Outcome::Shutdown;
-            }
+        let report = match self
+            .watched(&mut child, pid, &exited, self.reconnect())
+            .await
+        {
+            Ok(report) => report,
+            Err(outcome) => return outcome,
         };
         self.set(|s| {
             s.state = ClientState::Running;
@@ -868,6 +863,25 @@ impl Supervisor {
     }
 
     /// SIGTERM to the child's group, SIGKILL after the grace period; its exit status.
+    /// Runs `work` while watching the child: `Err` with the outcome if the child exits first
+    /// (described by `exited`) or mag-server is stopping (the child is then stopped).
+    async fn watched<T>(
+        &self,
+        child: &mut Child,
+        pid: u32,
+        exited: &impl Fn(Option<ExitStatus>) -> Ended,
+        work: impl Future<Output = T>,
+    ) -> Result<T, Outcome> {
+        tokio::select! {
+            value = work => Ok(value),
+            status = child.wait() => Err(Outcome::Exited(exited(status.ok()))),
+            _ = self.inner.stop.cancelled() => {
+                self.stop_child(child, pid).await;
+                Err(Outcome::Shutdown)
+            }
+        }
+    }
+
     async fn stop_child(&self, child: &mut Child, pid: u32) -> Option<ExitStatus> {
         let group = Pid::from_raw(pid as i32);
         let _ = killpg(group, Signal::SIGTERM);
