@@ -2,7 +2,7 @@
 //!
 //! | method path | answer |
 //! |---|---|
-//! | GET `/health` | liveness, mcp-client's state, `"store": null` (open even with a token) |
+//! | GET `/health` | liveness, mcp-client's and the store's state (open even with a token) |
 //! | GET `/api/mcp/config` | `{"mcpServers", "version"}` |
 //! | POST `/api/mcp/config` | `{"config": {"mcpServers"}, "version"}` → `{"status", "version", "applied"}` |
 //! | POST `/api/mcp/add` | `{"mcpServers", "version"?}` → MAG's add result |
@@ -13,17 +13,28 @@
 //! | GET `/api/mcp/tools` | `{SERVER: [tool]}` |
 //! | POST `/api/mcp/test-tool` | `{"server_name", "tool_name", "params"}` → `{"status", "result" \| "error", "execution_time"}` |
 //! | POST `/api/mcp/client/restart` | retry a crash-looped mcp-client, or restart the spawned one |
+//! | POST `/api/mcp/generate` | `{"requirement", "model_name", "conversation_id"?, "user_id"?, "stream"?}` → SSE (`data: CHUNK` … `data: [DONE]`) or the conversation |
+//! | GET `/api/mcp/conversations` | `?user_id=&limit=&skip=` → `{"conversations", "total_count"}` |
+//! | GET · DELETE `/api/mcp/conversations/{id}` | the conversation with rounds and `parsed_results` · delete it |
+//! | POST `/api/mcp/register-tool` | `{"folder_name", "script_files", "readme", "dependencies"}` → install and register |
+//! | GET `/api/mcp/ai-tools` | the generated tools' folder names, sorted |
 //!
 //! Every error is `{"detail", "code"}` ([`Error`]); bad bodies get 400 (not JSON), 422
 //! (wrong shape) or 413 (over the limit).
 
 use std::sync::Arc;
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequest, Path, Request, State};
+use std::convert::Infallible;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::HeaderValue;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -32,13 +43,18 @@ use mcp_client::http_edge::read_json;
 
 use crate::control::{ControlPlane, ToolTest};
 use crate::error::{Error, Result};
+use crate::generation::install::ToolFiles;
+use crate::generation::{GenerateRequest, Generator};
 use crate::settings::Secret;
+use crate::store::ListQuery;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
     /// The core.
     pub plane: ControlPlane,
+    /// MCP generation.
+    pub generator: Generator,
     /// The body limit, in bytes.
     pub body_limit: usize,
     /// `MAG_API_TOKEN`: every endpoint but `/health` wants `Authorization: Bearer TOKEN`.
@@ -60,6 +76,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/mcp/tools", get(tools))
         .route("/api/mcp/test-tool", post(test_tool))
         .route("/api/mcp/client/restart", post(restart_client))
+        .route("/api/mcp/generate", post(generate))
+        .route("/api/mcp/conversations", get(conversations))
+        .route(
+            "/api/mcp/conversations/{id}",
+            get(conversation).delete(delete_conversation),
+        )
+        .route("/api/mcp/register-tool", post(register_tool))
+        .route("/api/mcp/ai-tools", get(ai_tools))
         .with_state(Arc::new(state));
     // `GET /health` stays open with a token, so supervisors can check liveness.
     mcp_client::http_edge::finish(routes, token, "/health", limit)
@@ -89,7 +113,9 @@ type AppResult = Result<Json<Value>>;
 type St = State<Arc<AppState>>;
 
 async fn health(State(state): St) -> Json<Value> {
-    Json(state.plane.health())
+    let mut health = state.plane.health();
+    health["store"] = state.generator.store_health().await;
+    Json(health)
 }
 
 async fn get_config(State(state): St) -> AppResult {
@@ -202,4 +228,125 @@ async fn test_tool(State(state): St, Body(body): Body<TestToolBody>) -> AppResul
 
 async fn restart_client(State(state): St) -> AppResult {
     state.plane.restart_client().map(Json)
+}
+
+/// One generation round: SSE when `stream` (the default), else the conversation after the
+/// round. Errors found before the round starts (bad request, unknown model, store down)
+/// are plain HTTP errors; later ones end the stream with an error event.
+async fn generate(State(state): St, Body(request): Body<GenerateRequest>) -> Response {
+    let stream = request.stream;
+    let prepared = match state.generator.prepare(request).await {
+        Ok(prepared) => prepared,
+        Err(e) => return e.into_response(),
+    };
+    let id = prepared.conversation_id().to_owned();
+    let (events, received) = tokio::sync::mpsc::unbounded_channel();
+    // The round runs on its own task: a caller that goes away does not cut it short.
+    let round = tokio::spawn(prepared.run(events));
+    if !stream {
+        return match round.await {
+            Ok(Ok(answer)) => Json(answer).into_response(),
+            Ok(Err(e)) => e.into_response(),
+            Err(e) => Error::Io {
+                context: "the generation task failed".into(),
+                source: std::io::Error::other(e),
+            }
+            .into_response(),
+        };
+    }
+    let body = futures::stream::unfold(received, |mut received| async move {
+        let payload = received.recv().await?;
+        Some((Event::default().data(payload.to_string()), received))
+    })
+    .chain(futures::stream::once(async {
+        Event::default().data("[DONE]")
+    }))
+    .map(Ok::<_, Infallible>);
+    let mut response = Sse::new(body)
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert("cache-control", HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert("x-conversation-id", value);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    skip: Option<u64>,
+}
+
+/// MAG's cap on a conversation list.
+const LIST_LIMIT: i64 = 200;
+
+async fn conversations(
+    State(state): St,
+    params: std::result::Result<Query<ListParams>, QueryRejection>,
+) -> AppResult {
+    let Query(params) = params.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let limit = params.limit.unwrap_or(LIST_LIMIT);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::BadRequest("limit must be 1 to 1000".into()));
+    }
+    let query = ListQuery {
+        user_id: params.user_id.filter(|u| !u.is_empty()),
+        limit,
+        skip: params.skip.unwrap_or(0),
+    };
+    state.generator.conversations(&query).await.map(Json)
+}
+
+fn conversation_id(path: std::result::Result<Path<String>, PathRejection>) -> Result<String> {
+    path.map(|Path(id)| id)
+        .map_err(|e| Error::BadRequest(e.body_text()))
+}
+
+async fn conversation(
+    State(state): St,
+    path: std::result::Result<Path<String>, PathRejection>,
+) -> AppResult {
+    let id = conversation_id(path)?;
+    state.generator.conversation(&id).await.map(Json)
+}
+
+async fn delete_conversation(
+    State(state): St,
+    path: std::result::Result<Path<String>, PathRejection>,
+) -> AppResult {
+    let id = conversation_id(path)?;
+    state.generator.delete_conversation(&id).await.map(Json)
+}
+
+/// MAG's `MCPToolRegistration`.
+#[derive(Deserialize)]
+struct RegisterToolBody {
+    folder_name: String,
+    script_files: Map<String, Value>,
+    #[serde(default)]
+    readme: String,
+    #[serde(default)]
+    dependencies: String,
+}
+
+async fn register_tool(State(state): St, Body(body): Body<RegisterToolBody>) -> AppResult {
+    let files = ToolFiles {
+        folder_name: body.folder_name,
+        script_files: body.script_files,
+        readme: body.readme,
+        dependencies: body.dependencies,
+    };
+    state.generator.install(files, false).await.map(Json)
+}
+
+async fn ai_tools(State(state): St) -> AppResult {
+    let names = state.generator.toolsmith().list()?;
+    Ok(Json(Value::from(names)))
 }

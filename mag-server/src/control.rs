@@ -37,6 +37,7 @@ struct Inner {
     client: McpClient,
     supervisor: Supervisor,
     connect_concurrency: usize,
+    tools_dir: std::path::PathBuf,
 }
 
 /// A tool call for [`ControlPlane::test_tool`].
@@ -51,12 +52,14 @@ pub struct ToolTest {
 }
 
 impl ControlPlane {
-    /// The core over the config file, mcp-client's API and its supervisor.
+    /// The core over the config file, mcp-client's API and its supervisor; `tools_dir`
+    /// holds generated tools, whose folders go when their server is removed.
     pub fn new(
         store: Arc<ConfigStore>,
         client: McpClient,
         supervisor: Supervisor,
         connect_concurrency: usize,
+        tools_dir: std::path::PathBuf,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -64,13 +67,14 @@ impl ControlPlane {
                 client,
                 supervisor,
                 connect_concurrency,
+                tools_dir,
             }),
         }
     }
 
-    /// `GET /health`: `{"status": "ok", "service": "mag-server", "version", "pid",
-    /// "mcp_client": {"state", "address", "pid", "managed", "restarts", "since",
-    /// "last_exit", "error", "last_reconnect"}, "store": null}`.
+    /// `GET /health` without its `store` part: `{"status": "ok", "service": "mag-server",
+    /// "version", "pid", "mcp_client": {"state", "address", "pid", "managed", "restarts",
+    /// "since", "last_exit", "error", "last_reconnect"}}`.
     pub fn health(&self) -> Value {
         json!({
             "status": "ok",
@@ -78,7 +82,6 @@ impl ControlPlane {
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
             "mcp_client": self.inner.supervisor.status(),
-            "store": null,
         })
     }
 
@@ -203,7 +206,8 @@ impl ControlPlane {
     /// disconnects them). MAG's answer: `{"status": "success" | "partial_success" |
     /// "no_changes" | "error", "message", "removed_servers", "not_found_servers",
     /// "failed_removals", "ai_generated_count", "traditional_count", "total_requested",
-    /// "update_result", "new_version" | "current_version"}`.
+    /// "update_result", "new_version" | "current_version"}`. An `ai_generated` server's
+    /// folder in the tools dir is deleted with it (as MAG does), after the file is written.
     ///
     /// # Errors
     /// [`Error::StaleRevision`], [`Error::ConfigFileInvalid`], [`Error::Io`].
@@ -224,12 +228,12 @@ impl ControlPlane {
         let mut current = file.servers();
         let mut removed = Vec::new();
         let mut not_found = Vec::new();
-        let mut ai_generated = 0;
+        let mut ai_generated = Vec::new();
         for name in &names {
             match current.shift_remove(name) {
                 Some(entry) => {
                     if entry["ai_generated"] == true {
-                        ai_generated += 1;
+                        ai_generated.push(name.clone());
                     }
                     removed.push(name.clone());
                 }
@@ -240,8 +244,8 @@ impl ControlPlane {
             }
         }
         let counts = json!({
-            "ai_generated_count": ai_generated,
-            "traditional_count": removed.len() - ai_generated,
+            "ai_generated_count": ai_generated.len(),
+            "traditional_count": removed.len() - ai_generated.len(),
             "total_requested": names.len(),
         });
         if removed.is_empty() {
@@ -264,6 +268,18 @@ impl ControlPlane {
         for name in &removed {
             self.inner.supervisor.note_connected(name, false);
         }
+        let mut failed = Vec::new();
+        for name in &ai_generated {
+            let dir = self.inner.tools_dir.join(name);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => tracing::info!("removed the generated tool's folder {}", dir.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!("cannot remove {}: {e}", dir.display());
+                    failed.push(json!({"server": name, "error": format!("its folder {} stays: {e}", dir.display())}));
+                }
+            }
+        }
         let (state, message) = if not_found.is_empty() {
             ("success", format!("removed {} servers", removed.len()))
         } else {
@@ -281,7 +297,7 @@ impl ControlPlane {
             "message": message,
             "removed_servers": removed,
             "not_found_servers": not_found,
-            "failed_removals": [],
+            "failed_removals": failed,
             "update_result": {"status": status},
             "new_version": version,
         });

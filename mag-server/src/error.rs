@@ -11,6 +11,9 @@ use mcp_client::config::ConfigError;
 use mcp_client::http_edge::EdgeError;
 use serde_json::json;
 
+use crate::llm::LlmError;
+use crate::store::StoreError;
+
 /// Everything an operation of mag-server can fail with.
 ///
 /// The `Display` text is the `detail` an API client sees: it names the cause and never a
@@ -80,6 +83,36 @@ pub enum Error {
     /// restarting an adopted client.
     #[error("{0}")]
     ClientState(String),
+    /// A request that cannot be served as asked (400), e.g. a blank `requirement`.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No `[[models]]` table has this name (404).
+    #[error("no model named {0:?} is configured (see [[models]] in the settings file)")]
+    UnknownModel(String),
+    /// No conversation has this id (404).
+    #[error("no conversation {0:?}")]
+    ConversationNotFound(String),
+    /// The conversation store failed: unavailable (503), a conflicting round (409), a
+    /// malformed document (500).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The LLM endpoint failed (502).
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    /// A generated tool's files or names are not acceptable (422).
+    #[error("invalid tool: {0}")]
+    InvalidTool(String),
+    /// A tool folder or server of this name exists already (409).
+    #[error("a tool or server named {0:?} exists already")]
+    ToolExists(String),
+    /// Installing a generated tool failed at `step` (500); nothing of it is left behind.
+    #[error("installing the tool failed: cannot {step}: {detail}")]
+    ToolInstall {
+        /// The step, e.g. `install the dependencies`.
+        step: String,
+        /// The cause, with the end of the installer's output.
+        detail: String,
+    },
     /// A local I/O failure (500): reading or writing the config file.
     #[error("{context}: {source}")]
     Io {
@@ -103,6 +136,16 @@ impl Error {
             Self::InvalidServerName(_) => "invalid_server_name",
             Self::ClientState(_) => "client_state",
             Self::Io { .. } => "io_error",
+            Self::BadRequest(_) => "bad_request",
+            Self::UnknownModel(_) => "unknown_model",
+            Self::ConversationNotFound(_) => "conversation_not_found",
+            Self::Store(StoreError::Unavailable(_)) => "store_unavailable",
+            Self::Store(StoreError::Conflict(_)) => "conversation_conflict",
+            Self::Store(StoreError::Corrupt(_)) => "store_corrupt",
+            Self::Llm(_) => "llm_error",
+            Self::InvalidTool(_) => "invalid_tool",
+            Self::ToolExists(_) => "tool_exists",
+            Self::ToolInstall { .. } => "tool_install_failed",
             Self::Edge(e) => e.code(),
         }
     }
@@ -120,7 +163,16 @@ impl Error {
             Self::Upstream { status, .. } => *status,
             Self::StaleRevision { .. } | Self::ClientState(_) => StatusCode::CONFLICT,
             Self::InvalidConfig(_) | Self::InvalidServerName(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::ConfigFileInvalid { .. } | Self::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::ConfigFileInvalid { .. } | Self::Io { .. } | Self::ToolInstall { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::UnknownModel(_) | Self::ConversationNotFound(_) => StatusCode::NOT_FOUND,
+            Self::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(StoreError::Conflict(_)) | Self::ToolExists(_) => StatusCode::CONFLICT,
+            Self::Store(StoreError::Corrupt(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Llm(_) => StatusCode::BAD_GATEWAY,
+            Self::InvalidTool(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Edge(e) => e.status(),
         }
     }

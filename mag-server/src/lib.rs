@@ -13,7 +13,10 @@ pub mod client;
 pub mod config_store;
 pub mod control;
 pub mod error;
+pub mod generation;
+pub mod llm;
 pub mod settings;
+pub mod store;
 pub mod supervisor;
 
 use std::net::SocketAddr;
@@ -29,7 +32,12 @@ use crate::api::AppState;
 use crate::client::McpClient;
 use crate::config_store::ConfigStore;
 use crate::control::ControlPlane;
+use crate::generation::Generator;
+use crate::generation::install::Toolsmith;
 use crate::settings::Settings;
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::mongo::MongoStore;
 use crate::supervisor::Supervisor;
 
 /// How long requests in flight may take to finish once shutdown began; mcp-client's stop
@@ -53,6 +61,12 @@ pub async fn run(
             settings.data_dir.display()
         );
     }
+    let conversations = open_store(&settings).await?;
+    let smith = Toolsmith {
+        tools_dir: settings.data_dir.join("tools"),
+        log_dir: settings.log_dir.join("tools"),
+        python: settings.python.clone(),
+    };
     let store = Arc::new(ConfigStore::new(settings.mcp_config.clone()));
     let client = McpClient::new(settings.client_listen)?;
     let supervisor = Supervisor::new(&settings, client.clone(), store.clone());
@@ -62,8 +76,18 @@ pub async fn run(
         client,
         supervisor.clone(),
         settings.connect_concurrency,
+        smith.tools_dir.clone(),
     );
+    let generator =
+        match Generator::new(conversations, settings.models.clone(), plane.clone(), smith) {
+            Ok(generator) => generator,
+            Err(e) => {
+                supervisor.shutdown().await;
+                return Err(e);
+            }
+        };
     let app = api::router(AppState {
+        generator,
         plane,
         body_limit: settings.body_limit,
         token: settings.api_token.clone(),
@@ -104,6 +128,29 @@ pub async fn run(
     tracing::info!("stopped");
     Ok(())
 }
+
+/// The conversation store: MongoDB when `MONGODB_URL` is set, else the embedded one in
+/// `DATA_DIR/conversations.sqlite3`.
+///
+/// # Errors
+/// [`Error::Store`]: the URL does not parse, or the embedded file cannot be opened.
+pub async fn open_store(settings: &Settings) -> Result<Store> {
+    let store: Store = match &settings.mongodb_url {
+        Some(url) => Arc::new(MongoStore::connect(url.expose(), &settings.mongodb_db).await?),
+        None => Arc::new(EmbeddedStore::open(
+            &settings.data_dir.join(EMBEDDED_STORE_FILE),
+        )?),
+    };
+    tracing::info!(
+        "conversations are kept in the {} store: {}",
+        store.backend(),
+        store.location()
+    );
+    Ok(store)
+}
+
+/// The embedded store's file, in the data dir.
+pub const EMBEDDED_STORE_FILE: &str = "conversations.sqlite3";
 
 /// Binds the API's listener, with a message that names the address on failure.
 ///

@@ -16,6 +16,8 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::llm::Model;
+
 /// The TOML file read when `--config` is not given and the file exists.
 pub const DEFAULT_SETTINGS_FILE: &str = "config/mag-server.toml";
 
@@ -33,7 +35,10 @@ pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
     version,
     after_help = "Environment only:\n  \
         MAG_API_TOKEN     every endpoint but GET /health wants `Authorization: Bearer TOKEN`\n  \
-        MAG_CLIENT_TOKEN  the token of an mcp-client started elsewhere, to adopt it"
+        MAG_CLIENT_TOKEN  the token of an mcp-client started elsewhere, to adopt it\n  \
+        MONGODB_URL       conversations in this MongoDB (unset or empty: the embedded store\n                    \
+                          in the data dir)\n  \
+        MONGODB_DB        the database [default: mag]"
 )]
 pub struct Cli {
     /// The TOML settings file [default: config/mag-server.toml, when it exists].
@@ -88,6 +93,9 @@ pub struct Cli {
     /// after a restart [default: 8].
     #[arg(long, env = "MAG_CONNECT_CONCURRENCY", value_name = "N")]
     pub connect_concurrency: Option<usize>,
+    /// The Python that creates generated tools' virtual environments [default: python3].
+    #[arg(long, env = "MAG_PYTHON", value_name = "PATH")]
+    pub python: Option<PathBuf>,
 }
 
 /// The TOML file's keys (the flags' names with `_`); unknown keys are an error.
@@ -108,8 +116,9 @@ struct FileSettings {
     stop_grace: Option<String>,
     startup_timeout: Option<String>,
     connect_concurrency: Option<usize>,
+    python: Option<PathBuf>,
     #[serde(default)]
-    models: Vec<toml::Table>,
+    models: Vec<Model>,
 }
 
 /// A token: shown as `***` by `Debug`, so it never reaches a log line.
@@ -192,9 +201,19 @@ pub struct Settings {
     pub client_token: Option<Secret>,
     /// The TOML file that was read, if any.
     pub settings_file: Option<PathBuf>,
-    /// `[[models]]` tables, kept for MCP generation.
-    pub models: Vec<toml::Table>,
+    /// The Python that creates generated tools' virtual environments.
+    pub python: PathBuf,
+    /// `MONGODB_URL`: the conversations' MongoDB (may hold a password); `None`: the
+    /// embedded store.
+    pub mongodb_url: Option<Secret>,
+    /// `MONGODB_DB`: the database name.
+    pub mongodb_db: String,
+    /// The `[[models]]` tables: the LLMs MCP generation may use.
+    pub models: Vec<Model>,
 }
+
+/// [`Settings::mongodb_db`] when `MONGODB_DB` is unset.
+pub const DEFAULT_MONGODB_DB: &str = "mag";
 
 /// Why the settings cannot be used: the message names the file or setting.
 #[derive(Debug, thiserror::Error)]
@@ -203,7 +222,8 @@ pub struct SettingsError(String);
 
 impl Settings {
     /// Merges the CLI (with its env fallbacks) over the TOML file over the defaults, and
-    /// reads `MAG_API_TOKEN` and `MAG_CLIENT_TOKEN` from the environment.
+    /// reads `MAG_API_TOKEN`, `MAG_CLIENT_TOKEN`, `MONGODB_URL` and `MONGODB_DB` from the
+    /// environment.
     ///
     /// # Errors
     /// The TOML file is missing (when named), unreadable or invalid; a value is out of range.
@@ -211,10 +231,14 @@ impl Settings {
         let mut settings = Self::merge(cli, std::env::current_exe().ok())?;
         settings.api_token = Secret::from_env_value(std::env::var("MAG_API_TOKEN").ok());
         settings.client_token = Secret::from_env_value(std::env::var("MAG_CLIENT_TOKEN").ok());
+        settings.mongodb_url = Secret::from_env_value(std::env::var("MONGODB_URL").ok());
+        if let Some(db) = std::env::var("MONGODB_DB").ok().filter(|d| !d.is_empty()) {
+            settings.mongodb_db = db;
+        }
         Ok(settings)
     }
 
-    /// [`Self::resolve`] without the environment's tokens; `exe` is mag-server's own path
+    /// [`Self::resolve`] without the environment-only values; `exe` is mag-server's own path
     /// (the default `client_bin` is its sibling `mcp-client`).
     ///
     /// # Errors
@@ -314,6 +338,12 @@ impl Settings {
             api_token: None,
             client_token: None,
             settings_file,
+            python: cli
+                .python
+                .or(file.python)
+                .unwrap_or_else(|| "python3".into()),
+            mongodb_url: None,
+            mongodb_db: DEFAULT_MONGODB_DB.into(),
             models: file.models,
         };
         settings.check()?;
@@ -342,6 +372,12 @@ impl Settings {
         }
         if s.startup_timeout.is_zero() {
             return fail("startup_timeout must be above 0");
+        }
+        for (i, model) in self.models.iter().enumerate() {
+            model.check().map_err(SettingsError)?;
+            if self.models[..i].iter().any(|m| m.name == model.name) {
+                return fail(&format!("two [[models]] tables are named {:?}", model.name));
+            }
         }
         Ok(())
     }
@@ -374,7 +410,7 @@ mod tests {
     fn flags_win_over_the_file_which_wins_over_defaults() {
         let file = write(
             "listen = \"127.0.0.1:1\"\nlog_dir = \"/l\"\nrestart_backoff = \"250ms\"\n\
-             [[models]]\nname = \"m\"\n",
+             [[models]]\nname = \"m\"\nbase_url = \"http://127.0.0.1:1/v1\"\nmodel = \"x\"\n",
         );
         let mut cli = cli_with(&file);
         cli.listen = Some("127.0.0.1:2".parse().unwrap());
@@ -404,6 +440,9 @@ mod tests {
         let port0 = write("client_listen = \"127.0.0.1:0\"\n");
         let err = Settings::merge(cli_with(&port0), None).unwrap_err();
         assert!(err.0.contains("fixed port"), "{err}");
+        let model = write("[[models]]\nname = \"m\"\nbase_url = \"ftp://x\"\nmodel = \"x\"\n");
+        let err = Settings::merge(cli_with(&model), None).unwrap_err();
+        assert!(err.0.contains("base_url"), "{err}");
         let missing = Cli {
             config: Some("/nonexistent/mag.toml".into()),
             ..Cli::default()

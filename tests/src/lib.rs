@@ -2,12 +2,18 @@
 //! the means to install them.
 //!
 //! The peers (npm `@modelcontextprotocol/server-everything`, `server-filesystem`, the
-//! conformance suite with the Node 22 it needs; PyPI `mcp` and `mcp-server-time`) are
-//! installed on first use into `$MAG_TEST_PEERS` (default `~/.cache/mag-test-peers`) with
-//! npm and pip, once per machine: a stamp file records the pinned versions, and a file lock
-//! makes concurrent test processes wait for one installer.
+//! conformance suite with the Node 22 it needs; PyPI `mcp`, `mcp-server-time` and the
+//! MongoDB-wire server `secantusdb`) are installed on first use into `$MAG_TEST_PEERS`
+//! (default `~/.cache/mag-test-peers`) with npm and pip, once per machine, with a
+//! wheelhouse of `mcp` and its dependencies for offline installs into fresh venvs: a stamp
+//! file records the pinned versions, and a file lock makes concurrent test processes wait
+//! for one installer.
+//!
+//! [`mongo`] runs SecantusDB; [`llm`] is a scripted OpenAI-compatible endpoint.
 
+pub mod llm;
 pub mod mag;
+pub mod mongo;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -32,7 +38,11 @@ const PIP_PACKAGES: &[&str] = &[
     "mcp==2.3.0",
     "mcp-server-time==2026.10.19",
     "prometheus-client==0.26.0",
+    "secantusdb==0.7.0b3",
 ];
+/// What the wheelhouse holds (with every dependency), for offline installs into fresh
+/// venvs.
+const WHEELHOUSE: &[&str] = &["mcp==2.3.0"];
 
 /// Where the installed peers are.
 #[derive(Debug)]
@@ -78,6 +88,18 @@ impl Peers {
     pub fn mcp_server_time(&self) -> PathBuf {
         self.root.join("venv/bin/mcp-server-time")
     }
+
+    /// SecantusDB's server, `secantusd-py` (see [`mongo::Secantus`]).
+    pub fn secantusd(&self) -> PathBuf {
+        self.root.join("venv/bin/secantusd-py")
+    }
+
+    /// A folder of wheels: `mcp==2.3.0` and all its dependencies, built for the system
+    /// `python3`. Install from it without the network into any venv of that Python with
+    /// `PIP_NO_INDEX=1 PIP_FIND_LINKS=THIS pip install mcp==2.3.0` (about 3 s).
+    pub fn wheelhouse(&self) -> PathBuf {
+        self.root.join("wheels")
+    }
 }
 
 /// The peers, installed on first call (see the crate docs). Panics with the installer's
@@ -103,7 +125,7 @@ fn install_peers(root: &Path) {
     std::fs::create_dir_all(root).expect("create the peers dir");
     let lock = std::fs::File::create(root.join(".lock")).expect("create the peers lock");
     lock.lock().expect("lock the peers dir");
-    let wanted = format!("{NPM_PACKAGES:?} {PIP_PACKAGES:?}");
+    let wanted = format!("{NPM_PACKAGES:?} {PIP_PACKAGES:?} wheels {WHEELHOUSE:?}");
     let stamp = root.join(".installed");
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
         return;
@@ -130,6 +152,12 @@ fn install_peers(root: &Path) {
         Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
             .args(PIP_PACKAGES),
+    );
+    run_installer(
+        Command::new(venv.join("bin/pip"))
+            .args(["download", "--quiet", "--disable-pip-version-check", "-d"])
+            .arg(root.join("wheels"))
+            .args(WHEELHOUSE),
     );
     std::fs::write(&stamp, wanted).unwrap();
 }

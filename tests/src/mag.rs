@@ -1,7 +1,7 @@
 //! Support for mag-server end-to-end tests: the real `mag-server` binary, which starts the
 //! real `mcp-client` binary, in a temp folder.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,8 +14,9 @@ pub fn mag_server_bin() -> PathBuf {
     workspace_bin("mag-server")
 }
 
-/// The environment variables mag-server reads; cleared so the developer's own do not leak
-/// into a test.
+/// The environment variables mag-server reads (its `MAG_*` ones, and `MONGODB_URL` and
+/// `MONGODB_DB`); cleared so the developer's own do not leak into a test, which passes
+/// those it wants in [`MagOptions::env`].
 const MAG_ENV: &[&str] = &[
     "MAG_CONFIG",
     "MAG_LISTEN",
@@ -34,6 +35,9 @@ const MAG_ENV: &[&str] = &[
     "MAG_STOP_GRACE",
     "MAG_STARTUP_TIMEOUT",
     "MAG_CONNECT_CONCURRENCY",
+    "MAG_PYTHON",
+    "MONGODB_URL",
+    "MONGODB_DB",
 ];
 
 /// How to start mag-server; see [`MagServer::start_with`].
@@ -67,7 +71,36 @@ pub struct MagServer {
     pub client_port: u16,
     /// Sent as `Authorization: Bearer` when set.
     pub token: Option<String>,
+    options: MagOptions,
     http: reqwest::Client,
+}
+
+/// Starts `mag-server` in `dir` and reads the address it listens on.
+fn launch(dir: &Path, config: &Path, client_port: u16, options: &MagOptions) -> (Proc, String) {
+    workspace_bin("mcp-client");
+    let mut command = Command::new(mag_server_bin());
+    for name in MAG_ENV {
+        command.env_remove(name);
+    }
+    command
+        .current_dir(dir)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--client-listen")
+        .arg(format!("127.0.0.1:{client_port}"))
+        .arg("--mcp-config")
+        .arg(config)
+        .arg("--log-dir")
+        .arg(dir.join("logs"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(&options.args)
+        .envs(options.env.iter().map(|(k, v)| (k, v)))
+        .env("RUST_LOG", "info,mag_server=debug")
+        .stdout(Stdio::piped());
+    let mut proc = Proc::spawn(&mut command);
+    let base = listen_url(&mut proc, "mag-server");
+    (proc, base)
 }
 
 impl MagServer {
@@ -83,7 +116,7 @@ impl MagServer {
     /// Starts mag-server as `options` say and waits until it listens.
     pub fn start_with(options: MagOptions) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = match options.mcp_config {
+        let config = match options.mcp_config.clone() {
             Some(path) => path,
             None => {
                 let path = dir.path().join("mcp.json");
@@ -92,30 +125,8 @@ impl MagServer {
                 path
             }
         };
-        workspace_bin("mcp-client");
         let client_port = options.client_port.unwrap_or_else(free_port);
-        let mut command = Command::new(mag_server_bin());
-        for name in MAG_ENV {
-            command.env_remove(name);
-        }
-        command
-            .current_dir(dir.path())
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--client-listen")
-            .arg(format!("127.0.0.1:{client_port}"))
-            .arg("--mcp-config")
-            .arg(&config)
-            .arg("--log-dir")
-            .arg(dir.path().join("logs"))
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(&options.args)
-            .envs(options.env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "info,mag_server=debug")
-            .stdout(Stdio::piped());
-        let mut proc = Proc::spawn(&mut command);
-        let base = listen_url(&mut proc, "mag-server");
+        let (proc, base) = launch(dir.path(), &config, client_port, &options);
         mcp_client::install_tls_provider();
         Self {
             proc,
@@ -123,6 +134,7 @@ impl MagServer {
             dir,
             config,
             client_port,
+            options,
             token: None,
             http: reqwest::Client::builder()
                 .no_proxy()
@@ -131,6 +143,32 @@ impl MagServer {
                 .build()
                 .expect("http client"),
         }
+    }
+
+    /// Stops it (SIGTERM) and starts a new mag-server with the same options on the same
+    /// folder: same `mcp.json`, `logs/`, `data/` and client port.
+    pub fn restart(&mut self) {
+        self.terminate();
+        let (proc, base) = launch(
+            self.dir.path(),
+            &self.config,
+            self.client_port,
+            &self.options,
+        );
+        self.proc = proc;
+        self.base = base;
+    }
+
+    /// `DELETE path`: status and JSON body.
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.request_within(
+            reqwest::Method::DELETE,
+            path,
+            None,
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap_or_else(|| panic!("DELETE {path}: no answer"))
     }
 
     /// SIGTERM, then waits up to 30 s for it to exit; its exit code.

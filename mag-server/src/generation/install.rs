@@ -1,0 +1,483 @@
+//! Installing a generated tool (SPEC §5): its files into a folder of the tools dir, a
+//! Python virtual environment with its dependencies, and an `ai_generated` stdio entry in
+//! `mcp.json` written through the config API's own writer.
+//!
+//! Layout: `TOOLS_DIR/NAME/` holds the script files, `README.md`, `requirements.txt` (the
+//! dependencies, one per line) and `.venv/`; the installer's output goes to
+//! `LOG_DIR/tools/NAME.install.log`. The folder is reserved with an atomic `mkdir`, so two
+//! installs never share one, and it is deleted again when any step fails: a tool is either
+//! installed and registered or not there at all.
+//!
+//! The `mcp.json` entry keeps MAG's shape (`mag/app/core/file_manager.py`) and adds `cwd`:
+//! `{"command": TOOL/.venv/bin/python, "args": [TOOL/MAIN], "cwd": TOOL, "transportType":
+//! "stdio", "ai_generated": true, "autoApprove": [], "disabled": false, "timeout": 60}`,
+//! with absolute paths. MAIN is the first of `main_server.py`, `server.py`, `main.py` that
+//! exists, else the first `.py` file by name.
+
+use std::path::{Component, Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::error::{Error, Result};
+
+/// Bound on `python -m venv`.
+pub const VENV_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Bound on `pip install` of a tool's dependencies.
+pub const PIP_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// A tool's files, as generation's `parsed_results` or `POST /api/mcp/register-tool` give
+/// them.
+#[derive(Debug, Clone)]
+pub struct ToolFiles {
+    /// The folder and server name.
+    pub folder_name: String,
+    /// `{FILE: TEXT}`; FILE may name a subfolder (`lib/util.py`).
+    pub script_files: Map<String, Value>,
+    /// `README.md`'s text.
+    pub readme: String,
+    /// pip requirements separated by spaces, commas or new lines.
+    pub dependencies: String,
+}
+
+/// Where tools go and how they are installed.
+#[derive(Debug, Clone)]
+pub struct Toolsmith {
+    /// `DATA_DIR/tools`.
+    pub tools_dir: PathBuf,
+    /// `LOG_DIR/tools`: the installers' output.
+    pub log_dir: PathBuf,
+    /// The Python that creates the virtual environments.
+    pub python: PathBuf,
+}
+
+/// A tool on disk, ready to register.
+#[derive(Debug, Clone)]
+pub struct BuiltTool {
+    /// Its folder (absolute).
+    pub dir: PathBuf,
+    /// Its name (the folder's).
+    pub name: String,
+    /// Its `mcp.json` entry.
+    pub entry: Value,
+}
+
+/// Checks a tool's folder name: 1 to 64 characters, letters (any script), digits, `_`,
+/// `-` and `.`, not starting with `.` (SPEC §6: no `/`, `..` or NUL in names used as
+/// paths).
+///
+/// # Errors
+/// [`Error::InvalidTool`], naming the rule.
+pub fn validate_folder_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= 64
+        && !name.starts_with('.')
+        && !name.contains("..")
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidTool(format!(
+            "folder_name {name:?} must be 1 to 64 letters, digits, '_', '-' or '.', \
+             and may not start with '.' or contain '..'"
+        )))
+    }
+}
+
+/// A script file's path inside the tool's folder: relative, plain components only.
+fn script_path(name: &str) -> Result<PathBuf> {
+    let path = Path::new(name);
+    let plain = !name.is_empty()
+        && !name.contains('\0')
+        && !name.contains('\\')
+        && path.components().all(|c| matches!(c, Component::Normal(_)))
+        && !path
+            .components()
+            .any(|c| c.as_os_str().to_string_lossy().starts_with('.'));
+    if plain && name.len() <= 255 {
+        Ok(path.to_path_buf())
+    } else {
+        Err(Error::InvalidTool(format!(
+            "script file name {name:?} must be a relative path of plain names (no '..', no \
+             leading '/', no hidden files)"
+        )))
+    }
+}
+
+/// The requirements of `dependencies`: split on white space and commas. An option (a
+/// word starting with `-`, e.g. `--index-url`) is refused: requirements name packages.
+///
+/// # Errors
+/// [`Error::InvalidTool`] for an option.
+pub fn requirements(dependencies: &str) -> Result<Vec<String>> {
+    let words: Vec<String> = dependencies
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if let Some(option) = words.iter().find(|w| w.starts_with('-')) {
+        return Err(Error::InvalidTool(format!(
+            "dependencies may only name packages; {option:?} is an option"
+        )));
+    }
+    Ok(words)
+}
+
+impl ToolFiles {
+    /// Checks every name and the dependencies before anything touches the disk.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTool`].
+    pub fn check(&self) -> Result<()> {
+        validate_folder_name(&self.folder_name)?;
+        if self.script_files.is_empty() {
+            return Err(Error::InvalidTool("script_files is empty".into()));
+        }
+        for (name, text) in &self.script_files {
+            script_path(name)?;
+            if !text.is_string() {
+                return Err(Error::InvalidTool(format!(
+                    "script file {name:?} must be text"
+                )));
+            }
+        }
+        requirements(&self.dependencies)?;
+        Ok(())
+    }
+
+    /// The script started by the entry: the first of `main_server.py`, `server.py`,
+    /// `main.py`, else the first `.py` by name.
+    pub fn main_script(&self) -> Option<String> {
+        ["main_server.py", "server.py", "main.py"]
+            .into_iter()
+            .find(|name| self.script_files.contains_key(*name))
+            .map(str::to_owned)
+            .or_else(|| {
+                let mut py: Vec<&String> = self
+                    .script_files
+                    .keys()
+                    .filter(|k| k.ends_with(".py"))
+                    .collect();
+                py.sort();
+                py.first().map(|s| (*s).clone())
+            })
+    }
+}
+
+impl Toolsmith {
+    /// Names of the tool folders, sorted (`GET /api/mcp/ai-tools`, MAG's answer).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the tools dir exists but cannot be read.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let entries = match std::fs::read_dir(&self.tools_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("cannot read {}", self.tools_dir.display()),
+                    source,
+                });
+            }
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The folder of tool `name`.
+    pub fn dir_of(&self, name: &str) -> PathBuf {
+        self.tools_dir.join(name)
+    }
+
+    /// Reserves the tool's folder: `folder_name` itself, or with `unique` the first free of
+    /// `NAME`, `NAME_1`, `NAME_2`, … that is neither a folder nor in `taken` (the servers of
+    /// `mcp.json`).
+    ///
+    /// # Errors
+    /// [`Error::ToolExists`] (without `unique`), [`Error::Io`].
+    pub fn reserve(&self, folder_name: &str, unique: bool, taken: &[String]) -> Result<String> {
+        let io = |context: String| move |source| Error::Io { context, source };
+        std::fs::create_dir_all(&self.tools_dir)
+            .map_err(io(format!("cannot create {}", self.tools_dir.display())))?;
+        for n in 0..1000 {
+            let name = match n {
+                0 => folder_name.to_owned(),
+                n => format!("{folder_name}_{n}"),
+            };
+            if taken.contains(&name) {
+                if unique {
+                    continue;
+                }
+                return Err(Error::ToolExists(name));
+            }
+            match std::fs::create_dir(self.dir_of(&name)) {
+                Ok(()) => return Ok(name),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if !unique {
+                        return Err(Error::ToolExists(name));
+                    }
+                }
+                Err(source) => {
+                    return Err(Error::Io {
+                        context: format!("cannot create {}", self.dir_of(&name).display()),
+                        source,
+                    });
+                }
+            }
+        }
+        Err(Error::ToolExists(folder_name.to_owned()))
+    }
+
+    /// Writes the files into the reserved folder `name`, creates `.venv` and installs the
+    /// dependencies; answers the `mcp.json` entry. On failure the caller removes the folder
+    /// ([`Self::discard`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidTool`] (no Python script), [`Error::ToolInstall`] naming the step
+    /// and the end of the installer's output, [`Error::Io`].
+    pub async fn build(&self, name: &str, files: &ToolFiles) -> Result<BuiltTool> {
+        let main = files
+            .main_script()
+            .ok_or_else(|| Error::InvalidTool("no .py script to start".into()))?;
+        let dir = std::path::absolute(self.dir_of(name)).map_err(|source| Error::Io {
+            context: "cannot resolve the tools dir".into(),
+            source,
+        })?;
+        let write = |path: &Path, text: &str| {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(path, text)
+        };
+        let io = |path: &Path| {
+            let context = format!("cannot write {}", path.display());
+            move |source| Error::Io { context, source }
+        };
+        for (file, text) in &files.script_files {
+            let path = dir.join(script_path(file)?);
+            write(&path, text.as_str().unwrap_or_default()).map_err(io(&path))?;
+        }
+        let readme = dir.join("README.md");
+        write(&readme, &files.readme).map_err(io(&readme))?;
+        let requirements = requirements(&files.dependencies)?;
+        let req_file = dir.join("requirements.txt");
+        let mut req_text = requirements.join("\n");
+        req_text.push('\n');
+        write(&req_file, &req_text).map_err(io(&req_file))?;
+
+        std::fs::create_dir_all(&self.log_dir).map_err(io(&self.log_dir))?;
+        let log_path = self.log_dir.join(format!("{name}.install.log"));
+        let venv = dir.join(".venv");
+        self.step(
+            "create the virtual environment",
+            Command::new(&self.python).arg("-m").arg("venv").arg(&venv),
+            &dir,
+            &log_path,
+            VENV_TIMEOUT,
+        )
+        .await?;
+        let python = venv.join("bin/python");
+        if !requirements.is_empty() {
+            self.step(
+                "install the dependencies",
+                Command::new(&python)
+                    .args([
+                        "-m",
+                        "pip",
+                        "install",
+                        "--disable-pip-version-check",
+                        "--no-input",
+                    ])
+                    .arg("-r")
+                    .arg(&req_file),
+                &dir,
+                &log_path,
+                PIP_TIMEOUT,
+            )
+            .await?;
+        }
+        let entry = json!({
+            "command": python,
+            "args": [dir.join(&main)],
+            "cwd": dir,
+            "transportType": "stdio",
+            "ai_generated": true,
+            "autoApprove": [],
+            "disabled": false,
+            "timeout": 60,
+        });
+        Ok(BuiltTool {
+            dir,
+            name: name.to_owned(),
+            entry,
+        })
+    }
+
+    /// Runs one installer step in `dir`, its output appended to `log`, within `bound`.
+    async fn step(
+        &self,
+        what: &str,
+        command: &mut Command,
+        dir: &Path,
+        log: &Path,
+        bound: Duration,
+    ) -> Result<()> {
+        let fail = |detail: String| Error::ToolInstall {
+            step: what.to_owned(),
+            detail,
+        };
+        let mut header = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .await
+            .map_err(|e| fail(format!("cannot open {}: {e}", log.display())))?;
+        let line = format!("\n== {what}: {:?}\n", command.as_std());
+        let _ = header.write_all(line.as_bytes()).await;
+        let out = header
+            .into_std()
+            .await
+            .try_clone()
+            .map_err(|e| fail(format!("cannot share {}: {e}", log.display())))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| fail(format!("cannot share {}: {e}", log.display())))?;
+        let mut child = command
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                fail(format!(
+                    "cannot start {:?}: {e}",
+                    command.as_std().get_program()
+                ))
+            })?;
+        let status = match tokio::time::timeout(bound, child.wait()).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(e)) => return Err(fail(e.to_string())),
+            Err(_) => {
+                if let Some(pid) = child.id() {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                let _ = child.wait().await;
+                return Err(fail(format!(
+                    "did not finish within {} s; see {}",
+                    bound.as_secs(),
+                    log.display()
+                )));
+            }
+        };
+        if status.success() {
+            return Ok(());
+        }
+        let tail = tail_of(log, 2048);
+        Err(fail(format!(
+            "{status}; the end of {}:\n{tail}",
+            log.display()
+        )))
+    }
+
+    /// Removes a tool's folder (a failed install, or a removed `ai_generated` server).
+    pub fn discard(&self, name: &str) {
+        let dir = self.dir_of(name);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("cannot remove {}: {e}", dir.display());
+        }
+    }
+}
+
+/// The last `max` bytes of a file, from a line start, lossily decoded.
+fn tail_of(path: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    match text.find('\n') {
+        Some(i) if len > max => text[i + 1..].to_owned(),
+        _ => text.into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_used_as_paths_are_checked() {
+        for good in ["clock", "weather_lookup-2", "时钟", "v1.2"] {
+            validate_folder_name(good).unwrap();
+        }
+        for bad in [
+            "",
+            ".hidden",
+            "a/b",
+            "..",
+            "a..b",
+            "a b",
+            "a\0b",
+            &"x".repeat(65),
+        ] {
+            assert!(validate_folder_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["main.py", "lib/util.py"] {
+            script_path(good).unwrap();
+        }
+        for bad in ["/etc/passwd", "../x.py", "a/../../x", ".env", "a\\b", ""] {
+            assert!(script_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dependencies_name_packages_only() {
+        assert_eq!(
+            requirements("mcp>=1.2  httpx,\ntzdata").unwrap(),
+            ["mcp>=1.2", "httpx", "tzdata"]
+        );
+        assert!(requirements("mcp --index-url http://evil").is_err());
+    }
+
+    #[test]
+    fn unique_names_skip_folders_and_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let smith = Toolsmith {
+            tools_dir: dir.path().join("tools"),
+            log_dir: dir.path().join("logs"),
+            python: "python3".into(),
+        };
+        assert_eq!(smith.reserve("t", false, &[]).unwrap(), "t");
+        assert!(matches!(
+            smith.reserve("t", false, &[]),
+            Err(Error::ToolExists(_))
+        ));
+        assert_eq!(smith.reserve("t", true, &["t_1".into()]).unwrap(), "t_2");
+        assert_eq!(smith.list().unwrap(), ["t", "t_2"]);
+        smith.discard("t");
+        assert_eq!(smith.list().unwrap(), ["t_2"]);
+    }
+}

@@ -1,0 +1,607 @@
+//! MCP generation (SPEC §5, MAG's `ai_mcp_generator.py`): an operator describes a tool, an
+//! LLM designs it over several rounds, and the finished design is installed and registered
+//! as a new `ai_generated` MCP server.
+//!
+//! A round ([`Generator::prepare`], then [`Prepared::run`]):
+//! 1. before anything streams, the request is checked (blank requirement 400, unknown model
+//!    404, store down 503) and the conversation is locked, so two rounds of one
+//!    conversation run one after the other;
+//! 2. the history (every stored message; a new conversation starts with the system prompt,
+//!    [`system_prompt`]) and the requirement go to the model's `/chat/completions`
+//!    with `stream: true`; each chunk is passed on unchanged as it arrives;
+//! 3. once the answer is complete, the round (user message, assistant message, model),
+//!    the token usage and the merged `parsed_results` are stored in one save; then a
+//!    `{"saved": {...}}` event acknowledges it. An LLM failure, a dropped stream or a failed
+//!    save ends with `{"error": {"message", "type"}}` instead, and nothing of the round is
+//!    stored.
+//!
+//! The requirement `<end>END</end>` ([`END_INSTRUCTION`]) finishes: it answers
+//! `{"incomplete": {"message", "missing_fields"}}` when the design lacks parts, else installs
+//! the tool ([`install`]) and answers `{"completion": {"tool_name", "message", ...}}`.
+//!
+//! Event types of `error` (MAG's): `model_error`, `api_error` (the LLM failed),
+//! `database_error` (the store failed), `end_instruction_error` (installing failed).
+
+pub mod install;
+pub mod parse;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+
+use crate::control::ControlPlane;
+use crate::error::{Error, Result};
+use crate::llm::{self, Model, TokenUsage};
+use crate::store::{
+    CONVERSATION_TYPE, Conversation, ConversationRecord, DEFAULT_USER, DateTime, ListQuery, McpGen,
+    Round, RoundSave, Store, empty_parsed_results, new_conversation_id,
+};
+use install::{ToolFiles, Toolsmith};
+
+/// The requirement that finishes a conversation (MAG's, compared after trimming).
+pub const END_INSTRUCTION: &str = "<end>END</end>";
+
+/// A new conversation's title before MAG's title generation (we keep the requirement's
+/// start instead; this is used only for an empty one).
+pub const DEFAULT_TITLE: &str = "AI生成MCP新对话";
+
+/// Bound on the store's health check in `/health`.
+pub const HEALTH_PING: Duration = Duration::from_secs(2);
+
+/// The system prompt template, with `{EXISTING_TOOLS}` where the servers mcp-client knows
+/// are listed.
+pub const SYSTEM_PROMPT_TEMPLATE: &str = include_str!("system_prompt.md");
+
+/// `POST /api/mcp/generate`'s body (MAG's `MCPGenerationRequest`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct GenerateRequest {
+    /// What the operator wants, or [`END_INSTRUCTION`].
+    pub requirement: String,
+    /// A `[[models]]` name (not needed for [`END_INSTRUCTION`]).
+    #[serde(default)]
+    pub model_name: String,
+    /// Continue this conversation; a new one when absent (or when no conversation has this
+    /// id: it is created with it, as MAG does).
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    /// The owner of a new conversation ([`DEFAULT_USER`] when absent).
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// Stream server-sent events (default) or answer the conversation at the end.
+    #[serde(default = "yes")]
+    pub stream: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The MCP-generation core. Cheap to clone.
+#[derive(Clone)]
+pub struct Generator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    models: Vec<Model>,
+    http: reqwest::Client,
+    plane: ControlPlane,
+    smith: Toolsmith,
+    locks: Mutex<HashMap<String, Weak<AsyncMutex<()>>>>,
+    installing: AsyncMutex<()>,
+}
+
+/// A checked round, holding its conversation's lock; [`Prepared::run`] runs it.
+pub struct Prepared {
+    generator: Generator,
+    conversation_id: String,
+    step: Step,
+    _lock: OwnedMutexGuard<()>,
+}
+
+enum Step {
+    Llm {
+        model: Model,
+        record: Option<ConversationRecord>,
+        user_id: String,
+        requirement: String,
+    },
+    End {
+        record: ConversationRecord,
+    },
+}
+
+impl Generator {
+    /// The core over a store, the configured models, the control plane (to register
+    /// tools) and the tools' installer.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the HTTP client cannot be built.
+    pub fn new(
+        store: Store,
+        models: Vec<Model>,
+        plane: ControlPlane,
+        smith: Toolsmith,
+    ) -> Result<Self> {
+        mcp_client::install_tls_provider();
+        let http = reqwest::Client::builder()
+            .connect_timeout(llm::CONNECT_TIMEOUT)
+            .build()
+            .map_err(|e| Error::Io {
+                context: "cannot build the LLM HTTP client".into(),
+                source: std::io::Error::other(e),
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                models,
+                http,
+                plane,
+                smith,
+                locks: Mutex::new(HashMap::new()),
+                installing: AsyncMutex::new(()),
+            }),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The tools' installer.
+    pub fn toolsmith(&self) -> &Toolsmith {
+        &self.inner.smith
+    }
+
+    /// `/health`'s `store`: `{"backend", "location", "state": "ok" | "unavailable",
+    /// "error"?}`, checked within [`HEALTH_PING`].
+    pub async fn store_health(&self) -> Value {
+        let store = &self.inner.store;
+        let state = match tokio::time::timeout(HEALTH_PING, store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {} s", HEALTH_PING.as_secs())),
+        };
+        let mut answer = json!({
+            "backend": store.backend(),
+            "location": store.location(),
+            "state": if state.is_ok() { "ok" } else { "unavailable" },
+        });
+        if let Err(e) = state {
+            answer["error"] = json!(e);
+        }
+        answer
+    }
+
+    /// Checks a round and locks its conversation: everything that can fail before the
+    /// answer starts to stream.
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] (blank requirement or model name, a bad id, an end without a
+    /// conversation), [`Error::UnknownModel`], [`Error::ConversationNotFound`] (end only),
+    /// [`Error::Store`].
+    pub async fn prepare(&self, request: GenerateRequest) -> Result<Prepared> {
+        let requirement = request.requirement.trim();
+        if requirement.is_empty() {
+            return Err(Error::BadRequest("requirement is empty".into()));
+        }
+        if let Some(id) = &request.conversation_id {
+            check_conversation_id(id)?;
+        }
+        if requirement == END_INSTRUCTION {
+            let Some(id) = request.conversation_id else {
+                return Err(Error::BadRequest(
+                    "the end instruction needs the conversation_id of the design to finish".into(),
+                ));
+            };
+            let lock = self.lock(&id).await;
+            let record = self
+                .inner
+                .store
+                .get(&id)
+                .await?
+                .ok_or_else(|| Error::ConversationNotFound(id.clone()))?;
+            return Ok(Prepared {
+                generator: self.clone(),
+                conversation_id: id,
+                step: Step::End { record },
+                _lock: lock,
+            });
+        }
+        if request.model_name.trim().is_empty() {
+            return Err(Error::BadRequest("model_name is empty".into()));
+        }
+        let model = self
+            .inner
+            .models
+            .iter()
+            .find(|m| m.name == request.model_name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownModel(request.model_name.clone()))?;
+        let id = request.conversation_id.unwrap_or_else(new_conversation_id);
+        let lock = self.lock(&id).await;
+        let record = self.inner.store.get(&id).await?;
+        Ok(Prepared {
+            generator: self.clone(),
+            conversation_id: id,
+            step: Step::Llm {
+                model,
+                record,
+                user_id: request.user_id.unwrap_or_else(|| DEFAULT_USER.into()),
+                requirement: requirement.to_owned(),
+            },
+            _lock: lock,
+        })
+    }
+
+    /// The lock of one conversation (shared by every round of it in flight).
+    async fn lock(&self, id: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.inner.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.retain(|_, weak| weak.strong_count() > 0);
+            match locks.get(id).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = Arc::new(AsyncMutex::new(()));
+                    locks.insert(id.to_owned(), Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+
+    /// `GET /api/mcp/conversations`: `{"conversations": [metadata], "total_count"}`, newest
+    /// first.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub async fn conversations(&self, query: &ListQuery) -> Result<Value> {
+        let list = self.inner.store.list(query).await?;
+        let list: Vec<Value> = list.iter().map(crate::store::conversation_json).collect();
+        Ok(json!({"total_count": list.len(), "conversations": list}))
+    }
+
+    /// `GET /api/mcp/conversations/{id}`: the conversation with its rounds and
+    /// `parsed_results`.
+    ///
+    /// # Errors
+    /// [`Error::ConversationNotFound`], [`Error::Store`].
+    pub async fn conversation(&self, id: &str) -> Result<Value> {
+        check_conversation_id(id)?;
+        match self.inner.store.get(id).await? {
+            Some(record) => Ok(record.to_json()),
+            None => Err(Error::ConversationNotFound(id.to_owned())),
+        }
+    }
+
+    /// `DELETE /api/mcp/conversations/{id}`: `{"status": "success", "message",
+    /// "conversation_id"}` (MAG's permanent delete). Waits for a round in flight.
+    ///
+    /// # Errors
+    /// [`Error::ConversationNotFound`], [`Error::Store`].
+    pub async fn delete_conversation(&self, id: &str) -> Result<Value> {
+        check_conversation_id(id)?;
+        let _lock = self.lock(id).await;
+        if self.inner.store.delete(id).await? {
+            Ok(json!({
+                "status": "success",
+                "message": format!("conversation {id:?} was deleted"),
+                "conversation_id": id,
+            }))
+        } else {
+            Err(Error::ConversationNotFound(id.to_owned()))
+        }
+    }
+
+    /// Installs a tool and registers it (`POST /api/mcp/register-tool`, and the end of a
+    /// generation): reserves its folder (with `unique`, the first free `NAME`, `NAME_1`, …),
+    /// writes it, creates its venv, installs its dependencies, adds it to `mcp.json` as an
+    /// `ai_generated` server through the config API's writer and connects it. Installs run
+    /// one at a time. The answer: `{"status": "success", "message", "tool_name", "folder",
+    /// "connected", "connect_error"?}`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTool`], [`Error::ToolExists`] (without `unique`),
+    /// [`Error::ToolInstall`], and the config writer's errors; on any of them no folder and
+    /// no entry is left.
+    pub async fn install(&self, files: ToolFiles, unique: bool) -> Result<Value> {
+        files.check()?;
+        let smith = &self.inner.smith;
+        let plane = &self.inner.plane;
+        let _one_at_a_time = self.inner.installing.lock().await;
+        let config = plane.config().await?;
+        let taken: Vec<String> = config["mcpServers"]
+            .as_object()
+            .map(|servers| servers.keys().cloned().collect())
+            .unwrap_or_default();
+        let name = smith.reserve(&files.folder_name, unique, &taken)?;
+        let built = match smith.build(&name, &files).await {
+            Ok(built) => built,
+            Err(e) => {
+                smith.discard(&name);
+                return Err(e);
+            }
+        };
+        let mut servers = Map::new();
+        servers.insert(name.clone(), built.entry);
+        let added = match plane.add(servers, None).await {
+            Ok(answer)
+                if answer["added_servers"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty()) =>
+            {
+                answer
+            }
+            Ok(_) => {
+                smith.discard(&name);
+                return Err(Error::ToolExists(name));
+            }
+            Err(e) => {
+                smith.discard(&name);
+                return Err(e);
+            }
+        };
+        tracing::info!(tool = %name, "generated tool installed and registered");
+        let mut answer = json!({
+            "status": "success",
+            "message": format!("MCP tool {name:?} was installed and registered"),
+            "tool_name": name,
+            "folder": built.dir,
+            "config_version": added["new_version"],
+        });
+        match plane.connect(&name).await {
+            Ok(_) => answer["connected"] = json!(true),
+            Err(e) => {
+                answer["connected"] = json!(false);
+                answer["connect_error"] = json!(e.to_string());
+            }
+        }
+        Ok(answer)
+    }
+
+    /// The system prompt: the template with the servers mcp-client knows (and their
+    /// tools) in place of `{EXISTING_TOOLS}`; "none" when mcp-client cannot say.
+    async fn system_prompt(&self) -> String {
+        let tools =
+            match tokio::time::timeout(Duration::from_secs(3), self.inner.plane.tools()).await {
+                Ok(Ok(Value::Object(servers))) if !servers.is_empty() => {
+                    let mut text = String::new();
+                    for (server, tools) in servers {
+                        text.push_str(&format!("- {server}:"));
+                        for tool in tools.as_array().into_iter().flatten() {
+                            if let Some(name) = tool["name"].as_str() {
+                                text.push_str(&format!(" `{name}`"));
+                            }
+                        }
+                        text.push('\n');
+                    }
+                    text
+                }
+                _ => "None are connected now.".to_owned(),
+            };
+        system_prompt(&tools)
+    }
+}
+
+/// [`SYSTEM_PROMPT_TEMPLATE`] with `tools` (a Markdown list) in place.
+pub fn system_prompt(tools: &str) -> String {
+    SYSTEM_PROMPT_TEMPLATE.replace("{EXISTING_TOOLS}", tools.trim_end())
+}
+
+/// A conversation id: 1 to 128 ASCII letters, digits, `_` and `-`.
+fn check_conversation_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(format!(
+            "conversation_id {id:?} must be 1 to 128 letters, digits, '_' or '-'"
+        )))
+    }
+}
+
+/// A title from a requirement: its first line, at most 40 characters.
+fn title_of(requirement: &str) -> String {
+    let line = requirement.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        return DEFAULT_TITLE.into();
+    }
+    let mut title: String = line.chars().take(40).collect();
+    if line.chars().count() > 40 {
+        title.push('…');
+    }
+    title
+}
+
+/// An SSE error payload (MAG's shape).
+pub fn error_event(message: &str, kind: &str) -> Value {
+    json!({"error": {"message": message, "type": kind}})
+}
+
+impl Prepared {
+    /// The conversation's id (new or continued).
+    pub fn conversation_id(&self) -> &str {
+        &self.conversation_id
+    }
+
+    /// Runs the round, sending each SSE payload to `events` (a closed receiver is fine:
+    /// the round still completes and is stored). The answer, for a non-streaming request:
+    /// the conversation after the round with `"model"`, or the end instruction's result.
+    ///
+    /// # Errors
+    /// [`Error::Llm`], [`Error::Store`], an install's errors. The matching error payload
+    /// was already sent to `events`.
+    pub async fn run(self, events: UnboundedSender<Value>) -> Result<Value> {
+        let outcome = match self.step {
+            Step::Llm {
+                model,
+                record,
+                user_id,
+                requirement,
+            } => {
+                self.generator
+                    .llm_round(
+                        &self.conversation_id,
+                        model,
+                        record,
+                        user_id,
+                        requirement,
+                        &events,
+                    )
+                    .await
+            }
+            Step::End { record } => self.generator.end(record, &events).await,
+        };
+        if let Err(e) = &outcome {
+            let kind = match e {
+                Error::Llm(_) => "api_error",
+                Error::Store(_) => "database_error",
+                _ => "end_instruction_error",
+            };
+            let _ = events.send(error_event(&e.to_string(), kind));
+        }
+        outcome
+    }
+}
+
+impl Generator {
+    async fn llm_round(
+        &self,
+        id: &str,
+        model: Model,
+        record: Option<ConversationRecord>,
+        user_id: String,
+        requirement: String,
+        events: &UnboundedSender<Value>,
+    ) -> Result<Value> {
+        let mut history: Vec<Value> = record.as_ref().map(|r| r.messages()).unwrap_or_default();
+        for message in &mut history {
+            if let Some(m) = message.as_object_mut() {
+                m.shift_remove("reasoning_content");
+            }
+        }
+        let mut added = Vec::new();
+        if record.is_none() {
+            added.push(json!({"role": "system", "content": self.system_prompt().await}));
+        }
+        added.push(json!({"role": "user", "content": requirement}));
+        history.extend(added.iter().cloned());
+
+        let completion = llm::stream_chat(&self.inner.http, &model, &history, |chunk| {
+            let _ = events.send(chunk.clone());
+        })
+        .await?;
+        added.push(json!({"role": "assistant", "content": completion.content}));
+
+        let now = DateTime::now();
+        let usage = TokenUsage {
+            prompt_tokens: completion.usage.prompt_tokens,
+            completion_tokens: completion.usage.completion_tokens,
+            total_tokens: completion.usage.prompt_tokens + completion.usage.completion_tokens,
+        };
+        let (mut conversation, mut parsed, mut rounds) = match record {
+            Some(r) => (
+                r.conversation,
+                r.generation.parsed_results,
+                r.generation.rounds,
+            ),
+            None => (
+                Conversation {
+                    id: id.to_owned(),
+                    user_id,
+                    kind: CONVERSATION_TYPE.into(),
+                    title: title_of(&requirement),
+                    created_at: now,
+                    updated_at: now,
+                    round_count: 0,
+                    total_token_usage: TokenUsage::default(),
+                    status: "active".into(),
+                    tags: Vec::new(),
+                },
+                empty_parsed_results(),
+                Vec::new(),
+            ),
+        };
+        parse::merge(&mut parsed, parse::sections(&completion.content));
+        conversation.round_count = rounds.len() as i64 + 1;
+        conversation.total_token_usage = conversation.total_token_usage.plus(usage);
+        conversation.updated_at = now;
+        let round = Round {
+            round: conversation.round_count,
+            messages: added,
+            model: Some(model.name.clone()),
+        };
+        let save = RoundSave {
+            conversation: conversation.clone(),
+            round: round.clone(),
+            parsed_results: parsed.clone(),
+        };
+        self.inner.store.save_round(&save).await?;
+        rounds.push(round);
+        let _ = events.send(json!({"saved": {
+            "conversation_id": id,
+            "round": conversation.round_count,
+            "round_count": conversation.round_count,
+            "round_token_usage": usage,
+            "total_token_usage": conversation.total_token_usage,
+        }}));
+        let record = ConversationRecord {
+            generation: McpGen {
+                id: id.to_owned(),
+                conversation_id: id.to_owned(),
+                rounds,
+                parsed_results: parsed,
+            },
+            conversation,
+        };
+        let mut answer = record.to_json();
+        answer["model"] = json!(model.name);
+        Ok(answer)
+    }
+
+    async fn end(
+        &self,
+        record: ConversationRecord,
+        events: &UnboundedSender<Value>,
+    ) -> Result<Value> {
+        let parsed = &record.generation.parsed_results;
+        let missing = parse::missing_parts(parsed);
+        if !missing.is_empty() {
+            let incomplete = json!({
+                "message": format!("the MCP tool's design is not complete yet; missing: {}", missing.join(", ")),
+                "missing_fields": missing,
+            });
+            let _ = events.send(json!({"incomplete": incomplete}));
+            return Ok(json!({"status": "incomplete", "incomplete": incomplete}));
+        }
+        let text = |field: &str| parsed[field].as_str().unwrap_or_default().to_owned();
+        let files = ToolFiles {
+            folder_name: text("folder_name"),
+            script_files: parsed["script_files"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            readme: text("readme"),
+            dependencies: text("dependencies"),
+        };
+        let installed = self.install(files, true).await?;
+        let mut completion = installed.clone();
+        if let Some(c) = completion.as_object_mut() {
+            c.shift_remove("status");
+            c.insert("conversation_id".into(), json!(record.conversation.id));
+        }
+        let _ = events.send(json!({"completion": completion}));
+        Ok(installed)
+    }
+}

@@ -1,0 +1,303 @@
+//! The LLM side of MCP generation: an OpenAI-compatible `POST {base_url}/chat/completions`
+//! with `"stream": true`, read as server-sent events (SPEC §5).
+//!
+//! Wire format (OpenAI Chat Completions API, streaming): each event is `data: CHUNK` where
+//! CHUNK is a `chat.completion.chunk` object whose `choices[0].delta.content` carries the
+//! next piece of text; with `"stream_options": {"include_usage": true}` a last chunk with
+//! `"choices": []` carries `usage` (`prompt_tokens`, `completion_tokens`, `total_tokens`);
+//! the stream ends with `data: [DONE]`. A stream that ends without `[DONE]` and without a
+//! `finish_reason` was dropped and is an error, so a cut-off answer is never stored as
+//! complete.
+
+use std::fmt;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sse_stream::SseStream;
+
+/// How long the endpoint may take to accept the connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default for [`Model::idle_timeout`]: the longest silence between two chunks.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One `[[models]]` table of the settings file:
+/// `name = "…" base_url = "https://…/v1" api_key_env = "…" model = "…"`, optionally
+/// `temperature`, `max_tokens` and `idle_timeout` (a duration such as `"90s"`).
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    /// The name requests use (`model_name`).
+    pub name: String,
+    /// The API root; `/chat/completions` is appended (e.g. `https://api.openai.com/v1`).
+    pub base_url: String,
+    /// The environment variable holding the API key, sent as `Authorization: Bearer KEY`;
+    /// none for endpoints without keys. The key itself is never logged or answered.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// The model id the endpoint knows (`"model"` of the request).
+    pub model: String,
+    /// Sampling temperature, passed on when set.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Completion token limit, passed on when set.
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// The longest silence between two chunks before the round fails, e.g. `"90s"`
+    /// (default 120 s).
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+}
+
+impl fmt::Debug for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .field("api_key_env", &self.api_key_env)
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Checks a table read from the settings file.
+    ///
+    /// # Errors
+    /// A message naming the field: an empty `name` or `model`, a `base_url` that is not
+    /// `http(s)://…`, an `idle_timeout` that does not parse.
+    pub fn check(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err("a [[models]] table has an empty name".into());
+        }
+        if self.model.trim().is_empty() {
+            return Err(format!("model {:?}: `model` is empty", self.name));
+        }
+        if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
+            return Err(format!(
+                "model {:?}: base_url must start with http:// or https://",
+                self.name
+            ));
+        }
+        self.idle_timeout()?;
+        Ok(())
+    }
+
+    /// [`Self::idle_timeout`] parsed.
+    ///
+    /// # Errors
+    /// It does not parse as a duration.
+    pub fn idle_timeout(&self) -> Result<Duration, String> {
+        match &self.idle_timeout {
+            None => Ok(DEFAULT_IDLE_TIMEOUT),
+            Some(text) => humantime::parse_duration(text)
+                .map_err(|e| format!("model {:?}: idle_timeout = {text:?}: {e}", self.name)),
+        }
+    }
+
+    /// The endpoint's URL.
+    pub fn url(&self) -> String {
+        format!("{}/chat/completions", self.base_url.trim_end_matches('/'))
+    }
+}
+
+/// Token counts of one answer (the usage chunk), or of a whole conversation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// `total_tokens`.
+    #[serde(default)]
+    pub total_tokens: i64,
+    /// `prompt_tokens`.
+    #[serde(default)]
+    pub prompt_tokens: i64,
+    /// `completion_tokens`.
+    #[serde(default)]
+    pub completion_tokens: i64,
+}
+
+impl TokenUsage {
+    /// The sum of two counts.
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            total_tokens: self.total_tokens + other.total_tokens,
+            prompt_tokens: self.prompt_tokens + other.prompt_tokens,
+            completion_tokens: self.completion_tokens + other.completion_tokens,
+        }
+    }
+}
+
+/// Why a round's LLM call failed. The text names the model and the cause, never the key.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LlmError {
+    /// `api_key_env` names a variable that is unset or empty.
+    #[error("model {model:?}: the API key variable {var} is not set")]
+    MissingKey {
+        /// The model's name.
+        model: String,
+        /// The variable.
+        var: String,
+    },
+    /// The endpoint could not be reached, or the connection broke.
+    #[error("model {model:?}: {cause}")]
+    Transport {
+        /// The model's name.
+        model: String,
+        /// What happened.
+        cause: String,
+    },
+    /// The endpoint answered with an error status; `message` is its error text.
+    #[error("model {model:?}: the endpoint answered {status}: {message}")]
+    Status {
+        /// The model's name.
+        model: String,
+        /// The HTTP status.
+        status: u16,
+        /// The endpoint's `error.message`, or the start of its body.
+        message: String,
+    },
+    /// The stream ended before `[DONE]` or a `finish_reason`: the answer is incomplete.
+    #[error("model {model:?}: the stream ended before the answer was complete")]
+    Dropped {
+        /// The model's name.
+        model: String,
+    },
+    /// No chunk arrived within the model's idle timeout.
+    #[error("model {model:?}: no data for {secs} s")]
+    Idle {
+        /// The model's name.
+        model: String,
+        /// The timeout, in seconds.
+        secs: u64,
+    },
+}
+
+/// A finished answer.
+#[derive(Debug, Clone, Default)]
+pub struct Completion {
+    /// The text, every chunk's `delta.content` joined.
+    pub content: String,
+    /// The usage chunk's counts (zeros when the endpoint sent none).
+    pub usage: TokenUsage,
+    /// The last `finish_reason` seen (`"stop"`, `"length"`, …).
+    pub finish_reason: Option<String>,
+}
+
+/// Streams one chat completion of `messages` (`[{"role", "content"}]`) from `model`,
+/// handing every chunk (the endpoint's JSON, unchanged) to `on_chunk` as it arrives.
+///
+/// # Errors
+/// [`LlmError`]: no key, no connection, an error status, a dropped stream, a silence
+/// longer than the model's idle timeout.
+pub async fn stream_chat(
+    http: &reqwest::Client,
+    model: &Model,
+    messages: &[Value],
+    mut on_chunk: impl FnMut(&Value),
+) -> Result<Completion, LlmError> {
+    let name = model.name.clone();
+    let transport = |cause: String| LlmError::Transport {
+        model: name.clone(),
+        cause,
+    };
+    let mut body = json!({
+        "model": model.model,
+        "messages": messages,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    if let Some(t) = model.temperature {
+        body["temperature"] = json!(t);
+    }
+    if let Some(m) = model.max_tokens {
+        body["max_tokens"] = json!(m);
+    }
+    let mut request = http.post(model.url()).json(&body);
+    if let Some(var) = &model.api_key_env {
+        match std::env::var(var) {
+            Ok(key) if !key.is_empty() => request = request.bearer_auth(key),
+            _ => {
+                return Err(LlmError::MissingKey {
+                    model: name,
+                    var: var.clone(),
+                });
+            }
+        }
+    }
+    let idle = model.idle_timeout().unwrap_or(DEFAULT_IDLE_TIMEOUT);
+    let idle_error = || LlmError::Idle {
+        model: model.name.clone(),
+        secs: idle.as_secs(),
+    };
+    let response = tokio::time::timeout(idle, request.send())
+        .await
+        .map_err(|_| idle_error())?
+        .map_err(|e| transport(mcp_client::error::error_chain(&e)))?;
+    let status = response.status();
+    if !status.is_success() {
+        let text = response.text().await.unwrap_or_default();
+        return Err(LlmError::Status {
+            model: model.name.clone(),
+            status: status.as_u16(),
+            message: error_message(&text),
+        });
+    }
+    let mut events = SseStream::from_bytes_stream(response.bytes_stream());
+    let mut done = Completion::default();
+    loop {
+        let event = match tokio::time::timeout(idle, events.next()).await {
+            Err(_) => return Err(idle_error()),
+            Ok(None) if done.finish_reason.is_some() => return Ok(done),
+            Ok(None) => {
+                return Err(LlmError::Dropped {
+                    model: model.name.clone(),
+                });
+            }
+            Ok(Some(Err(e))) => return Err(transport(format!("the stream broke: {e}"))),
+            Ok(Some(Ok(event))) => event,
+        };
+        let Some(data) = event.data else { continue };
+        let data = data.trim();
+        if data == "[DONE]" {
+            return Ok(done);
+        }
+        let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+            tracing::warn!(model = %model.name, "skipping an event that is not JSON");
+            continue;
+        };
+        if let Some(error) = chunk.get("error") {
+            return Err(LlmError::Status {
+                model: model.name.clone(),
+                status: status.as_u16(),
+                message: error_message(&error.to_string()),
+            });
+        }
+        if let Some(choice) = chunk["choices"].get(0) {
+            if let Some(text) = choice["delta"]["content"].as_str() {
+                done.content.push_str(text);
+            }
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                done.finish_reason = Some(reason.to_owned());
+            }
+        }
+        if let Ok(usage) = serde_json::from_value::<TokenUsage>(chunk["usage"].clone()) {
+            done.usage = usage;
+        }
+        on_chunk(&chunk);
+    }
+}
+
+/// An endpoint's error text: `error.message` of an OpenAI error body, else the start of
+/// the body.
+fn error_message(body: &str) -> String {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let message = parsed.as_ref().and_then(|v| {
+        v["error"]["message"]
+            .as_str()
+            .or_else(|| v["message"].as_str())
+            .or_else(|| v["detail"].as_str())
+            .map(str::to_owned)
+    });
+    message.unwrap_or_else(|| body.chars().take(300).collect())
+}

@@ -1,0 +1,583 @@
+//! The MongoDB store: MAG's collections `conversations` and `mcp_gen` through the official
+//! driver, with MAG's schema (see the [parent module](super)) and indexes.
+//!
+//! The client connects lazily: [`MongoStore::connect`] only parses the URL, so mag-server
+//! starts with MongoDB down. Server selection and TCP connects give up after 3 s and every
+//! driver call is bounded by [`OP_TIMEOUT`], so a down server answers
+//! [`StoreError::Unavailable`] within a few seconds; the driver's monitor finds the server
+//! again once it is back, without a restart. MAG's indexes are created after the first
+//! operation that reaches the server, while no other operation of the store runs (and
+//! retried after later ones until that succeeds); a failure there is logged, never an
+//! operation's error.
+//!
+//! Without transactions (a standalone `mongod` has none), a round is stored in document
+//! order: on round 1 the `mcp_gen` document first, then the `conversations` one, so a
+//! listed conversation always has its rounds (when the second insert finds the id taken,
+//! the first is taken back); on round N the round is pushed to `mcp_gen` only when exactly
+//! N-1 are stored (an atomic, conditional update), then the conversation's counters are
+//! set (values, so a retry never counts twice). A connection lost between the two writes
+//! leaves, on round 1, an `mcp_gen` document without its conversation (invisible: `get`
+//! and `list` read `conversations` first), and on round N the round stored with the
+//! previous metadata, which the next round sets again.
+
+use std::future::{Future, IntoFuture};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::error::{Error as DriverError, ErrorKind, WriteFailure};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Collection, Database, IndexModel};
+
+use super::{
+    CONVERSATION_TYPE, Conversation, ConversationRecord, ConversationStore, ListQuery, McpGen,
+    RoundSave, StoreError,
+};
+
+/// The `conversations` collection.
+pub const CONVERSATIONS: &str = "conversations";
+/// The `mcp_gen` collection.
+pub const MCP_GEN: &str = "mcp_gen";
+
+/// How long the driver looks for a usable server before an operation fails.
+pub const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a TCP (and TLS) connect may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The bound on every driver call (a server that accepts connections but does not answer).
+pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The bound on parsing the URL (a `mongodb+srv://` URL needs DNS lookups).
+const PARSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The driver's application name, seen in the server's logs and `currentOp`.
+const APP_NAME: &str = "mag-server";
+
+/// The MongoDB store (see the module docs).
+pub struct MongoStore {
+    database: Database,
+    conversations: Collection<Conversation>,
+    generations: Collection<McpGen>,
+    /// `mongodb database "NAME" at HOST:PORT,…`: never the credentials.
+    location: String,
+    /// The URL's password, raw and decoded: scrubbed from every error text.
+    secrets: Vec<String>,
+    /// Whether MAG's indexes are known to exist (or the server refused them).
+    indexes_ready: AtomicBool,
+    /// Operations hold it shared, index creation exclusive (see [`Self::ensure_indexes`]).
+    index_gate: tokio::sync::RwLock<()>,
+}
+
+impl std::fmt::Debug for MongoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoStore")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MongoStore {
+    /// A store on database `database` of the MongoDB at `url` (a `mongodb://` or
+    /// `mongodb+srv://` connection string). Does not contact the server (only DNS for
+    /// `mongodb+srv://`): the driver connects on the first operation.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the URL does not parse (the text never holds its
+    /// password) or `database` is not a valid database name.
+    pub async fn connect(url: &str, database: &str) -> Result<Self, StoreError> {
+        let mut secrets = url_secrets(url);
+        check_database_name(database)?;
+        let parse = ClientOptions::parse(url).into_future();
+        let mut options = match tokio::time::timeout(PARSE_TIMEOUT, parse).await {
+            Ok(Ok(options)) => options,
+            Ok(Err(e)) => {
+                return Err(StoreError::Unavailable(scrub(
+                    &secrets,
+                    format!("MONGODB_URL does not parse: {}", e.kind),
+                )));
+            }
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "MONGODB_URL: resolving its hosts took more than {PARSE_TIMEOUT:?}"
+                )));
+            }
+        };
+        if let Some(password) = options.credential.as_ref().and_then(|c| c.password.clone())
+            && !password.is_empty()
+            && !secrets.contains(&password)
+        {
+            secrets.push(password);
+        }
+        options.server_selection_timeout = Some(SERVER_SELECTION_TIMEOUT);
+        options.connect_timeout = Some(CONNECT_TIMEOUT);
+        options.app_name = Some(APP_NAME.to_owned());
+        let hosts = options
+            .hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        // The hosts never hold the user info.
+        let location = format!("mongodb database {database:?} at {hosts}");
+        let client = Client::with_options(options).map_err(|e| {
+            StoreError::Unavailable(scrub(
+                &secrets,
+                format!("MONGODB_URL is not usable: {}", e.kind),
+            ))
+        })?;
+        let database = client.database(database);
+        Ok(Self {
+            conversations: database.collection(CONVERSATIONS),
+            generations: database.collection(MCP_GEN),
+            database,
+            location,
+            secrets,
+            indexes_ready: AtomicBool::new(false),
+            index_gate: tokio::sync::RwLock::new(()),
+        })
+    }
+
+    /// The database.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// MAG's indexes (non-unique, the driver's default names): `conversations`
+    /// `{user_id: 1, type: 1, created_at: -1}`, `{status: 1}`, `{updated_at: -1}`; `mcp_gen`
+    /// `{conversation_id: 1}`. Existing ones are kept. Bounded by [`OP_TIMEOUT`] in all.
+    async fn create_indexes(&self) -> Result<(), DriverError> {
+        let conversations = [
+            doc! {"user_id": 1, "type": 1, "created_at": -1},
+            doc! {"status": 1},
+            doc! {"updated_at": -1},
+        ]
+        .map(|keys| IndexModel::builder().keys(keys).build());
+        let generations = IndexModel::builder()
+            .keys(doc! {"conversation_id": 1})
+            .build();
+        let create = async {
+            self.conversations.create_indexes(conversations).await?;
+            self.generations.create_index(generations).await?;
+            Ok(())
+        };
+        tokio::time::timeout(OP_TIMEOUT, create)
+            .await
+            .unwrap_or_else(|_| {
+                Err(DriverError::custom(format!(
+                    "no answer within {OP_TIMEOUT:?}"
+                )))
+            })
+    }
+
+    /// After an operation that reached the server: creates the indexes unless that was done
+    /// before, with no operation of this store running meanwhile (SecantusDB hangs for
+    /// good when `createIndexes` races an insert that creates the collection). A failure
+    /// is logged, and tried again after the next operation unless the server refused the
+    /// command (e.g. an index of the same keys but other options exists, or the user may
+    /// not create indexes).
+    async fn ensure_indexes(&self) {
+        let _exclusive = self.index_gate.write().await;
+        if self.indexes_ready.load(Ordering::Acquire) {
+            return;
+        }
+        match self.create_indexes().await {
+            Ok(()) => {
+                self.indexes_ready.store(true, Ordering::Release);
+                tracing::debug!("{}: MAG's indexes are in place", self.location);
+            }
+            Err(e) if matches!(*e.kind, ErrorKind::Command(_)) => {
+                self.indexes_ready.store(true, Ordering::Release);
+                tracing::warn!(
+                    "{}: the server refused MAG's indexes (not tried again): {}",
+                    self.location,
+                    scrub(&self.secrets, e.kind.to_string())
+                );
+            }
+            Err(e) => tracing::warn!(
+                "{}: cannot create MAG's indexes yet: {}",
+                self.location,
+                scrub(&self.secrets, e.kind.to_string())
+            ),
+        }
+    }
+
+    /// Runs `op`, one operation of the store; while the indexes are not in place, under
+    /// the shared side of the index gate, and followed by [`Self::ensure_indexes`] when
+    /// the server answered.
+    async fn guarded<T>(
+        &self,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if self.indexes_ready.load(Ordering::Acquire) {
+            return op.await;
+        }
+        let result = {
+            let _shared = self.index_gate.read().await;
+            op.await
+        };
+        if !matches!(result, Err(StoreError::Unavailable(_))) {
+            self.ensure_indexes().await;
+        }
+        result
+    }
+
+    /// Runs one driver call with [`OP_TIMEOUT`]; errors classified by [`Self::error`].
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        call: impl IntoFuture<Output = mongodb::error::Result<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(OP_TIMEOUT, call.into_future()).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.error(what, &e)),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "{}: cannot {what}: no answer within {OP_TIMEOUT:?}",
+                self.location
+            ))),
+        }
+    }
+
+    /// A driver error as a [`StoreError`]: a duplicate key is [`StoreError::Conflict`], a
+    /// document that does not decode [`StoreError::Corrupt`], anything else (network,
+    /// server selection, cleared pool, timeouts, refusals) [`StoreError::Unavailable`]; the
+    /// text names the database, what failed and the driver's message.
+    fn error(&self, what: &str, e: &DriverError) -> StoreError {
+        let text = scrub(
+            &self.secrets,
+            format!("{}: cannot {what}: {}", self.location, e.kind),
+        );
+        match &*e.kind {
+            _ if is_duplicate_key(e) => StoreError::Conflict(text),
+            ErrorKind::BsonDeserialization(_) => StoreError::Corrupt(text),
+            _ => StoreError::Unavailable(text),
+        }
+    }
+
+    /// `value` as BSON, or [`StoreError::Corrupt`] naming `what`.
+    fn encode<T: serde::Serialize>(&self, what: &str, value: &T) -> Result<Bson, StoreError> {
+        mongodb::bson::to_bson(value).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "{}: cannot encode {what} as BSON: {e}",
+                self.location
+            ))
+        })
+    }
+
+    async fn insert_conversation(&self, save: &RoundSave) -> Result<(), StoreError> {
+        let id = &save.conversation.id;
+        let taken = |e: StoreError| match e {
+            StoreError::Conflict(_) => {
+                StoreError::Conflict(format!("conversation id {id} is taken"))
+            }
+            other => other,
+        };
+        let generation = McpGen {
+            id: id.clone(),
+            conversation_id: id.clone(),
+            rounds: vec![save.round.clone()],
+            parsed_results: save.parsed_results.clone(),
+        };
+        self.bounded(
+            "insert the mcp_gen document",
+            self.generations.insert_one(&generation),
+        )
+        .await
+        .map_err(taken)?;
+        let inserted = self
+            .bounded(
+                "insert the conversations document",
+                self.conversations.insert_one(&save.conversation),
+            )
+            .await;
+        if let Err(StoreError::Conflict(_)) = inserted {
+            // Nothing of ours is in `conversations`: take back the `mcp_gen` document.
+            let _ = self
+                .bounded(
+                    "delete the new mcp_gen document",
+                    self.generations.delete_one(doc! {"_id": id}),
+                )
+                .await;
+        }
+        inserted.map(drop).map_err(taken)
+    }
+
+    async fn append_round(&self, save: &RoundSave) -> Result<(), StoreError> {
+        let c = &save.conversation;
+        let n = save.round.round;
+        let round = self.encode("the round", &save.round)?;
+        let parsed = self.encode("the parsed results", &save.parsed_results)?;
+        let pushed = self
+            .bounded(
+                "store the round in mcp_gen",
+                self.generations.update_one(
+                    doc! {"_id": &c.id, "rounds": {"$size": n - 1}},
+                    doc! {"$push": {"rounds": round}, "$set": {"parsed_results": parsed}},
+                ),
+            )
+            .await?;
+        if pushed.matched_count == 0 {
+            let stored = self
+                .bounded(
+                    "read the stored rounds",
+                    self.database
+                        .collection::<Document>(MCP_GEN)
+                        .find_one(doc! {"_id": &c.id})
+                        .projection(doc! {"rounds.round": 1}),
+                )
+                .await?;
+            return Err(StoreError::Conflict(match stored {
+                None => format!(
+                    "conversation {} was deleted (or never existed): cannot store its round \
+                     {n}",
+                    c.id
+                ),
+                Some(d) => format!(
+                    "conversation {}: another round was stored meanwhile ({} rounds are \
+                     stored, round {n} needs {})",
+                    c.id,
+                    d.get_array("rounds").map(Vec::len).unwrap_or_default(),
+                    n - 1
+                ),
+            }));
+        }
+        let usage = self.encode("the token usage", &c.total_token_usage)?;
+        let updated = self
+            .bounded(
+                "update the conversations document",
+                self.conversations.update_one(
+                    doc! {"_id": &c.id},
+                    doc! {"$set": {
+                        "round_count": c.round_count,
+                        "total_token_usage": usage,
+                        "updated_at": c.updated_at,
+                        "title": &c.title,
+                    }},
+                ),
+            )
+            .await?;
+        if updated.matched_count == 0 {
+            return Err(StoreError::Conflict(format!(
+                "conversation {} was deleted while its round {n} was stored",
+                c.id
+            )));
+        }
+        Ok(())
+    }
+
+    async fn get_record(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
+        let Some(conversation) = self
+            .bounded(
+                &format!("read conversation {id:?}"),
+                self.conversations.find_one(doc! {"_id": id}),
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let generation = self
+            .bounded(
+                &format!("read the mcp_gen document of {id:?}"),
+                self.generations.find_one(doc! {"_id": id}),
+            )
+            .await?;
+        Ok(generation.map(|generation| ConversationRecord {
+            conversation,
+            generation,
+        }))
+    }
+
+    async fn list_conversations(&self, query: &ListQuery) -> Result<Vec<Conversation>, StoreError> {
+        let mut filter = doc! {"type": CONVERSATION_TYPE};
+        if let Some(user) = &query.user_id {
+            filter.insert("user_id", user);
+        }
+        self.bounded("list conversations", async {
+            self.conversations
+                .find(filter)
+                .sort(doc! {"updated_at": -1})
+                .skip(query.skip)
+                .limit(query.limit)
+                .await?
+                .try_collect()
+                .await
+        })
+        .await
+    }
+
+    async fn delete_conversation(&self, id: &str) -> Result<bool, StoreError> {
+        self.bounded(
+            "delete the mcp_gen document",
+            self.generations.delete_one(doc! {"_id": id}),
+        )
+        .await?;
+        let deleted = self
+            .bounded(
+                "delete the conversations document",
+                self.conversations.delete_one(doc! {"_id": id}),
+            )
+            .await?;
+        Ok(deleted.deleted_count > 0)
+    }
+}
+
+#[async_trait]
+impl ConversationStore for MongoStore {
+    fn backend(&self) -> &'static str {
+        "mongodb"
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.guarded(async {
+            self.bounded("ping", self.database.run_command(doc! {"ping": 1}))
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    async fn save_round(&self, save: &RoundSave) -> Result<(), StoreError> {
+        match save.round.round {
+            1 => self.guarded(self.insert_conversation(save)).await,
+            n if n > 1 => self.guarded(self.append_round(save)).await,
+            n => Err(StoreError::Conflict(format!(
+                "conversation {}: round {n} is not a round number (they start at 1)",
+                save.conversation.id
+            ))),
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<ConversationRecord>, StoreError> {
+        self.guarded(self.get_record(id)).await
+    }
+
+    /// A `limit` of 0 or less returns nothing.
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Conversation>, StoreError> {
+        if query.limit <= 0 {
+            return Ok(Vec::new());
+        }
+        self.guarded(self.list_conversations(query)).await
+    }
+
+    async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        self.guarded(self.delete_conversation(id)).await
+    }
+}
+
+/// Whether `e` is MongoDB's duplicate key error (11000).
+fn is_duplicate_key(e: &DriverError) -> bool {
+    match &*e.kind {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => false,
+    }
+}
+
+/// The password of `url`'s user info, as written and percent-decoded (empty when none).
+fn url_secrets(url: &str) -> Vec<String> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Vec::new();
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let Some((userinfo, _)) = authority.rsplit_once('@') else {
+        return Vec::new();
+    };
+    let Some((_, password)) = userinfo.split_once(':') else {
+        return Vec::new();
+    };
+    let mut secrets = Vec::new();
+    if !password.is_empty() {
+        secrets.push(password.to_owned());
+        let decoded = percent_decode(password);
+        if decoded != password {
+            secrets.push(decoded);
+        }
+    }
+    secrets
+}
+
+/// `%XX` escapes decoded (invalid ones kept as written).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `text` with every secret replaced by `***`.
+fn scrub(secrets: &[String], mut text: String) -> String {
+    for secret in secrets {
+        text = text.replace(secret.as_str(), "***");
+    }
+    text
+}
+
+/// MongoDB's rules for a database name: 1 to 63 bytes, none of `/\. "$` or NUL.
+fn check_database_name(name: &str) -> Result<(), StoreError> {
+    let bad = name.is_empty()
+        || name.len() > 63
+        || name
+            .chars()
+            .any(|c| matches!(c, '/' | '\\' | '.' | ' ' | '"' | '$' | '\0'));
+    if bad {
+        return Err(StoreError::Unavailable(format!(
+            "MONGODB_DB {name:?} is not a valid database name (1 to 63 bytes, none of \
+             /\\. \"$)"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_found_and_scrubbed() {
+        let secrets = url_secrets("mongodb://mag:p%40ss@db1:27017,db2/?authSource=admin");
+        assert_eq!(secrets, ["p%40ss", "p@ss"]);
+        assert_eq!(
+            scrub(&secrets, "auth p@ss and p%40ss".into()),
+            "auth *** and ***"
+        );
+        assert!(url_secrets("mongodb://127.0.0.1:27017/?directConnection=true").is_empty());
+        assert!(url_secrets("mongodb://user@host/").is_empty());
+    }
+
+    #[tokio::test]
+    async fn connect_is_lazy_and_hides_the_password() {
+        let store =
+            MongoStore::connect("mongodb://mag:hunter2@127.0.0.1:9/?authSource=admin", "mag")
+                .await
+                .unwrap();
+        assert_eq!(store.location(), r#"mongodb database "mag" at 127.0.0.1:9"#);
+        assert!(!format!("{store:?}").contains("hunter2"));
+        let err = MongoStore::connect("mongodb://mag:hunter2@127.0.0.1:9/?w=bogus&x=1", "mag")
+            .await
+            .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(
+            MongoStore::connect("mongodb://127.0.0.1", "a.b")
+                .await
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,1051 @@
+//! The conversation store (SPEC §5 Storage): one shared suite of checks run against every
+//! backend through `Arc<dyn ConversationStore>` — the embedded SQLite file, MongoDB through
+//! SecantusDB (a real MongoDB-wire server in a separate process) and, when `MONGODB_URL` is
+//! set, a real MongoDB — plus what only one backend has: the embedded file reopened, and
+//! for MongoDB the raw documents against MAG's schema, MAG's indexes, and a server that
+//! goes away and comes back under a live store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use mag_server::store::embedded::EmbeddedStore;
+use mag_server::store::mongo::MongoStore;
+use mag_server::store::{
+    CONVERSATION_TYPE, Conversation, ConversationRecord, ConversationStore, DateTime, ListQuery,
+    McpGen, Round, RoundSave, Store, StoreError, TokenUsage, empty_parsed_results,
+    new_conversation_id,
+};
+use mag_tests::mongo::{Secantus, real_mongodb_url};
+use mongodb::bson::{Bson, Document, doc};
+use serde_json::{Map, Value, json};
+
+/// A generous bound on any single operation against a down server: it catches a hang, not
+/// a slow answer (the measured figures are printed).
+const HANG_BOUND: Duration = Duration::from_secs(20);
+
+/// A base time (ms since the epoch) for the conversations' dates.
+const T0: i64 = 1_760_000_000_000;
+
+// ---------------------------------------------------------------------------------------
+// Building rounds.
+
+fn usage(prompt: i64, completion: i64) -> TokenUsage {
+    TokenUsage {
+        total_tokens: prompt + completion,
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+    }
+}
+
+/// A new conversation's round 1 for `user`, created (and updated) at `T0 + at` ms.
+fn first_round(id: &str, user: &str, at: i64, requirement: &str) -> RoundSave {
+    let when = DateTime::from_millis(T0 + at);
+    let mut parsed = empty_parsed_results();
+    parsed.insert(
+        "analysis".into(),
+        json!(format!("analysis of {requirement}")),
+    );
+    parsed.insert("script_files".into(), json!({"main.py": "print(1)"}));
+    RoundSave {
+        conversation: Conversation {
+            id: id.to_owned(),
+            user_id: user.to_owned(),
+            kind: CONVERSATION_TYPE.into(),
+            title: requirement.chars().take(50).collect(),
+            created_at: when,
+            updated_at: when,
+            round_count: 1,
+            total_token_usage: usage(100, 20),
+            status: "active".into(),
+            tags: Vec::new(),
+        },
+        round: Round {
+            round: 1,
+            messages: vec![
+                json!({"role": "system", "content": "You write MCP servers."}),
+                json!({"role": "user", "content": requirement}),
+                json!({"role": "assistant", "content": format!("<analysis>{requirement}</analysis>")}),
+            ],
+            model: Some("scripted".into()),
+        },
+        parsed_results: parsed,
+    }
+}
+
+/// The round after `record` (or after the save `previous`), updated at `T0 + at` ms, with
+/// `text` as the user's message and the answer.
+fn next_round(
+    previous: &Conversation,
+    parsed: &Map<String, Value>,
+    at: i64,
+    text: &str,
+) -> RoundSave {
+    let mut conversation = previous.clone();
+    conversation.round_count += 1;
+    conversation.updated_at = DateTime::from_millis(T0 + at);
+    conversation.total_token_usage = conversation.total_token_usage.plus(usage(300, 40));
+    conversation.title = format!("{} (round {})", previous.title, conversation.round_count);
+    let mut parsed_results = parsed.clone();
+    parsed_results.insert("todo".into(), json!(format!("todo after {text}")));
+    parsed_results["script_files"]
+        .as_object_mut()
+        .unwrap()
+        .insert(
+            format!("round_{}.py", conversation.round_count),
+            json!(text),
+        );
+    RoundSave {
+        round: Round {
+            round: conversation.round_count,
+            messages: vec![
+                json!({"role": "user", "content": text}),
+                json!({"role": "assistant", "content": format!("answer to {text}")}),
+            ],
+            model: Some("scripted".into()),
+        },
+        conversation,
+        parsed_results,
+    }
+}
+
+/// The round after the saves `saves` (stored in order), see [`next_round`].
+fn after(save: &RoundSave, at: i64, text: &str) -> RoundSave {
+    next_round(&save.conversation, &save.parsed_results, at, text)
+}
+
+/// What `get` should answer after `saves` (round 1 first).
+fn record_of(saves: &[&RoundSave]) -> ConversationRecord {
+    let last = saves.last().unwrap();
+    let mut conversation = last.conversation.clone();
+    conversation.created_at = saves[0].conversation.created_at;
+    ConversationRecord {
+        conversation,
+        generation: McpGen {
+            id: last.conversation.id.clone(),
+            conversation_id: last.conversation.id.clone(),
+            rounds: saves.iter().map(|s| s.round.clone()).collect(),
+            parsed_results: last.parsed_results.clone(),
+        },
+    }
+}
+
+fn query(user: Option<&str>, limit: i64, skip: u64) -> ListQuery {
+    ListQuery {
+        user_id: user.map(str::to_owned),
+        limit,
+        skip,
+    }
+}
+
+fn ids(list: &[Conversation]) -> Vec<&str> {
+    list.iter().map(|c| c.id.as_str()).collect()
+}
+
+#[track_caller]
+fn assert_conflict<T: std::fmt::Debug>(result: Result<T, StoreError>, what: &str) -> String {
+    match result {
+        Err(StoreError::Conflict(text)) => text,
+        other => panic!("{what}: expected a conflict, got {other:?}"),
+    }
+}
+
+async fn get(store: &Store, id: &str) -> Option<ConversationRecord> {
+    store.get(id).await.expect("get")
+}
+
+// ---------------------------------------------------------------------------------------
+// The shared suite: each check gets a fresh, empty store.
+
+/// Runs every check of the suite, each on a fresh store from `fresh`.
+async fn suite(mut fresh: impl AsyncFnMut() -> Store) {
+    round_one_creates(fresh().await).await;
+    later_rounds_append(fresh().await).await;
+    stale_saves_conflict(fresh().await).await;
+    taken_id_conflicts(fresh().await).await;
+    list_orders_filters_and_pages(fresh().await).await;
+    delete_removes(fresh().await).await;
+    unicode_and_large_messages(fresh().await).await;
+    concurrent_saves_one_wins(fresh().await).await;
+}
+
+/// Round 1 creates the conversation: `get` answers the same data, `list` shows it.
+async fn round_one_creates(store: Store) {
+    store.ping().await.expect("ping");
+    let id = new_conversation_id();
+    assert!(get(&store, &id).await.is_none());
+    let save = first_round(&id, "alice", 0, "a weather tool");
+    store.save_round(&save).await.expect("round 1");
+    let record = get(&store, &id).await.expect("the new conversation");
+    assert_eq!(record, record_of(&[&save]));
+    assert_eq!(record.conversation.round_count, 1);
+    assert_eq!(record.messages().len(), 3);
+    let list = store.list(&query(None, 10, 0)).await.unwrap();
+    assert_eq!(list, vec![save.conversation.clone()]);
+}
+
+/// Rounds 2 and 3 append: rounds in order, counters and parsed results set.
+async fn later_rounds_append(store: Store) {
+    let id = new_conversation_id();
+    let r1 = first_round(&id, "alice", 0, "a weather tool");
+    store.save_round(&r1).await.unwrap();
+    let r2 = after(&r1, 1_000, "add a forecast");
+    store.save_round(&r2).await.expect("round 2");
+    let record = get(&store, &id).await.unwrap();
+    assert_eq!(record, record_of(&[&r1, &r2]));
+    assert_eq!(record.conversation.round_count, 2);
+    assert_eq!(record.conversation.total_token_usage, usage(400, 60));
+    assert_eq!(record.conversation.created_at, r1.conversation.created_at);
+    assert_eq!(
+        record.conversation.updated_at,
+        DateTime::from_millis(T0 + 1_000)
+    );
+    assert_eq!(
+        record.generation.parsed_results["todo"],
+        "todo after add a forecast"
+    );
+    let r3 = after(&r2, 2_000, "and the wind");
+    store.save_round(&r3).await.expect("round 3");
+    let record = get(&store, &id).await.unwrap();
+    assert_eq!(record, record_of(&[&r1, &r2, &r3]));
+    assert_eq!(
+        record
+            .generation
+            .rounds
+            .iter()
+            .map(|r| r.round)
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(record.messages().len(), 7);
+    let list = store.list(&query(None, 10, 0)).await.unwrap();
+    assert_eq!(list, vec![record.conversation]);
+}
+
+/// A round that does not follow the stored ones is a conflict and changes nothing.
+async fn stale_saves_conflict(store: Store) {
+    let id = new_conversation_id();
+    let r1 = first_round(&id, "alice", 0, "a weather tool");
+    store.save_round(&r1).await.unwrap();
+    // Round 3 when only round 1 is stored.
+    let r2 = after(&r1, 1_000, "add a forecast");
+    let r3 = after(&r2, 2_000, "and the wind");
+    let text = assert_conflict(store.save_round(&r3).await, "round 3 after round 1");
+    assert!(text.contains(&id), "{text}");
+    assert_eq!(get(&store, &id).await.unwrap(), record_of(&[&r1]));
+
+    store.save_round(&r2).await.unwrap();
+    let before = get(&store, &id).await.unwrap();
+    // Round 2 again, from a writer that read the conversation after round 1.
+    let stale = after(&r1, 3_000, "a different round 2");
+    assert_conflict(store.save_round(&stale).await, "round 2 again");
+    // The very same round 2 again (a retry after it was stored).
+    assert_conflict(store.save_round(&r2).await, "the same round 2 again");
+    // A gap.
+    let mut r4 = after(&r3, 4_000, "round four");
+    r4.round.round = 4;
+    r4.conversation.round_count = 4;
+    assert_conflict(store.save_round(&r4).await, "round 4 after round 2");
+    // Not a round number.
+    let mut r0 = after(&r2, 5_000, "round zero");
+    r0.round.round = 0;
+    assert_conflict(store.save_round(&r0).await, "round 0");
+    assert_eq!(get(&store, &id).await.unwrap(), before);
+    assert_eq!(
+        store.list(&query(None, 10, 0)).await.unwrap(),
+        vec![before.conversation]
+    );
+
+    // A later round of a conversation that does not exist.
+    let missing = after(&first_round("mcp_missing", "alice", 0, "x"), 1_000, "y");
+    let text = assert_conflict(store.save_round(&missing).await, "round 2 of nothing");
+    assert!(text.contains("deleted"), "{text}");
+    assert!(get(&store, "mcp_missing").await.is_none());
+}
+
+/// Round 1 with a taken id is a conflict and changes nothing.
+async fn taken_id_conflicts(store: Store) {
+    let id = new_conversation_id();
+    let r1 = first_round(&id, "alice", 0, "a weather tool");
+    store.save_round(&r1).await.unwrap();
+    let other = first_round(&id, "bob", 5_000, "something else");
+    let text = assert_conflict(store.save_round(&other).await, "round 1 on a taken id");
+    assert!(text.contains(&id), "{text}");
+    assert_eq!(get(&store, &id).await.unwrap(), record_of(&[&r1]));
+    assert_eq!(store.list(&query(None, 10, 0)).await.unwrap().len(), 1);
+    // A taken id after rounds were added.
+    let r2 = after(&r1, 1_000, "more");
+    store.save_round(&r2).await.unwrap();
+    assert_conflict(store.save_round(&other).await, "round 1 on a taken id");
+    assert_eq!(get(&store, &id).await.unwrap(), record_of(&[&r1, &r2]));
+}
+
+/// `list`: newest `updated_at` first, the user filter, skip and limit.
+async fn list_orders_filters_and_pages(store: Store) {
+    assert!(store.list(&query(None, 10, 0)).await.unwrap().is_empty());
+    // Created out of order: (id, user, created at).
+    let specs = [
+        ("mcp_list_a", "alice", 3_000),
+        ("mcp_list_b", "bob", 1_000),
+        ("mcp_list_c", "alice", 5_000),
+        ("mcp_list_d", "bob", 4_000),
+        ("mcp_list_e", "alice", 2_000),
+    ];
+    let mut saves = Vec::new();
+    for (id, user, at) in specs {
+        let save = first_round(id, user, at, &format!("tool {id}"));
+        store.save_round(&save).await.unwrap();
+        saves.push(save);
+    }
+    let all = store.list(&query(None, 100, 0)).await.unwrap();
+    assert_eq!(
+        ids(&all),
+        [
+            "mcp_list_c",
+            "mcp_list_d",
+            "mcp_list_a",
+            "mcp_list_e",
+            "mcp_list_b"
+        ]
+    );
+    // A new round moves the oldest to the front.
+    store
+        .save_round(&after(&saves[1], 9_000, "again"))
+        .await
+        .unwrap();
+    let all = store.list(&query(None, 100, 0)).await.unwrap();
+    assert_eq!(
+        ids(&all),
+        [
+            "mcp_list_b",
+            "mcp_list_c",
+            "mcp_list_d",
+            "mcp_list_a",
+            "mcp_list_e"
+        ]
+    );
+    assert_eq!(all[0].round_count, 2);
+    assert!(all.iter().all(|c| c.kind == CONVERSATION_TYPE));
+
+    let alice = store.list(&query(Some("alice"), 100, 0)).await.unwrap();
+    assert_eq!(ids(&alice), ["mcp_list_c", "mcp_list_a", "mcp_list_e"]);
+    assert!(alice.iter().all(|c| c.user_id == "alice"));
+    let bob = store.list(&query(Some("bob"), 100, 0)).await.unwrap();
+    assert_eq!(ids(&bob), ["mcp_list_b", "mcp_list_d"]);
+    assert!(
+        store
+            .list(&query(Some("carol"), 100, 0))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let page = store.list(&query(None, 2, 0)).await.unwrap();
+    assert_eq!(ids(&page), ["mcp_list_b", "mcp_list_c"]);
+    let page = store.list(&query(None, 2, 2)).await.unwrap();
+    assert_eq!(ids(&page), ["mcp_list_d", "mcp_list_a"]);
+    let page = store.list(&query(None, 2, 4)).await.unwrap();
+    assert_eq!(ids(&page), ["mcp_list_e"]);
+    assert!(store.list(&query(None, 2, 5)).await.unwrap().is_empty());
+    assert!(
+        store
+            .list(&query(None, 2, u64::MAX / 2))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let page = store.list(&query(Some("alice"), 1, 1)).await.unwrap();
+    assert_eq!(ids(&page), ["mcp_list_a"]);
+    assert!(store.list(&query(None, 0, 0)).await.unwrap().is_empty());
+}
+
+/// `delete`: true then false; the conversation is gone from `get` and `list`, later rounds
+/// conflict, and the id can start a new conversation.
+async fn delete_removes(store: Store) {
+    let id = new_conversation_id();
+    let keep = new_conversation_id();
+    let r1 = first_round(&id, "alice", 0, "a weather tool");
+    store.save_round(&r1).await.unwrap();
+    let r2 = after(&r1, 1_000, "more");
+    store.save_round(&r2).await.unwrap();
+    let kept = first_round(&keep, "alice", 500, "another tool");
+    store.save_round(&kept).await.unwrap();
+
+    assert!(store.delete(&id).await.expect("delete"));
+    assert!(get(&store, &id).await.is_none());
+    assert_eq!(
+        ids(&store.list(&query(None, 10, 0)).await.unwrap()),
+        [keep.as_str()]
+    );
+    assert!(!store.delete(&id).await.expect("delete again"));
+    assert!(!store.delete("mcp_never_was").await.unwrap());
+    let r3 = after(&r2, 2_000, "after the delete");
+    let text = assert_conflict(store.save_round(&r3).await, "a round after the delete");
+    assert!(text.contains("deleted"), "{text}");
+    assert!(get(&store, &id).await.is_none());
+    assert_eq!(get(&store, &keep).await.unwrap(), record_of(&[&kept]));
+
+    let again = first_round(&id, "bob", 3_000, "a new start");
+    store
+        .save_round(&again)
+        .await
+        .expect("round 1 on a freed id");
+    assert_eq!(get(&store, &id).await.unwrap(), record_of(&[&again]));
+}
+
+/// Unicode, control characters, arbitrary message fields and a 1 MiB message read back
+/// exactly.
+async fn unicode_and_large_messages(store: Store) {
+    let id = new_conversation_id();
+    let text = "héllo wörld — 天气预报 🌦️👩‍💻 שלום مرحبا \u{0301}\t\"quotes\" \\ back\nslash \u{1}";
+    let mut r1 = first_round(&id, "ユーザー", 0, text);
+    r1.conversation.tags = vec!["ünïcode".into(), "🏷️".into()];
+    r1.round.messages.push(json!({
+        "role": "assistant",
+        "content": null,
+        "tool_calls": [{"id": "call_1", "type": "function",
+                        "function": {"name": "f", "arguments": "{\"x\": 1}"}}],
+        "n": 3, "negative": -7, "ratio": 1.5, "ok": true, "nothing": null,
+        "nested": {"deep": [[1, 2], {"k": "v"}]},
+    }));
+    r1.parsed_results.insert(
+        "script_files".into(),
+        json!({"天气.py": text, "dir/ü.txt": "x"}),
+    );
+    store.save_round(&r1).await.expect("unicode round 1");
+    assert_eq!(get(&store, &id).await.unwrap(), record_of(&[&r1]));
+    assert_eq!(
+        store
+            .list(&query(Some("ユーザー"), 10, 0))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let big: String = "0123456789abcdef🙂".repeat((1024 * 1024_usize).div_ceil(20));
+    assert!(big.len() >= 1024 * 1024);
+    let mut r2 = after(&r1, 1_000, "a big answer");
+    r2.round.messages[1] = json!({"role": "assistant", "content": big});
+    r2.parsed_results["script_files"]
+        .as_object_mut()
+        .unwrap()
+        .insert("big.txt".into(), json!(big));
+    store.save_round(&r2).await.expect("a 1 MiB round");
+    let record = get(&store, &id).await.unwrap();
+    assert_eq!(
+        record.generation.rounds[1].messages[1]["content"],
+        big.as_str()
+    );
+    assert_eq!(record, record_of(&[&r1, &r2]));
+}
+
+/// Concurrent saves of the same round: exactly one wins, and its round is the one stored.
+async fn concurrent_saves_one_wins(store: Store) {
+    const WRITERS: usize = 8;
+    // Round 1 of one new id.
+    let id = new_conversation_id();
+    let mut tasks = tokio::task::JoinSet::new();
+    for writer in 0..WRITERS {
+        let store = store.clone();
+        let save = first_round(&id, &format!("writer{writer}"), writer as i64, "race");
+        tasks.spawn(async move { (store.save_round(&save).await, save) });
+    }
+    let results = tasks.join_all().await;
+    let winners: Vec<&RoundSave> = results
+        .iter()
+        .filter(|(r, _)| r.is_ok())
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(winners.len(), 1, "round 1 winners: {results:?}");
+    for (result, _) in &results {
+        if let Err(e) = result {
+            assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+        }
+    }
+    let r1 = winners[0].clone();
+    assert_eq!(get(&store, &id).await.unwrap(), record_of(&[&r1]));
+
+    // Round 2, from writers that all read round 1.
+    let mut tasks = tokio::task::JoinSet::new();
+    for writer in 0..WRITERS {
+        let store = store.clone();
+        let save = after(&r1, 1_000 + writer as i64, &format!("writer {writer}"));
+        tasks.spawn(async move { (store.save_round(&save).await, save) });
+    }
+    let results = tasks.join_all().await;
+    let winners: Vec<&RoundSave> = results
+        .iter()
+        .filter(|(r, _)| r.is_ok())
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(winners.len(), 1, "round 2 winners: {results:?}");
+    for (result, _) in &results {
+        if let Err(e) = result {
+            assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+        }
+    }
+    let record = get(&store, &id).await.unwrap();
+    assert_eq!(record, record_of(&[&r1, winners[0]]));
+    assert_eq!(record.conversation.round_count, 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Embedded.
+
+#[tokio::test]
+async fn embedded_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    suite(async || -> Store {
+        n += 1;
+        let path = dir
+            .path()
+            .join(format!("suite{n}/nested/conversations.sqlite3"));
+        let store: Store = Arc::new(EmbeddedStore::open(&path).expect("open the embedded store"));
+        store
+    })
+    .await;
+}
+
+/// The data is in the file: a store opened again on it reads everything back, and goes on.
+#[tokio::test]
+async fn embedded_data_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data/conversations.sqlite3");
+    let id = new_conversation_id();
+    let r1 = first_round(&id, "alice", 0, "a weather tool");
+    let r2 = after(&r1, 1_000, "more");
+    {
+        let store: Store = Arc::new(EmbeddedStore::open(&path).unwrap());
+        assert_eq!(store.backend(), "embedded");
+        assert!(store.location().contains(&path.display().to_string()));
+        store.save_round(&r1).await.unwrap();
+        store.save_round(&r2).await.unwrap();
+        // WAL journal mode: the log next to the file while it is open.
+        assert!(path.with_extension("sqlite3-wal").is_file());
+    }
+    assert!(path.is_file());
+    let store: Store = Arc::new(EmbeddedStore::open(&path).expect("reopen"));
+    assert_eq!(get(&store, &id).await.unwrap(), record_of(&[&r1, &r2]));
+    let r3 = after(&r2, 2_000, "after reopening");
+    store.save_round(&r3).await.unwrap();
+    drop(store);
+    let store: Store = Arc::new(EmbeddedStore::open(&path).expect("reopen again"));
+    assert_eq!(get(&store, &id).await.unwrap(), record_of(&[&r1, &r2, &r3]));
+    assert_eq!(store.list(&query(None, 10, 0)).await.unwrap().len(), 1);
+}
+
+/// A file that is not a database is refused with a message naming it.
+#[tokio::test]
+async fn embedded_refuses_a_foreign_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("conversations.sqlite3");
+    std::fs::write(
+        &path,
+        "this is not SQLite, just some text that is long enough ".repeat(100),
+    )
+    .unwrap();
+    let err = EmbeddedStore::open(&path).expect_err("a text file");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    // A folder where the file should be.
+    let err = EmbeddedStore::open(dir.path()).expect_err("a folder");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// MongoDB.
+
+/// A database name unique to this run and call.
+fn unique_db(label: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "magtest_{label}_{}_{nanos:x}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn mongo_store(uri: &str, database: &str) -> Arc<MongoStore> {
+    Arc::new(MongoStore::connect(uri, database).await.expect("connect"))
+}
+
+/// A raw client on `uri`, for reading documents behind the store's back.
+async fn raw_client(uri: &str) -> mongodb::Client {
+    let mut options = mongodb::options::ClientOptions::parse(uri).await.unwrap();
+    options.server_selection_timeout = Some(Duration::from_secs(5));
+    mongodb::Client::with_options(options).unwrap()
+}
+
+/// The suite and the MongoDB-only checks against the MongoDB at `uri`; the databases used
+/// (to drop afterwards).
+async fn mongo_suite(uri: &str, label: &str) -> Vec<String> {
+    let mut databases = Vec::new();
+    suite(async || -> Store {
+        let name = unique_db(label);
+        databases.push(name.clone());
+        let store: Store = mongo_store(uri, &name).await;
+        store
+    })
+    .await;
+    let name = unique_db(label);
+    databases.push(name.clone());
+    mongo_schema(uri, &name).await;
+    databases
+}
+
+/// The documents the store writes, read back raw with the driver: MAG's fields and BSON
+/// types, field by field; and MAG's indexes.
+async fn mongo_schema(uri: &str, database: &str) {
+    let store = mongo_store(uri, database).await;
+    assert_eq!(store.backend(), "mongodb");
+    assert!(store.location().contains(database), "{}", store.location());
+    let id = new_conversation_id();
+    let r1 = first_round(&id, "alice", 0, "a weather tool");
+    let mut r1 = r1;
+    r1.round.model = None;
+    r1.conversation.tags = vec!["t1".into()];
+    store.save_round(&r1).await.unwrap();
+    let r2 = after(&r1, 1_000, "more");
+    store.save_round(&r2).await.unwrap();
+
+    let client = raw_client(uri).await;
+    let db = client.database(database);
+    let conversation = db
+        .collection::<Document>("conversations")
+        .find_one(doc! {"_id": &id})
+        .await
+        .unwrap()
+        .expect("the conversations document");
+    let keys: Vec<&str> = conversation.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "_id",
+            "user_id",
+            "type",
+            "title",
+            "created_at",
+            "updated_at",
+            "round_count",
+            "total_token_usage",
+            "status",
+            "tags"
+        ],
+        "{conversation}"
+    );
+    assert_eq!(conversation.get("_id"), Some(&Bson::String(id.clone())));
+    assert_eq!(
+        conversation.get("user_id"),
+        Some(&Bson::String("alice".into()))
+    );
+    assert_eq!(
+        conversation.get("type"),
+        Some(&Bson::String("agent".into()))
+    );
+    assert_eq!(
+        conversation.get("title"),
+        Some(&Bson::String(r2.conversation.title.clone()))
+    );
+    assert_eq!(
+        conversation.get("created_at"),
+        Some(&Bson::DateTime(DateTime::from_millis(T0)))
+    );
+    assert_eq!(
+        conversation.get("updated_at"),
+        Some(&Bson::DateTime(DateTime::from_millis(T0 + 1_000)))
+    );
+    assert_eq!(conversation.get("round_count"), Some(&Bson::Int64(2)));
+    assert_eq!(
+        conversation.get_document("total_token_usage").unwrap(),
+        &doc! {
+            "total_tokens": Bson::Int64(460),
+            "prompt_tokens": Bson::Int64(400),
+            "completion_tokens": Bson::Int64(60),
+        }
+    );
+    assert_eq!(
+        conversation.get("status"),
+        Some(&Bson::String("active".into()))
+    );
+    assert_eq!(
+        conversation.get("tags"),
+        Some(&Bson::Array(vec![Bson::String("t1".into())]))
+    );
+
+    let generation = db
+        .collection::<Document>("mcp_gen")
+        .find_one(doc! {"_id": &id})
+        .await
+        .unwrap()
+        .expect("the mcp_gen document");
+    let keys: Vec<&str> = generation.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["_id", "conversation_id", "rounds", "parsed_results"],
+        "{generation}"
+    );
+    assert_eq!(generation.get("_id"), Some(&Bson::String(id.clone())));
+    assert_eq!(
+        generation.get("conversation_id"),
+        Some(&Bson::String(id.clone()))
+    );
+    let rounds = generation.get_array("rounds").unwrap();
+    assert_eq!(rounds.len(), 2);
+    for (i, round) in rounds.iter().enumerate() {
+        let Bson::Document(round) = round else {
+            panic!("round {i} is not a document: {round}");
+        };
+        assert_eq!(round.get("round"), Some(&Bson::Int64(i as i64 + 1)));
+        let messages = round.get_array("messages").unwrap();
+        for message in messages {
+            let Bson::Document(message) = message else {
+                panic!("a message is not a document: {message}");
+            };
+            assert!(
+                matches!(message.get("role"), Some(Bson::String(_))),
+                "{message}"
+            );
+            assert!(
+                matches!(message.get("content"), Some(Bson::String(_))),
+                "{message}"
+            );
+        }
+        if i == 0 {
+            assert_eq!(
+                round.keys().collect::<Vec<_>>(),
+                ["round", "messages"],
+                "{round}"
+            );
+            assert_eq!(messages.len(), 3);
+        } else {
+            assert_eq!(
+                round.keys().collect::<Vec<_>>(),
+                ["round", "messages", "model"],
+                "{round}"
+            );
+            assert_eq!(round.get("model"), Some(&Bson::String("scripted".into())));
+            assert_eq!(messages.len(), 2);
+        }
+    }
+    let parsed = generation.get_document("parsed_results").unwrap();
+    for key in [
+        "analysis",
+        "todo",
+        "folder_name",
+        "script_files",
+        "dependencies",
+        "readme",
+    ] {
+        assert!(
+            parsed.contains_key(key),
+            "parsed_results lacks {key}: {parsed}"
+        );
+    }
+    assert_eq!(parsed.get("folder_name"), Some(&Bson::Null));
+    assert_eq!(
+        parsed.get_document("script_files").unwrap(),
+        &doc! {"main.py": "print(1)", "round_2.py": "more"}
+    );
+    assert_eq!(
+        parsed.get("todo"),
+        Some(&Bson::String("todo after more".into()))
+    );
+
+    // MAG's indexes, with the driver's default names.
+    let indexes = |collection: &'static str| {
+        let db = db.clone();
+        async move {
+            let mut cursor = db
+                .collection::<Document>(collection)
+                .list_index_names()
+                .await
+                .unwrap();
+            cursor.sort();
+            cursor
+        }
+    };
+    assert_eq!(
+        indexes("conversations").await,
+        [
+            "_id_",
+            "status_1",
+            "updated_at_-1",
+            "user_id_1_type_1_created_at_-1"
+        ]
+    );
+    assert_eq!(indexes("mcp_gen").await, ["_id_", "conversation_id_1"]);
+    let keys = futures::TryStreamExt::try_collect::<Vec<_>>(
+        db.collection::<Document>("conversations")
+            .list_indexes()
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let by_name = |name: &str| {
+        keys.iter()
+            .find(|m| m.options.as_ref().and_then(|o| o.name.as_deref()) == Some(name))
+            .unwrap_or_else(|| panic!("no index {name}"))
+    };
+    let compound = by_name("user_id_1_type_1_created_at_-1");
+    assert_eq!(
+        compound
+            .keys
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_i64().or(v.as_i32().map(i64::from))))
+            .collect::<Vec<_>>(),
+        [
+            ("user_id", Some(1)),
+            ("type", Some(1)),
+            ("created_at", Some(-1))
+        ]
+    );
+    assert_ne!(
+        compound.options.as_ref().and_then(|o| o.unique),
+        Some(true),
+        "MAG's indexes are not unique"
+    );
+}
+
+async fn drop_databases(uri: &str, databases: &[String]) {
+    let client = raw_client(uri).await;
+    for name in databases {
+        client
+            .database(name)
+            .drop()
+            .await
+            .expect("drop the test database");
+    }
+}
+
+#[tokio::test]
+async fn mongodb_suite_on_secantus() {
+    let secantus = Secantus::start();
+    let databases = mongo_suite(&secantus.uri(), "suite").await;
+    drop_databases(&secantus.uri(), &databases).await;
+}
+
+#[tokio::test]
+async fn mongodb_suite_on_real_mongodb() {
+    let Some(url) = real_mongodb_url() else {
+        eprintln!("MONGODB_URL is not set: no real MongoDB to run the suite against");
+        return;
+    };
+    let databases = mongo_suite(&url, "real").await;
+    drop_databases(&url, &databases).await;
+}
+
+/// Runs `op` and checks it answers Unavailable within [`HANG_BOUND`]; how long it took.
+async fn unavailable<T: std::fmt::Debug>(
+    what: &str,
+    op: impl Future<Output = Result<T, StoreError>>,
+) -> Duration {
+    let start = Instant::now();
+    let result = tokio::time::timeout(HANG_BOUND, op).await;
+    let took = start.elapsed();
+    match result {
+        Ok(Err(StoreError::Unavailable(text))) => {
+            eprintln!("{what}: Unavailable after {took:.2?}: {text}");
+            assert!(text.contains("mongodb database"), "{text}");
+        }
+        Ok(other) => panic!("{what} with the server down: {other:?}"),
+        Err(_) => panic!("{what} hung for {HANG_BOUND:?} with the server down"),
+    }
+    took
+}
+
+/// Every operation answers Unavailable when the server is down; how long each took. The
+/// first `ping` runs alone (it meets the pooled connections a stopped server left), the
+/// others concurrently.
+async fn every_operation_unavailable(store: &Store, stored: &RoundSave) -> Vec<Duration> {
+    let next = after(stored, 60_000, "while down");
+    let fresh = first_round(&new_conversation_id(), "alice", 60_000, "while down");
+    let ping = unavailable("ping", store.ping()).await;
+    let everything = query(None, 10, 0);
+    let (get, list, create, append, delete) = tokio::join!(
+        unavailable("get", store.get(&stored.conversation.id)),
+        unavailable("list", store.list(&everything)),
+        unavailable("save_round 1", store.save_round(&fresh)),
+        unavailable("save_round N", store.save_round(&next)),
+        unavailable("delete", store.delete("mcp_not_there")),
+    );
+    vec![ping, get, list, create, append, delete]
+}
+
+/// Polls `ping` until it succeeds; how long that took.
+async fn recovers(store: &Store) -> Duration {
+    let start = Instant::now();
+    loop {
+        match store.ping().await {
+            Ok(()) => return start.elapsed(),
+            Err(e) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "the store did not recover within 60 s: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The store is made before the server exists, sees it come up, go down and come back on
+/// the same port and data: while down, every operation answers Unavailable within seconds;
+/// once back, the same store works again and everything saved before is there.
+#[tokio::test]
+async fn mongodb_outage_and_recovery_on_secantus() {
+    let storage = tempfile::tempdir().unwrap();
+    let port = mag_tests::free_port();
+    let uri = format!("mongodb://127.0.0.1:{port}/?directConnection=true");
+    let database = unique_db("outage");
+    let store: Store = mongo_store(&uri, &database).await;
+    assert_eq!(
+        store.location(),
+        format!("mongodb database {database:?} at 127.0.0.1:{port}")
+    );
+
+    // Never up yet.
+    let before = first_round(&new_conversation_id(), "alice", 0, "before the server");
+    let took = every_operation_unavailable(&store, &before).await;
+    eprintln!("never started: Unavailable after {took:.2?}");
+    assert!(took.iter().all(|t| *t < HANG_BOUND));
+
+    let mut secantus = Secantus::start_at(port, storage.path());
+    let up = recovers(&store).await;
+    eprintln!("server started: the store answered after {up:.2?}");
+    let id = new_conversation_id();
+    let r1 = first_round(&id, "alice", 0, "a weather tool");
+    store.save_round(&r1).await.unwrap();
+    let r2 = after(&r1, 1_000, "more");
+    store.save_round(&r2).await.unwrap();
+    assert_eq!(get(&store, &id).await.unwrap(), record_of(&[&r1, &r2]));
+
+    // Down, with pooled connections to a server that went away.
+    let stopping = Instant::now();
+    secantus.stop();
+    eprintln!("secantus stopped in {:.2?}", stopping.elapsed());
+    let took = every_operation_unavailable(&store, &r2).await;
+    eprintln!("after a stop: Unavailable after {took:.2?}");
+    // Again, now that the driver knows the server is gone.
+    let took = every_operation_unavailable(&store, &r2).await;
+    eprintln!("still down: Unavailable after {took:.2?}");
+
+    // Back on the same port and data, the same store.
+    let restarted = Instant::now();
+    let secantus = Secantus::start_at(port, storage.path());
+    eprintln!("secantus restarted in {:.2?}", restarted.elapsed());
+    let back = recovers(&store).await;
+    eprintln!("server back: the store answered after {back:.2?}");
+    assert_eq!(get(&store, &id).await.unwrap(), record_of(&[&r1, &r2]));
+    let r3 = after(&r2, 2_000, "after the outage");
+    store
+        .save_round(&r3)
+        .await
+        .expect("a round after the outage");
+    assert_eq!(get(&store, &id).await.unwrap(), record_of(&[&r1, &r2, &r3]));
+    assert_eq!(
+        ids(&store.list(&query(None, 10, 0)).await.unwrap()),
+        [id.as_str()]
+    );
+    // Nothing was stored while it was down.
+    assert!(get(&store, &before.conversation.id).await.is_none());
+
+    // The indexes were created once the server answered.
+    let client = raw_client(&secantus.uri()).await;
+    let mut names = client
+        .database(&database)
+        .collection::<Document>("conversations")
+        .list_index_names()
+        .await
+        .unwrap();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "_id_",
+            "status_1",
+            "updated_at_-1",
+            "user_id_1_type_1_created_at_-1"
+        ]
+    );
+    drop(secantus);
+}
+
+/// A URL with a password: neither `location` nor any error holds it.
+#[tokio::test]
+async fn mongodb_never_shows_the_password() {
+    let port = mag_tests::free_port();
+    let uri = format!("mongodb://mag:s3cr%40tpw@127.0.0.1:{port}/?authSource=admin");
+    let store: Store = mongo_store(&uri, "mag").await;
+    assert_eq!(
+        store.location(),
+        format!("mongodb database \"mag\" at 127.0.0.1:{port}")
+    );
+    let err = store.ping().await.expect_err("nothing listens");
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(!text.contains("s3cr") && !text.contains("tpw"), "{text}");
+    let err = MongoStore::connect(
+        "mongodb://mag:s3cr%40tpw@127.0.0.1:1/?bogusOption=1&w=-5",
+        "mag",
+    )
+    .await
+    .expect_err("a bad URL");
+    assert!(!err.to_string().contains("s3cr"), "{err}");
+}
+
+/// Sends SIGCONT to a stopped process when dropped (also when a check fails).
+struct Frozen(u32);
+
+impl Frozen {
+    fn freeze(pid: u32) -> Self {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+        .expect("SIGSTOP");
+        Self(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    }
+}
+
+/// A server that accepts connections but never answers (SIGSTOP): every operation still
+/// answers Unavailable within seconds, and the store works again once it answers.
+#[tokio::test]
+async fn mongodb_hung_server_on_secantus() {
+    let secantus = Secantus::start();
+    let store: Store = mongo_store(&secantus.uri(), &unique_db("hung")).await;
+    let id = new_conversation_id();
+    let r1 = first_round(&id, "alice", 0, "a weather tool");
+    store.save_round(&r1).await.unwrap();
+
+    let frozen = Frozen::freeze(secantus.pid().expect("running"));
+    let took = every_operation_unavailable(&store, &r1).await;
+    eprintln!("hung server: Unavailable after {took:.2?}");
+    drop(frozen);
+
+    let back = recovers(&store).await;
+    eprintln!("server answering again: the store answered after {back:.2?}");
+    let r2 = after(&r1, 1_000, "after the freeze");
+    store
+        .save_round(&r2)
+        .await
+        .expect("a round after the freeze");
+    assert_eq!(get(&store, &id).await.unwrap(), record_of(&[&r1, &r2]));
+}
