@@ -296,10 +296,14 @@ async fn conversations(
     if !(1..=1000).contains(&limit) {
         return Err(Error::BadRequest("limit must be 1 to 1000".into()));
     }
+    let skip = params.skip.unwrap_or(0);
+    if i64::try_from(skip).is_err() {
+        return Err(Error::BadRequest("skip is too large".into()));
+    }
     let query = ListQuery {
         user_id: params.user_id.filter(|u| !u.is_empty()),
         limit,
-        skip: params.skip.unwrap_or(0),
+        skip,
     };
     state.generator.conversations(&query).await.map(Json)
 }
@@ -343,7 +347,15 @@ async fn register_tool(State(state): St, Body(body): Body<RegisterToolBody>) -> 
         readme: body.readme,
         dependencies: body.dependencies,
     };
-    state.generator.install(files, false).await.map(Json)
+    // On its own task: a caller that goes away does not cut an install short.
+    let generator = state.generator.clone();
+    match tokio::spawn(async move { generator.install(files, false).await }).await {
+        Ok(answer) => answer.map(Json),
+        Err(e) => Err(Error::Io {
+            context: "the install task failed".into(),
+            source: std::io::Error::other(e),
+        }),
+    }
 }
 
 async fn ai_tools(State(state): St) -> AppResult {

@@ -236,7 +236,13 @@ pub async fn stream_chat(
         .map_err(|e| transport(mcp_client::error::error_chain(&e)))?;
     let status = response.status();
     if !status.is_success() {
-        let text = response.text().await.unwrap_or_default();
+        // Bounded like a chunk: an endpoint that sends error headers and stalls must not
+        // hold the round (and its conversation's lock).
+        let text = tokio::time::timeout(idle, response.text())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         return Err(LlmError::Status {
             model: model.name.clone(),
             status: status.as_u16(),

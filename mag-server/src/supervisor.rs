@@ -574,6 +574,9 @@ impl Supervisor {
             .arg(CLIENT_TOKEN_ENV)
             .env(CLIENT_TOKEN_ENV, token.expose())
             .env_remove("MAG_API_TOKEN")
+            // mag-server's store, maybe with a password: not for MCP servers (generated
+            // code among them) to read.
+            .env_remove("MONGODB_URL")
             // Its stderr goes to a file: no colour codes.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

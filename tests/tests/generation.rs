@@ -47,7 +47,7 @@ fn round2() -> String {
     format!(
         "Done.\n<script_file name=\"main.py\">\n{MAIN_V2}\n</script_file>\n\
          <delete_script_file>draft_notes.py</delete_script_file>\n\
-         <dependencies>mcp==2.3.0</dependencies>\n\
+         <dependencies>mcp>=2,<3</dependencies>\n\
          <readme># text_tools\n\nreverse(text): the text reversed.</readme>\n<todo>nothing</todo>"
     )
 }
@@ -291,7 +291,7 @@ async fn check_conversation(mag: &MagServer, id: &str) {
     assert_eq!(rounds[1]["model"], MODEL);
     let parsed = &detail["parsed_results"];
     assert_eq!(parsed["folder_name"], "text_tools");
-    assert_eq!(parsed["dependencies"], "mcp==2.3.0");
+    assert_eq!(parsed["dependencies"], "mcp>=2,<3");
     assert_eq!(parsed["todo"], "nothing");
     assert_eq!(
         parsed["script_files"]
@@ -501,21 +501,22 @@ async fn mongodb_down_mid_run_answers_503_and_recovers_without_losing_anything()
     let id = first.conversation_id.clone().unwrap();
 
     // Round 2 is streaming when MongoDB stops: the stream ends with a database error, and
-    // the round is not acknowledged.
+    // the round is not acknowledged. The model holds the rest of its answer until MongoDB
+    // is surely down (SIGTERM takes about 2 s; the pause leaves room for a slow machine).
     llm.push(Reply::Slow {
         text: round2(),
-        pause: Duration::from_secs(3),
+        pause: Duration::from_secs(12),
         prompt_tokens: 10,
         completion_tokens: 5,
     });
-    let mag_ref = &mag;
-    let id_ref = id.as_str();
-    let streaming = async move { generate(mag_ref, round("Add the rest.", Some(id_ref))).await };
-    let stopping = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+    let streaming = generate(&mag, round("Add the rest.", Some(&id)));
+    let stopping = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_millis(500));
         mongo.stop();
-    };
-    let (second, ()) = tokio::join!(streaming, stopping);
+        mongo
+    });
+    let (second, mongo) = tokio::join!(streaming, stopping);
+    let mut mongo = mongo.unwrap();
     assert!(second.done, "{second:?}");
     assert!(second.find("saved").is_none(), "{second:?}");
     let error = second.find("error").unwrap_or_else(|| panic!("{second:?}"));
@@ -544,7 +545,8 @@ async fn mongodb_down_mid_run_answers_503_and_recovers_without_losing_anything()
 
     // Back on the same port and data: it works again without a restart, with round 1
     // (acknowledged) kept and the unacknowledged round 2 absent.
-    let mongo = Secantus::start_at(port, &storage);
+    mongo.restart();
+    assert_eq!((mongo.port(), mongo.storage()), (port, storage.as_path()));
     let started = Instant::now();
     let detail = loop {
         let (status, body, _) = get_within(&mag, &format!("/api/mcp/conversations/{id}")).await;
@@ -564,7 +566,6 @@ async fn mongodb_down_mid_run_answers_503_and_recovers_without_losing_anything()
     let again = generate(&mag, round("Add the rest.", Some(&id))).await;
     let saved = again.find("saved").unwrap_or_else(|| panic!("{again:?}"));
     assert_eq!(saved["round"], 2);
-    drop(mongo);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -681,6 +682,10 @@ async fn bad_generation_requests_get_clear_errors() {
         (tool("../escape", "mcp==2.3.0"), 422),
         (tool("a/b", "mcp==2.3.0"), 422),
         (tool("ok", "mcp --index-url http://127.0.0.1:1/"), 422),
+        (
+            tool("ok", "https://127.0.0.1:1/${MAG_API_TOKEN}/p.whl"),
+            422,
+        ),
         (
             json!({"folder_name": "ok", "script_files": {"../x.py": "x"}, "readme": "", "dependencies": ""}),
             422,

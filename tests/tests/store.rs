@@ -598,7 +598,71 @@ async fn mongo_suite(uri: &str, label: &str) -> Vec<String> {
     let name = unique_db(label);
     databases.push(name.clone());
     mongo_schema(uri, &name).await;
+    let name = unique_db(label);
+    databases.push(name.clone());
+    mongo_shared_with_mag(uri, &name).await;
     databases
+}
+
+/// A database MAG uses too: its other conversations (chat, graph generation: no `mcp_gen`
+/// document) are neither listed nor deleted, and an `mcp_gen` document that a failed
+/// round 1 left without its conversation does not block the id.
+async fn mongo_shared_with_mag(uri: &str, database: &str) {
+    let store: Store = mongo_store(uri, database).await;
+    let client = raw_client(uri).await;
+    let db = client.database(database);
+    let now = mongodb::bson::DateTime::now();
+    db.collection::<Document>("conversations")
+        .insert_one(doc! {
+            "_id": "graph_1", "user_id": "default_user", "type": "agent", "title": "a graph",
+            "created_at": now, "updated_at": now, "round_count": 1_i64,
+            "total_token_usage": {"total_tokens": 0_i64, "prompt_tokens": 0_i64, "completion_tokens": 0_i64},
+            "status": "active", "tags": [],
+        })
+        .await
+        .unwrap();
+    let ours = first_round(&new_conversation_id(), "default_user", 0, "ours");
+    store.save_round(&ours).await.unwrap();
+    let all = ListQuery {
+        user_id: None,
+        limit: 100,
+        skip: 0,
+    };
+    let listed: Vec<String> = store
+        .list(&all)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(
+        listed,
+        std::slice::from_ref(&ours.conversation.id),
+        "MAG's graph conversation is not ours"
+    );
+    assert!(!store.delete("graph_1").await.unwrap());
+    let kept = db
+        .collection::<Document>("conversations")
+        .find_one(doc! {"_id": "graph_1"})
+        .await
+        .unwrap();
+    assert!(
+        kept.is_some(),
+        "a DELETE never touches MAG's other conversations"
+    );
+
+    let orphan = new_conversation_id();
+    db.collection::<Document>("mcp_gen")
+        .insert_one(
+            doc! {"_id": &orphan, "conversation_id": &orphan, "rounds": [], "parsed_results": {}},
+        )
+        .await
+        .unwrap();
+    assert!(store.get(&orphan).await.unwrap().is_none());
+    let round = first_round(&orphan, "default_user", 0, "after a failed round 1");
+    store.save_round(&round).await.unwrap();
+    let record = store.get(&orphan).await.unwrap().expect("stored");
+    assert_eq!(record.generation.rounds.len(), 1);
 }
 
 /// The documents the store writes, read back raw with the driver: MAG's fields and BSON

@@ -101,6 +101,11 @@ fn script_path(name: &str) -> Result<PathBuf> {
             .components()
             .any(|c| c.as_os_str().to_string_lossy().starts_with('.'));
     if plain && name.len() <= 255 {
+        if INSTALLER_FILES.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(Error::InvalidTool(format!(
+                "script file name {name:?} is written by the installer"
+            )));
+        }
         Ok(path.to_path_buf())
     } else {
         Err(Error::InvalidTool(format!(
@@ -110,23 +115,90 @@ fn script_path(name: &str) -> Result<PathBuf> {
     }
 }
 
-/// The requirements of `dependencies`: split on white space and commas. An option (a
-/// word starting with `-`, e.g. `--index-url`) is refused: requirements name packages.
+/// The requirements of `dependencies`: split on white space (MAG's rule), so one
+/// requirement holds no spaces (`mcp>=2,<3`, `httpx[http2]==0.28.1`). Refused: an option
+/// (a word starting with `-`, e.g. `--index-url`: requirements name packages) and `$`
+/// (pip expands `${VAR}` in requirements files, which would hand the daemon's environment
+/// to whatever URL the model wrote).
 ///
 /// # Errors
-/// [`Error::InvalidTool`] for an option.
+/// [`Error::InvalidTool`] naming the word.
 pub fn requirements(dependencies: &str) -> Result<Vec<String>> {
-    let words: Vec<String> = dependencies
-        .split(|c: char| c.is_whitespace() || c == ',')
-        .filter(|w| !w.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if let Some(option) = words.iter().find(|w| w.starts_with('-')) {
+    let words: Vec<String> = dependencies.split_whitespace().map(str::to_owned).collect();
+    if let Some(word) = words.iter().find(|w| w.starts_with('-') || w.contains('$')) {
         return Err(Error::InvalidTool(format!(
-            "dependencies may only name packages; {option:?} is an option"
+            "dependencies may only name packages (no options, no $VARIABLES): {word:?}"
         )));
     }
     Ok(words)
+}
+
+/// The files the installer writes itself; a script file may not take their names.
+const INSTALLER_FILES: [&str; 3] = ["readme.md", "requirements.txt", INSTALLING_MARKER];
+
+/// Present in a tool's folder while it is being installed: a folder that still has it
+/// after a crash is a failed install, removed at the next start ([`Toolsmith::sweep`]).
+pub const INSTALLING_MARKER: &str = ".installing";
+
+/// Variables an installer step keeps from mag-server's environment (plus every `PIP_*`);
+/// everything else (API tokens, `MONGODB_URL`, model keys) stays out of pip's reach.
+const INSTALL_ENV: [&str; 16] = [
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TMPDIR",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+];
+
+/// Kills an installer step's process group unless it finished (a dropped install, e.g. at
+/// shutdown, leaves no pip behind).
+struct GroupGuard(Option<i32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// A reserved tool folder: removed when dropped unless [`Reservation::keep`] was called,
+/// so an install that fails or is dropped half-way leaves nothing.
+pub struct Reservation<'a> {
+    smith: &'a Toolsmith,
+    /// The folder's (and server's) name.
+    pub name: String,
+    kept: bool,
+}
+
+impl Reservation<'_> {
+    /// The install is complete and registered: the folder stays, its marker goes.
+    pub fn keep(mut self) {
+        self.kept = true;
+        let _ = std::fs::remove_file(self.smith.dir_of(&self.name).join(INSTALLING_MARKER));
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.smith.discard(&self.name);
+        }
+    }
 }
 
 impl ToolFiles {
@@ -171,7 +243,8 @@ impl ToolFiles {
 }
 
 impl Toolsmith {
-    /// Names of the tool folders, sorted (`GET /api/mcp/ai-tools`, MAG's answer).
+    /// Names of the tool folders, sorted (`GET /api/mcp/ai-tools`, MAG's answer); folders
+    /// still being installed are left out.
     ///
     /// # Errors
     /// [`Error::Io`] when the tools dir exists but cannot be read.
@@ -189,11 +262,28 @@ impl Toolsmith {
         let mut names: Vec<String> = entries
             .filter_map(|e| e.ok())
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter(|e| !e.path().join(INSTALLING_MARKER).exists())
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| !n.starts_with('.'))
             .collect();
         names.sort();
         Ok(names)
+    }
+
+    /// Removes the folders of installs that a crash interrupted (those still holding
+    /// [`INSTALLING_MARKER`]); run at start, before any install.
+    pub fn sweep(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.tools_dir) else {
+            return;
+        };
+        for entry in entries.filter_map(|e| e.ok()) {
+            if entry.path().join(INSTALLING_MARKER).exists()
+                && let Some(name) = entry.file_name().to_str()
+            {
+                tracing::warn!(tool = name, "removing a tool whose install was interrupted");
+                self.discard(name);
+            }
+        }
     }
 
     /// The folder of tool `name`.
@@ -205,9 +295,16 @@ impl Toolsmith {
     /// `NAME`, `NAME_1`, `NAME_2`, … that is neither a folder nor in `taken` (the servers of
     /// `mcp.json`).
     ///
+    /// The folder holds [`INSTALLING_MARKER`] until the reservation is kept.
+    ///
     /// # Errors
     /// [`Error::ToolExists`] (without `unique`), [`Error::Io`].
-    pub fn reserve(&self, folder_name: &str, unique: bool, taken: &[String]) -> Result<String> {
+    pub fn reserve(
+        &self,
+        folder_name: &str,
+        unique: bool,
+        taken: &[String],
+    ) -> Result<Reservation<'_>> {
         let io = |context: String| move |source| Error::Io { context, source };
         std::fs::create_dir_all(&self.tools_dir)
             .map_err(io(format!("cannot create {}", self.tools_dir.display())))?;
@@ -223,7 +320,19 @@ impl Toolsmith {
                 return Err(Error::ToolExists(name));
             }
             match std::fs::create_dir(self.dir_of(&name)) {
-                Ok(()) => return Ok(name),
+                Ok(()) => {
+                    let reservation = Reservation {
+                        smith: self,
+                        name,
+                        kept: false,
+                    };
+                    let marker = self.dir_of(&reservation.name).join(INSTALLING_MARKER);
+                    std::fs::write(&marker, b"").map_err(|source| Error::Io {
+                        context: format!("cannot write {}", marker.display()),
+                        source,
+                    })?;
+                    return Ok(reservation);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     if !unique {
                         return Err(Error::ToolExists(name));
@@ -241,8 +350,8 @@ impl Toolsmith {
     }
 
     /// Writes the files into the reserved folder `name`, creates `.venv` and installs the
-    /// dependencies; answers the `mcp.json` entry. On failure the caller removes the folder
-    /// ([`Self::discard`]).
+    /// dependencies; answers the `mcp.json` entry. On failure the caller drops the
+    /// [`Reservation`], which removes the folder.
     ///
     /// # Errors
     /// [`Error::InvalidTool`] (no Python script), [`Error::ToolInstall`] naming the step
@@ -325,7 +434,10 @@ impl Toolsmith {
         })
     }
 
-    /// Runs one installer step in `dir`, its output appended to `log`, within `bound`.
+    /// Runs one installer step in `dir` in its own process group, with only
+    /// [`INSTALL_ENV`] and `PIP_*` of mag-server's environment, its output appended to
+    /// `log`, within `bound`; the group is killed when the bound passes or the step is
+    /// dropped.
     async fn step(
         &self,
         what: &str,
@@ -354,6 +466,15 @@ impl Toolsmith {
         let err = out
             .try_clone()
             .map_err(|e| fail(format!("cannot share {}: {e}", log.display())))?;
+        command.env_clear();
+        for (key, value) in std::env::vars_os() {
+            let keep = key
+                .to_str()
+                .is_some_and(|k| INSTALL_ENV.contains(&k) || k.starts_with("PIP_"));
+            if keep {
+                command.env(key, value);
+            }
+        }
         let mut child = command
             .current_dir(dir)
             .stdin(Stdio::null())
@@ -368,16 +489,15 @@ impl Toolsmith {
                     command.as_std().get_program()
                 ))
             })?;
+        let mut group = GroupGuard(child.id().and_then(|pid| i32::try_from(pid).ok()));
         let status = match tokio::time::timeout(bound, child.wait()).await {
-            Ok(Ok(status)) => status,
+            Ok(Ok(status)) => {
+                group.0 = None;
+                status
+            }
             Ok(Err(e)) => return Err(fail(e.to_string())),
             Err(_) => {
-                if let Some(pid) = child.id() {
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
+                drop(group);
                 let _ = child.wait().await;
                 return Err(fail(format!(
                     "did not finish within {} s; see {}",
@@ -456,10 +576,12 @@ mod tests {
     #[test]
     fn dependencies_name_packages_only() {
         assert_eq!(
-            requirements("mcp>=1.2  httpx,\ntzdata").unwrap(),
-            ["mcp>=1.2", "httpx", "tzdata"]
+            requirements("mcp>=2,<3  httpx[http2]\ntzdata").unwrap(),
+            ["mcp>=2,<3", "httpx[http2]", "tzdata"]
         );
         assert!(requirements("mcp --index-url http://evil").is_err());
+        assert!(requirements("https://x.example/${MAG_API_TOKEN}/p.whl").is_err());
+        assert!(script_path("README.md").is_err() && script_path("requirements.txt").is_err());
     }
 
     #[test]
@@ -470,14 +592,32 @@ mod tests {
             log_dir: dir.path().join("logs"),
             python: "python3".into(),
         };
-        assert_eq!(smith.reserve("t", false, &[]).unwrap(), "t");
+        smith.reserve("t", false, &[]).unwrap().keep();
         assert!(matches!(
             smith.reserve("t", false, &[]),
             Err(Error::ToolExists(_))
         ));
-        assert_eq!(smith.reserve("t", true, &["t_1".into()]).unwrap(), "t_2");
-        assert_eq!(smith.list().unwrap(), ["t", "t_2"]);
+        let second = smith.reserve("t", true, &["t_1".into()]).unwrap();
+        assert_eq!(second.name, "t_2");
+        assert_eq!(
+            smith.list().unwrap(),
+            ["t"],
+            "an install in progress is not listed"
+        );
+        drop(second);
+        assert!(
+            !smith.dir_of("t_2").exists(),
+            "a dropped reservation leaves nothing"
+        );
+        let interrupted = smith.reserve("u", false, &[]).unwrap();
+        std::mem::forget(interrupted);
+        smith.sweep();
+        assert!(
+            !smith.dir_of("u").exists(),
+            "the sweep removes interrupted installs"
+        );
+        assert_eq!(smith.list().unwrap(), ["t"]);
         smith.discard("t");
-        assert_eq!(smith.list().unwrap(), ["t_2"]);
+        assert!(smith.list().unwrap().is_empty());
     }
 }

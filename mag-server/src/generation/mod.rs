@@ -94,6 +94,9 @@ struct Inner {
     smith: Toolsmith,
     locks: Mutex<HashMap<String, Weak<AsyncMutex<()>>>>,
     installing: AsyncMutex<()>,
+    /// What `<end>END</end>` installed, by conversation and round count: a retried end
+    /// (a client that timed out during pip) answers the same completion, not a second copy.
+    ended: Mutex<HashMap<(String, i64), Value>>,
 }
 
 /// A checked round, holding its conversation's lock; [`Prepared::run`] runs it.
@@ -128,6 +131,7 @@ impl Generator {
         plane: ControlPlane,
         smith: Toolsmith,
     ) -> Result<Self> {
+        smith.sweep();
         mcp_client::install_tls_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(llm::CONNECT_TIMEOUT)
@@ -145,6 +149,7 @@ impl Generator {
                 smith,
                 locks: Mutex::new(HashMap::new()),
                 installing: AsyncMutex::new(()),
+                ended: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -159,8 +164,8 @@ impl Generator {
         &self.inner.smith
     }
 
-    /// `/health`'s `store`: `{"backend", "location", "state": "ok" | "unavailable",
-    /// "error"?}`, checked within [`HEALTH_PING`].
+    /// `/health`'s `store`: `{"backend", "state": "ok" | "unavailable", "error"?}`,
+    /// checked within [`HEALTH_PING`].
     pub async fn store_health(&self) -> Value {
         let store = &self.inner.store;
         let state = match tokio::time::timeout(HEALTH_PING, store.ping()).await {
@@ -168,9 +173,9 @@ impl Generator {
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {} s", HEALTH_PING.as_secs())),
         };
+        // Not `location`: /health is open even with a token (it is in the log at start).
         let mut answer = json!({
             "backend": store.backend(),
-            "location": store.location(),
             "state": if state.is_ok() { "ok" } else { "unavailable" },
         });
         if let Err(e) = state {
@@ -309,8 +314,8 @@ impl Generator {
     ///
     /// # Errors
     /// [`Error::InvalidTool`], [`Error::ToolExists`] (without `unique`),
-    /// [`Error::ToolInstall`], and the config writer's errors; on any of them no folder and
-    /// no entry is left.
+    /// [`Error::ToolInstall`], and the config writer's errors; on any of them, and when the
+    /// install is dropped half-way, no folder and no entry is left.
     pub async fn install(&self, files: ToolFiles, unique: bool) -> Result<Value> {
         files.check()?;
         let smith = &self.inner.smith;
@@ -321,33 +326,16 @@ impl Generator {
             .as_object()
             .map(|servers| servers.keys().cloned().collect())
             .unwrap_or_default();
-        let name = smith.reserve(&files.folder_name, unique, &taken)?;
-        let built = match smith.build(&name, &files).await {
-            Ok(built) => built,
-            Err(e) => {
-                smith.discard(&name);
-                return Err(e);
-            }
-        };
+        let reservation = smith.reserve(&files.folder_name, unique, &taken)?;
+        let name = reservation.name.clone();
+        let built = smith.build(&name, &files).await?;
         let mut servers = Map::new();
         servers.insert(name.clone(), built.entry);
-        let added = match plane.add(servers, None).await {
-            Ok(answer)
-                if answer["added_servers"]
-                    .as_array()
-                    .is_some_and(|a| !a.is_empty()) =>
-            {
-                answer
-            }
-            Ok(_) => {
-                smith.discard(&name);
-                return Err(Error::ToolExists(name));
-            }
-            Err(e) => {
-                smith.discard(&name);
-                return Err(e);
-            }
-        };
+        let added = plane.add(servers, None).await?;
+        if added["added_servers"].as_array().is_none_or(Vec::is_empty) {
+            return Err(Error::ToolExists(name));
+        }
+        reservation.keep();
         tracing::info!(tool = %name, "generated tool installed and registered");
         let mut answer = json!({
             "status": "success",
@@ -503,6 +491,9 @@ impl Generator {
         })
         .await?;
         added.push(json!({"role": "assistant", "content": completion.content}));
+        if completion.usage == TokenUsage::default() {
+            tracing::warn!(model = %model.name, "the endpoint reported no token usage");
+        }
 
         let now = DateTime::now();
         let usage = TokenUsage {
@@ -585,17 +576,39 @@ impl Generator {
             let _ = events.send(json!({"incomplete": incomplete}));
             return Ok(json!({"status": "incomplete", "incomplete": incomplete}));
         }
-        let text = |field: &str| parsed[field].as_str().unwrap_or_default().to_owned();
-        let files = ToolFiles {
-            folder_name: text("folder_name"),
-            script_files: parsed["script_files"]
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-            readme: text("readme"),
-            dependencies: text("dependencies"),
+        let key = (
+            record.conversation.id.clone(),
+            record.conversation.round_count,
+        );
+        let done = self
+            .inner
+            .ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        let installed = match done {
+            Some(installed) => installed,
+            None => {
+                let text = |field: &str| parsed[field].as_str().unwrap_or_default().to_owned();
+                let files = ToolFiles {
+                    folder_name: text("folder_name"),
+                    script_files: parsed["script_files"]
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
+                    readme: text("readme"),
+                    dependencies: text("dependencies"),
+                };
+                let installed = self.install(files, true).await?;
+                self.inner
+                    .ended
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, installed.clone());
+                installed
+            }
         };
-        let installed = self.install(files, true).await?;
         let mut completion = installed.clone();
         if let Some(c) = completion.as_object_mut() {
             c.shift_remove("status");

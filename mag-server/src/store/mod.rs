@@ -16,9 +16,10 @@
 //!
 //! Where we differ from MAG: `round_count` is the number of rounds stored (MAG's is one
 //! less, as its first round never counts), and a round is stored whole or not at all
-//! ([`ConversationStore::save_round`]): the user's message, the assistant's answer, its
-//! usage and the parsed results land together after the LLM has finished, so a failed or
-//! dropped stream leaves the conversation as it was.
+//! ([`ConversationStore::save_round`]): the user's message, the assistant's answer and the
+//! parsed results land together after the LLM has finished, so a failed or dropped stream
+//! leaves the conversation as it was (MongoDB sets the conversation's counters in a second
+//! write; see [`mongo`]).
 
 pub mod embedded;
 pub mod mongo;

@@ -11,14 +11,18 @@
 //! operation's error.
 //!
 //! Without transactions (a standalone `mongod` has none), a round is stored in document
-//! order: on round 1 the `mcp_gen` document first, then the `conversations` one, so a
-//! listed conversation always has its rounds (when the second insert finds the id taken,
-//! the first is taken back); on round N the round is pushed to `mcp_gen` only when exactly
-//! N-1 are stored (an atomic, conditional update), then the conversation's counters are
-//! set (values, so a retry never counts twice). A connection lost between the two writes
-//! leaves, on round 1, an `mcp_gen` document without its conversation (invisible: `get`
-//! and `list` read `conversations` first), and on round N the round stored with the
-//! previous metadata, which the next round sets again.
+//! order. Round 1: an existing conversation with the id is a conflict; the `mcp_gen`
+//! document is written first (replacing one a failed round 1 left without its
+//! conversation), then the `conversations` one, whose failure takes the first back, so a
+//! listed conversation always has its rounds. Round N: the round and the parsed results
+//! go into `mcp_gen` in one atomic update, only when exactly N-1 rounds are stored; that
+//! update is the round's commit. The conversation's counters follow as values, not
+//! increments: when that second write fails the round still counts as stored (a warning
+//! is logged, `get` repairs `round_count`, the next round sets the counters again), and
+//! only that round's token usage is missing from the total.
+//!
+//! Only conversations with an `mcp_gen` document are MCP generation's: `list` and
+//! `delete` leave MAG's other conversations (chat, graph generation) alone.
 
 use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -270,26 +274,43 @@ impl MongoStore {
             }
             other => other,
         };
+        let existing = self
+            .bounded(
+                "look for the conversation",
+                self.conversations.find_one(doc! {"_id": id}),
+            )
+            .await?;
+        if existing.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "conversation id {id} is taken"
+            )));
+        }
         let generation = McpGen {
             id: id.clone(),
             conversation_id: id.clone(),
             rounds: vec![save.round.clone()],
             parsed_results: save.parsed_results.clone(),
         };
+        // An `mcp_gen` document without its conversation is what a failed round 1 left
+        // behind: replaced, so the id stays usable.
         self.bounded(
-            "insert the mcp_gen document",
-            self.generations.insert_one(&generation),
+            "store the mcp_gen document",
+            self.generations
+                .replace_one(doc! {"_id": id}, &generation)
+                .upsert(true),
         )
-        .await
-        .map_err(taken)?;
+        .await?;
         let inserted = self
             .bounded(
                 "insert the conversations document",
                 self.conversations.insert_one(&save.conversation),
             )
             .await;
-        if let Err(StoreError::Conflict(_)) = inserted {
-            // Nothing of ours is in `conversations`: take back the `mcp_gen` document.
+        if let Err(e) = &inserted
+            && !matches!(e, StoreError::Conflict(_))
+        {
+            // Take the `mcp_gen` document back (best effort: the next round 1 with this id
+            // replaces it anyway).
             let _ = self
                 .bounded(
                     "delete the new mcp_gen document",
@@ -339,6 +360,10 @@ impl MongoStore {
                 ),
             }));
         }
+        // The round (messages and parsed results) is stored now, in one atomic update.
+        // The conversation's counters follow; when that fails the round still counts as
+        // stored (its messages are what the caller saw), and the next round sets the
+        // counters again (values, not increments; `get` repairs `round_count`).
         let usage = self.encode("the token usage", &c.total_token_usage)?;
         let updated = self
             .bounded(
@@ -353,7 +378,17 @@ impl MongoStore {
                     }},
                 ),
             )
-            .await?;
+            .await;
+        let updated = match updated {
+            Ok(updated) => updated,
+            Err(e) => {
+                tracing::warn!(
+                    "conversation {}: round {n} is stored, its counters are not: {e}",
+                    c.id
+                );
+                return Ok(());
+            }
+        };
         if updated.matched_count == 0 {
             return Err(StoreError::Conflict(format!(
                 "conversation {} was deleted while its round {n} was stored",
@@ -379,9 +414,14 @@ impl MongoStore {
                 self.generations.find_one(doc! {"_id": id}),
             )
             .await?;
-        Ok(generation.map(|generation| ConversationRecord {
-            conversation,
-            generation,
+        Ok(generation.map(|generation| {
+            let mut conversation = conversation;
+            // A round whose counters could not be set (see `append_round`).
+            conversation.round_count = conversation.round_count.max(generation.rounds.len() as i64);
+            ConversationRecord {
+                conversation,
+                generation,
+            }
         }))
     }
 
@@ -390,25 +430,53 @@ impl MongoStore {
         if let Some(user) = &query.user_id {
             filter.insert("user_id", user);
         }
-        self.bounded("list conversations", async {
-            self.conversations
-                .find(filter)
-                .sort(doc! {"updated_at": -1})
-                .skip(query.skip)
-                .limit(query.limit)
-                .await?
-                .try_collect()
-                .await
-        })
-        .await
+        let listed: Vec<Conversation> = self
+            .bounded("list conversations", async {
+                self.conversations
+                    .find(filter)
+                    .sort(doc! {"updated_at": -1})
+                    .skip(query.skip)
+                    .limit(query.limit)
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        // MAG's graph generation uses `type: "agent"` too: only conversations with an
+        // `mcp_gen` document are MCP generation's (a page may come out shorter).
+        let ids: Vec<&str> = listed.iter().map(|c| c.id.as_str()).collect();
+        let ours: Vec<Document> = self
+            .bounded("list mcp_gen documents", async {
+                self.database
+                    .collection::<Document>(MCP_GEN)
+                    .find(doc! {"_id": {"$in": ids}})
+                    .projection(doc! {"_id": 1})
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        let ours: std::collections::HashSet<&str> =
+            ours.iter().filter_map(|d| d.get_str("_id").ok()).collect();
+        Ok(listed
+            .iter()
+            .filter(|c| ours.contains(c.id.as_str()))
+            .cloned()
+            .collect())
     }
 
+    /// Only an MCP-generation conversation (one with an `mcp_gen` document): the other
+    /// conversations MAG keeps in `conversations` are not ours to delete.
     async fn delete_conversation(&self, id: &str) -> Result<bool, StoreError> {
-        self.bounded(
-            "delete the mcp_gen document",
-            self.generations.delete_one(doc! {"_id": id}),
-        )
-        .await?;
+        let ours = self
+            .bounded(
+                "delete the mcp_gen document",
+                self.generations.delete_one(doc! {"_id": id}),
+            )
+            .await?;
+        if ours.deleted_count == 0 {
+            return Ok(false);
+        }
         let deleted = self
             .bounded(
                 "delete the conversations document",
