@@ -349,7 +349,7 @@ async fn register_tool(State(state): St, Body(body): Body<RegisterToolBody>) -> 
     };
     // On its own task: a caller that goes away does not cut an install short.
     let generator = state.generator.clone();
-    match tokio::spawn(async move { generator.install(files, false).await }).await {
+    match tokio::spawn(async move { generator.install(files, None).await }).await {
         Ok(answer) => answer.map(Json),
         Err(e) => Err(Error::Io {
             context: "the install task failed".into(),

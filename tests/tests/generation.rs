@@ -243,6 +243,8 @@ async fn design_and_install(mag: &MagServer, llm: &ScriptedLlm) -> String {
     let entry = &config["mcpServers"]["text_tools"];
     assert_eq!(entry["ai_generated"], true, "{config}");
     assert_eq!(entry["transportType"], "stdio");
+    assert_eq!(entry["conversation_id"], id.as_str(), "{entry}");
+    assert_eq!(entry["conversation_round"], 2, "{entry}");
     let folder = Path::new(entry["cwd"].as_str().unwrap());
     assert!(folder.join(".venv/bin/python").exists());
     assert_eq!(
@@ -343,6 +345,17 @@ async fn embedded_store_designs_installs_and_survives_a_restart() {
         .await;
     assert_eq!(status, 200, "{called}");
     assert!(called["result"].to_string().contains("zyx"), "{called}");
+
+    // A retried end (say its caller timed out during pip) answers the tool it installed,
+    // also after the restart: no second copy.
+    let again = generate(&mag, round("<end>END</end>", Some(&id))).await;
+    let completion = again
+        .find("completion")
+        .unwrap_or_else(|| panic!("{again:?}"));
+    assert_eq!(completion["tool_name"], "text_tools", "{completion}");
+    assert_eq!(completion["connected"], true, "{completion}");
+    let (_, tools) = mag.get("/api/mcp/ai-tools").await;
+    assert_eq!(tools, json!(["text_tools"]));
 
     // Removing the generated server deletes its folder too; the conversation stays.
     let (status, removed) = mag

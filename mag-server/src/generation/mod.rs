@@ -94,9 +94,18 @@ struct Inner {
     smith: Toolsmith,
     locks: Mutex<HashMap<String, Weak<AsyncMutex<()>>>>,
     installing: AsyncMutex<()>,
-    /// What `<end>END</end>` installed, by conversation and round count: a retried end
-    /// (a client that timed out during pip) answers the same completion, not a second copy.
-    ended: Mutex<HashMap<(String, i64), Value>>,
+}
+
+/// The conversation round a generated tool comes from: an `<end>END</end>` after round
+/// `round` of `conversation_id`. Kept in the tool's `mcp.json` entry (`"conversation_id"`,
+/// `"conversation_round"`), so a retried end (a client that timed out during pip, or a
+/// retry after a restart) answers the tool already installed instead of a second copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolOrigin {
+    /// The conversation (`mcp_…`).
+    pub conversation_id: String,
+    /// Its round count when the end came.
+    pub round: i64,
 }
 
 /// A checked round, holding its conversation's lock; [`Prepared::run`] runs it.
@@ -149,7 +158,6 @@ impl Generator {
                 smith,
                 locks: Mutex::new(HashMap::new()),
                 installing: AsyncMutex::new(()),
-                ended: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -306,43 +314,71 @@ impl Generator {
     }
 
     /// Installs a tool and registers it (`POST /api/mcp/register-tool`, and the end of a
-    /// generation): reserves its folder (with `unique`, the first free `NAME`, `NAME_1`, …),
-    /// writes it, creates its venv, installs its dependencies, adds it to `mcp.json` as an
-    /// `ai_generated` server through the config API's writer and connects it. Installs run
-    /// one at a time. The answer: `{"status": "success", "message", "tool_name", "folder",
+    /// generation): reserves its folder, writes it, creates its venv, installs its
+    /// dependencies, adds it to `mcp.json` as an `ai_generated` server through the config
+    /// API's writer and connects it. Installs run one at a time. The answer:
+    /// `{"status": "success", "message", "tool_name", "folder", "config_version",
     /// "connected", "connect_error"?}`.
     ///
+    /// With an `origin` (the end of a generation) the folder is the first free `NAME`,
+    /// `NAME_1`, …, and a tool already registered from the same origin is answered again
+    /// (connected, not reinstalled); without one (register-tool) a taken `NAME` is an error.
+    ///
     /// # Errors
-    /// [`Error::InvalidTool`], [`Error::ToolExists`] (without `unique`),
+    /// [`Error::InvalidTool`], [`Error::ToolExists`] (without `origin`),
     /// [`Error::ToolInstall`], and the config writer's errors; on any of them, and when the
     /// install is dropped half-way, no folder and no entry is left.
-    pub async fn install(&self, files: ToolFiles, unique: bool) -> Result<Value> {
+    pub async fn install(&self, files: ToolFiles, origin: Option<ToolOrigin>) -> Result<Value> {
         files.check()?;
         let smith = &self.inner.smith;
         let plane = &self.inner.plane;
         let _one_at_a_time = self.inner.installing.lock().await;
         let config = plane.config().await?;
-        let taken: Vec<String> = config["mcpServers"]
+        let servers = config["mcpServers"]
             .as_object()
-            .map(|servers| servers.keys().cloned().collect())
+            .cloned()
             .unwrap_or_default();
-        let reservation = smith.reserve(&files.folder_name, unique, &taken)?;
-        let name = reservation.name.clone();
-        let built = smith.build(&name, &files).await?;
-        let mut servers = Map::new();
-        servers.insert(name.clone(), built.entry);
-        let added = plane.add(servers, None).await?;
-        if added["added_servers"].as_array().is_none_or(Vec::is_empty) {
-            return Err(Error::ToolExists(name));
-        }
-        reservation.keep();
-        tracing::info!(tool = %name, "generated tool installed and registered");
+        let (name, dir, version, verb) = match origin
+            .as_ref()
+            .and_then(|origin| installed_from(&servers, origin))
+        {
+            Some((name, entry)) => (
+                name,
+                entry["cwd"].clone(),
+                config["version"].clone(),
+                "was installed already",
+            ),
+            None => {
+                let taken: Vec<String> = servers.keys().cloned().collect();
+                let reservation = smith.reserve(&files.folder_name, origin.is_some(), &taken)?;
+                let name = reservation.name.clone();
+                let mut built = smith.build(&name, &files).await?;
+                if let (Some(origin), Some(entry)) = (&origin, built.entry.as_object_mut()) {
+                    entry.insert("conversation_id".into(), json!(origin.conversation_id));
+                    entry.insert("conversation_round".into(), json!(origin.round));
+                }
+                let mut servers = Map::new();
+                servers.insert(name.clone(), built.entry);
+                let added = plane.add(servers, None).await?;
+                if added["added_servers"].as_array().is_none_or(Vec::is_empty) {
+                    return Err(Error::ToolExists(name));
+                }
+                reservation.keep();
+                tracing::info!(tool = %name, "generated tool installed and registered");
+                (
+                    name,
+                    json!(built.dir),
+                    added["new_version"].clone(),
+                    "was installed and registered",
+                )
+            }
+        };
         let mut answer = json!({
             "status": "success",
-            "message": format!("MCP tool {name:?} was installed and registered"),
+            "message": format!("MCP tool {name:?} {verb}"),
             "tool_name": name,
-            "folder": built.dir,
-            "config_version": added["new_version"],
+            "folder": dir,
+            "config_version": version,
         });
         match plane.connect(&name).await {
             Ok(_) => answer["connected"] = json!(true),
@@ -384,6 +420,19 @@ pub fn system_prompt(tools: &str) -> String {
 }
 
 /// A conversation id: 1 to 128 ASCII letters, digits, `_` and `-`.
+/// The `ai_generated` server in `servers` (`mcp.json`'s `mcpServers`) that was installed
+/// from `origin`, with its entry.
+fn installed_from(servers: &Map<String, Value>, origin: &ToolOrigin) -> Option<(String, Value)> {
+    servers
+        .iter()
+        .find(|(_, entry)| {
+            entry["ai_generated"] == true
+                && entry["conversation_id"] == origin.conversation_id.as_str()
+                && entry["conversation_round"] == origin.round
+        })
+        .map(|(name, entry)| (name.clone(), entry.clone()))
+}
+
 fn check_conversation_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 128
@@ -576,39 +625,21 @@ impl Generator {
             let _ = events.send(json!({"incomplete": incomplete}));
             return Ok(json!({"status": "incomplete", "incomplete": incomplete}));
         }
-        let key = (
-            record.conversation.id.clone(),
-            record.conversation.round_count,
-        );
-        let done = self
-            .inner
-            .ended
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
-        let installed = match done {
-            Some(installed) => installed,
-            None => {
-                let text = |field: &str| parsed[field].as_str().unwrap_or_default().to_owned();
-                let files = ToolFiles {
-                    folder_name: text("folder_name"),
-                    script_files: parsed["script_files"]
-                        .as_object()
-                        .cloned()
-                        .unwrap_or_default(),
-                    readme: text("readme"),
-                    dependencies: text("dependencies"),
-                };
-                let installed = self.install(files, true).await?;
-                self.inner
-                    .ended
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, installed.clone());
-                installed
-            }
+        let text = |field: &str| parsed[field].as_str().unwrap_or_default().to_owned();
+        let files = ToolFiles {
+            folder_name: text("folder_name"),
+            script_files: parsed["script_files"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            readme: text("readme"),
+            dependencies: text("dependencies"),
         };
+        let origin = ToolOrigin {
+            conversation_id: record.conversation.id.clone(),
+            round: record.conversation.round_count,
+        };
+        let installed = self.install(files, Some(origin)).await?;
         let mut completion = installed.clone();
         if let Some(c) = completion.as_object_mut() {
             c.shift_remove("status");
