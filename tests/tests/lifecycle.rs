@@ -247,6 +247,36 @@ async fn a_token_guards_every_endpoint_but_root_and_stays_out_of_servers() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ai_generated_server_gets_only_the_base_environment_and_its_own_env() {
+    let key = "sk-model-key-for-test";
+    let mut generated = everything_entry();
+    generated["ai_generated"] = json!(true);
+    generated["env"] = json!({"NAMED_KEY": "${MAG_TEST_MODEL_KEY}"});
+    let daemon = mag_tests::Daemon::start_with(
+        json!({"operators": everything_entry(), "generated": generated}),
+        &[],
+        &[("MAG_TEST_MODEL_KEY", key)],
+    );
+    let get_env = |server: &'static str| {
+        let daemon = &daemon;
+        async move {
+            daemon.connect(server).await;
+            let (status, answer) = daemon.call(server, "get-env", json!({})).await;
+            assert_eq!(status, 200, "{answer}");
+            answer.to_string()
+        }
+    };
+    // An operator's server inherits the daemon's environment, as it always did.
+    let env = get_env("operators").await;
+    assert!(env.contains("MAG_TEST_MODEL_KEY"), "{env}");
+    // LLM-written code gets PATH and friends, plus only what its entry names.
+    let env = get_env("generated").await;
+    assert!(env.contains("PATH"), "{env}");
+    assert!(!env.contains("MAG_TEST_MODEL_KEY"), "{env}");
+    assert!(env.contains("NAMED_KEY") && env.contains(key), "{env}");
+}
+
 #[test]
 fn a_token_variable_that_is_not_set_is_refused_at_start() {
     let output = std::process::Command::new(mag_tests::workspace_bin("mcp-client"))

@@ -23,6 +23,8 @@ use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
+use mcp_client::transport::stdio::is_base_env;
+
 use crate::error::{Error, Result};
 
 /// Bound on `python -m venv`.
@@ -140,27 +142,6 @@ const INSTALLER_FILES: [&str; 3] = ["readme.md", "requirements.txt", INSTALLING_
 /// Present in a tool's folder while it is being installed: a folder that still has it
 /// after a crash is a failed install, removed at the next start ([`Toolsmith::sweep`]).
 pub const INSTALLING_MARKER: &str = ".installing";
-
-/// Variables an installer step keeps from mag-server's environment (plus every `PIP_*`);
-/// everything else (API tokens, `MONGODB_URL`, model keys) stays out of pip's reach.
-const INSTALL_ENV: [&str; 16] = [
-    "PATH",
-    "HOME",
-    "USER",
-    "LANG",
-    "LC_ALL",
-    "LC_CTYPE",
-    "TMPDIR",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-];
 
 /// Kills an installer step's process group unless it finished (a dropped install, e.g. at
 /// shutdown, leaves no pip behind).
@@ -436,7 +417,7 @@ impl Toolsmith {
     }
 
     /// Runs one installer step in `dir` in its own process group, with only
-    /// [`INSTALL_ENV`] and `PIP_*` of mag-server's environment, its output appended to
+    /// [`is_base_env`] variables and `PIP_*` of mag-server's environment, its output appended to
     /// `log`, within `bound`; the group is killed when the bound passes or the step is
     /// dropped.
     async fn step(
@@ -467,15 +448,13 @@ impl Toolsmith {
         let err = out
             .try_clone()
             .map_err(|e| fail(format!("cannot share {}: {e}", log.display())))?;
+        // What every program may see, and pip's own settings: no API token, MONGODB_URL or
+        // model key reaches pip.
         command.env_clear();
-        for (key, value) in std::env::vars_os() {
-            let keep = key
-                .to_str()
-                .is_some_and(|k| INSTALL_ENV.contains(&k) || k.starts_with("PIP_"));
-            if keep {
-                command.env(key, value);
-            }
-        }
+        command.envs(std::env::vars_os().filter(|(name, _)| {
+            name.to_str()
+                .is_some_and(|k| is_base_env(k) || k.starts_with("PIP_"))
+        }));
         let mut child = command
             .current_dir(dir)
             .stdin(Stdio::null())

@@ -25,6 +25,37 @@ use crate::connection::ConnectContext;
 use crate::ledger::Ledger;
 use crate::logs::ServerLog;
 
+/// The variables of the daemon's environment an `ai_generated` server gets besides its
+/// entry's own `env` (see [`is_base_env`]): what a program needs to run and to reach the
+/// network, never a key or a token.
+pub const BASE_ENV: [&str; 16] = [
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "TZ",
+    "TMPDIR",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "ALL_PROXY",
+];
+
+/// Whether a variable of the daemon's environment is one every program may see:
+/// [`BASE_ENV`] and the locale's `LC_*`. An `ai_generated` server (code an LLM wrote) starts
+/// with only these plus its entry's `env`, so it never inherits the operator's secrets (model
+/// API keys, tokens); a tool that needs one gets it named in its entry, e.g.
+/// `"env": {"WEATHER_KEY": "${WEATHER_KEY}"}`.
+pub fn is_base_env(name: &str) -> bool {
+    BASE_ENV.contains(&name) || name.starts_with("LC_")
+}
+
 /// The longest JSON-RPC line accepted from a server, in bytes (256 MiB); a longer line is
 /// logged as too long and skipped.
 pub const MAX_LINE: usize = 256 * 1024 * 1024;
@@ -38,7 +69,8 @@ pub struct Spawned {
 }
 
 /// Starts `entry` (a stdio entry) as a child in a new process group, with `${VAR}` expanded
-/// in `args` and `env`, the variables in `ctx.scrub_env` removed, stderr copied to `log`.
+/// in `args` and `env`, the variables in `ctx.scrub_env` removed (an `ai_generated` entry
+/// keeps only [`is_base_env`] ones), stderr copied to `log`.
 /// The group is recorded in the daemon's [`Ledger`] until it has ended, and the child gets
 /// SIGTERM if the daemon dies (`PR_SET_PDEATHSIG`).
 ///
@@ -55,6 +87,11 @@ pub fn spawn(
     let mut command = Command::new(program);
     for name in &ctx.scrub_env {
         command.env_remove(name);
+    }
+    if entry.ai_generated {
+        command.env_clear();
+        command
+            .envs(std::env::vars_os().filter(|(name, _)| name.to_str().is_some_and(is_base_env)));
     }
     for arg in &entry.args {
         command.arg(expand_vars(arg, lookup).map_err(|e| format!("in args: {e}"))?);
