@@ -419,7 +419,6 @@ pub fn system_prompt(tools: &str) -> String {
     SYSTEM_PROMPT_TEMPLATE.replace("{EXISTING_TOOLS}", tools.trim_end())
 }
 
-/// A conversation id: 1 to 128 ASCII letters, digits, `_` and `-`.
 /// The `ai_generated` server in `servers` (`mcp.json`'s `mcpServers`) that was installed
 /// from `origin`, with its entry.
 fn installed_from(servers: &Map<String, Value>, origin: &ToolOrigin) -> Option<(String, Value)> {
@@ -433,6 +432,7 @@ fn installed_from(servers: &Map<String, Value>, origin: &ToolOrigin) -> Option<(
         .map(|(name, entry)| (name.clone(), entry.clone()))
 }
 
+/// A conversation id: 1 to 128 ASCII letters, digits, `_` and `-`.
 fn check_conversation_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 128
