@@ -68,6 +68,11 @@ pub async fn run(
         python: settings.python.clone(),
     };
     let store = Arc::new(ConfigStore::new(settings.mcp_config.clone()));
+    // Installs a crash interrupted: kept when mcp.json lists them, else removed.
+    match store.read().await {
+        Ok(file) => smith.sweep(&file.servers()),
+        Err(e) => tracing::warn!("interrupted tool installs are left as they are: {e}"),
+    }
     let client = McpClient::new(settings.client_listen)?;
     let supervisor = Supervisor::new(&settings, client.clone(), store.clone());
     supervisor.start();

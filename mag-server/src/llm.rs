@@ -272,7 +272,7 @@ pub async fn stream_chat(
             tracing::warn!(model = %model.name, "skipping an event that is not JSON");
             continue;
         };
-        if let Some(error) = chunk.get("error") {
+        if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
             return Err(LlmError::Status {
                 model: model.name.clone(),
                 status: status.as_u16(),

@@ -12,8 +12,8 @@
 //! `{"command": TOOL/.venv/bin/python, "args": [TOOL/MAIN], "cwd": TOOL, "transportType":
 //! "stdio", "ai_generated": true, "autoApprove": [], "disabled": false, "timeout": 60}`,
 //! with absolute paths; a tool from a generation also gets `"conversation_id"` and
-//! `"conversation_round"` (see `ToolOrigin`). MAIN is the first of `main_server.py`, `server.py`, `main.py` that
-//! exists, else the first `.py` file by name.
+//! `"conversation_round"` (see `ToolOrigin`). MAIN is the first of `main.py`,
+//! `main_server.py`, `server.py` that exists, else the first `.py` file by name.
 
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
@@ -76,8 +76,10 @@ pub struct BuiltTool {
 /// # Errors
 /// [`Error::InvalidTool`], naming the rule.
 pub fn validate_folder_name(name: &str) -> Result<()> {
+    // 64 characters, and 128 bytes: the longest server name mcp.json takes.
     let ok = !name.is_empty()
         && name.chars().count() <= 64
+        && name.len() <= 128
         && !name.starts_with('.')
         && !name.contains("..")
         && name
@@ -87,8 +89,8 @@ pub fn validate_folder_name(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::InvalidTool(format!(
-            "folder_name {name:?} must be 1 to 64 letters, digits, '_', '-' or '.', \
-             and may not start with '.' or contain '..'"
+            "folder_name {name:?} must be 1 to 64 letters, digits, '_', '-' or '.' (at \
+             most 128 bytes), and may not start with '.' or contain '..'"
         )))
     }
 }
@@ -97,8 +99,7 @@ pub fn validate_folder_name(name: &str) -> Result<()> {
 fn script_path(name: &str) -> Result<PathBuf> {
     let path = Path::new(name);
     let plain = !name.is_empty()
-        && !name.contains('\0')
-        && !name.contains('\\')
+        && !name.contains(['\0', '\\', '$'])
         && path.components().all(|c| matches!(c, Component::Normal(_)))
         && !path
             .components()
@@ -113,7 +114,7 @@ fn script_path(name: &str) -> Result<PathBuf> {
     } else {
         Err(Error::InvalidTool(format!(
             "script file name {name:?} must be a relative path of plain names (no '..', no \
-             leading '/', no hidden files)"
+             leading '/', no hidden files, no '$')"
         )))
     }
 }
@@ -140,7 +141,7 @@ pub fn requirements(dependencies: &str) -> Result<Vec<String>> {
 const INSTALLER_FILES: [&str; 3] = ["readme.md", "requirements.txt", INSTALLING_MARKER];
 
 /// Present in a tool's folder while it is being installed: a folder that still has it
-/// after a crash is a failed install, removed at the next start ([`Toolsmith::sweep`]).
+/// after a crash is settled at the next start ([`Toolsmith::sweep`]).
 pub const INSTALLING_MARKER: &str = ".installing";
 
 /// Kills an installer step's process group unless it finished (a dropped install, e.g. at
@@ -158,27 +159,53 @@ impl Drop for GroupGuard {
     }
 }
 
-/// A reserved tool folder: removed when dropped unless [`Reservation::keep`] was called,
-/// so an install that fails or is dropped half-way leaves nothing.
+/// A reserved tool folder: removed when dropped before [`Reservation::registering`], so an
+/// install that fails or is dropped half-way leaves nothing. From `registering` on (the
+/// `mcp.json` write may land even if the install is dropped) a drop leaves the folder and
+/// its marker to the next start's [`Toolsmith::sweep`], which keeps it if `mcp.json` lists
+/// it; [`Reservation::settle`] ends it either way.
 pub struct Reservation<'a> {
     smith: &'a Toolsmith,
     /// The folder's (and server's) name.
     pub name: String,
-    kept: bool,
+    state: Held,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Building,
+    Registering,
+    Settled,
 }
 
 impl Reservation<'_> {
-    /// The install is complete and registered: the folder stays, its marker goes.
-    pub fn keep(mut self) {
-        self.kept = true;
-        let _ = std::fs::remove_file(self.smith.dir_of(&self.name).join(INSTALLING_MARKER));
+    /// The `mcp.json` write is about to start.
+    pub fn registering(&mut self) {
+        self.state = Held::Registering;
+    }
+
+    /// The write is over: with `registered`, the folder stays and its marker goes; else
+    /// the folder goes.
+    pub fn settle(mut self, registered: bool) {
+        self.state = Held::Settled;
+        if registered {
+            let _ = std::fs::remove_file(self.smith.dir_of(&self.name).join(INSTALLING_MARKER));
+        } else {
+            self.smith.discard(&self.name);
+        }
     }
 }
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        if !self.kept {
-            self.smith.discard(&self.name);
+        match self.state {
+            Held::Building => self.smith.discard(&self.name),
+            Held::Registering => tracing::warn!(
+                tool = %self.name,
+                "install dropped while it was being registered; the next start keeps the \
+                 folder if mcp.json lists it"
+            ),
+            Held::Settled => {}
         }
     }
 }
@@ -205,10 +232,11 @@ impl ToolFiles {
         Ok(())
     }
 
-    /// The script started by the entry: the first of `main_server.py`, `server.py`,
-    /// `main.py`, else the first `.py` by name.
+    /// The script started by the entry: the first of `main.py` (what the system prompt
+    /// names as the entry point), `main_server.py`, `server.py`, else the first `.py` by
+    /// name.
     pub fn main_script(&self) -> Option<String> {
-        ["main_server.py", "server.py", "main.py"]
+        ["main.py", "main_server.py", "server.py"]
             .into_iter()
             .find(|name| self.script_files.contains_key(*name))
             .map(str::to_owned)
@@ -252,18 +280,31 @@ impl Toolsmith {
         Ok(names)
     }
 
-    /// Removes the folders of installs that a crash interrupted (those still holding
-    /// [`INSTALLING_MARKER`]); run at start, before any install.
-    pub fn sweep(&self) {
+    /// Settles the installs that a crash interrupted (folders still holding
+    /// [`INSTALLING_MARKER`]); run at start, before any install. One that `servers`
+    /// (`mcp.json`'s `mcpServers`) lists as an `ai_generated` server was registered: it
+    /// stays and loses its marker; any other is removed.
+    pub fn sweep(&self, servers: &Map<String, Value>) {
         let Ok(entries) = std::fs::read_dir(&self.tools_dir) else {
             return;
         };
         for entry in entries.filter_map(|e| e.ok()) {
-            if entry.path().join(INSTALLING_MARKER).exists()
-                && let Some(name) = entry.file_name().to_str()
+            let marker = entry.path().join(INSTALLING_MARKER);
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !marker.exists() {
+                continue;
+            }
+            if servers
+                .get(&name)
+                .is_some_and(|e| e["ai_generated"] == true)
             {
+                tracing::info!(tool = name, "keeping a tool registered just before a crash");
+                let _ = std::fs::remove_file(&marker);
+            } else {
                 tracing::warn!(tool = name, "removing a tool whose install was interrupted");
-                self.discard(name);
+                self.discard(&name);
             }
         }
     }
@@ -277,7 +318,7 @@ impl Toolsmith {
     /// `NAME`, `NAME_1`, `NAME_2`, … that is neither a folder nor in `taken` (the servers of
     /// `mcp.json`).
     ///
-    /// The folder holds [`INSTALLING_MARKER`] until the reservation is kept.
+    /// The folder holds [`INSTALLING_MARKER`] until the reservation is settled as registered.
     ///
     /// # Errors
     /// [`Error::ToolExists`] (without `unique`), [`Error::Io`].
@@ -306,7 +347,7 @@ impl Toolsmith {
                     let reservation = Reservation {
                         smith: self,
                         name,
-                        kept: false,
+                        state: Held::Building,
                     };
                     let marker = self.dir_of(&reservation.name).join(INSTALLING_MARKER);
                     std::fs::write(&marker, b"").map_err(|source| Error::Io {
@@ -542,15 +583,43 @@ mod tests {
             "a b",
             "a\0b",
             &"x".repeat(65),
+            // 43 characters of 3 bytes: over mcp.json's 128-byte server names.
+            &"时".repeat(43),
         ] {
             assert!(validate_folder_name(bad).is_err(), "{bad:?}");
         }
         for good in ["main.py", "lib/util.py"] {
             script_path(good).unwrap();
         }
-        for bad in ["/etc/passwd", "../x.py", "a/../../x", ".env", "a\\b", ""] {
+        for bad in [
+            "/etc/passwd",
+            "../x.py",
+            "a/../../x",
+            ".env",
+            "a\\b",
+            "",
+            "${MAG_API_TOKEN}.py",
+        ] {
             assert!(script_path(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn main_py_is_the_entry_point_when_present() {
+        let files = |names: &[&str]| ToolFiles {
+            folder_name: "t".into(),
+            script_files: names.iter().map(|n| (n.to_string(), json!(""))).collect(),
+            readme: String::new(),
+            dependencies: String::new(),
+        };
+        let main = |names: &[&str]| files(names).main_script();
+        assert_eq!(main(&["server.py", "main.py"]).as_deref(), Some("main.py"));
+        assert_eq!(
+            main(&["server.py", "util.py"]).as_deref(),
+            Some("server.py")
+        );
+        assert_eq!(main(&["b.py", "a.py", "x.txt"]).as_deref(), Some("a.py"));
+        assert_eq!(main(&["x.txt"]), None);
     }
 
     #[test]
@@ -572,7 +641,7 @@ mod tests {
             log_dir: dir.path().join("logs"),
             python: "python3".into(),
         };
-        smith.reserve("t", false, &[]).unwrap().keep();
+        smith.reserve("t", false, &[]).unwrap().settle(true);
         assert!(matches!(
             smith.reserve("t", false, &[]),
             Err(Error::ToolExists(_))
@@ -589,14 +658,26 @@ mod tests {
             !smith.dir_of("t_2").exists(),
             "a dropped reservation leaves nothing"
         );
-        let interrupted = smith.reserve("u", false, &[]).unwrap();
-        std::mem::forget(interrupted);
-        smith.sweep();
+        let unregistered = smith.reserve("u", false, &[]).unwrap();
+        std::mem::forget(unregistered);
+        let mut registered = smith.reserve("v", false, &[]).unwrap();
+        registered.registering();
+        drop(registered);
+        assert!(smith.dir_of("v").exists(), "left to the sweep");
+        let mut servers = Map::new();
+        servers.insert("v".into(), json!({"ai_generated": true}));
+        servers.insert("u".into(), json!({"command": "x"}));
+        smith.sweep(&servers);
         assert!(
             !smith.dir_of("u").exists(),
             "the sweep removes interrupted installs"
         );
-        assert_eq!(smith.list().unwrap(), ["t"]);
+        assert_eq!(
+            smith.list().unwrap(),
+            ["t", "v"],
+            "and keeps one mcp.json lists"
+        );
+        smith.discard("v");
         smith.discard("t");
         assert!(smith.list().unwrap().is_empty());
     }

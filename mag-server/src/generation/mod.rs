@@ -140,7 +140,6 @@ impl Generator {
         plane: ControlPlane,
         smith: Toolsmith,
     ) -> Result<Self> {
-        smith.sweep();
         mcp_client::install_tls_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(llm::CONNECT_TIMEOUT)
@@ -350,7 +349,8 @@ impl Generator {
             ),
             None => {
                 let taken: Vec<String> = servers.keys().cloned().collect();
-                let reservation = smith.reserve(&files.folder_name, origin.is_some(), &taken)?;
+                let mut reservation =
+                    smith.reserve(&files.folder_name, origin.is_some(), &taken)?;
                 let name = reservation.name.clone();
                 let mut built = smith.build(&name, &files).await?;
                 if let (Some(origin), Some(entry)) = (&origin, built.entry.as_object_mut()) {
@@ -359,11 +359,18 @@ impl Generator {
                 }
                 let mut servers = Map::new();
                 servers.insert(name.clone(), built.entry);
-                let added = plane.add(servers, None).await?;
-                if added["added_servers"].as_array().is_none_or(Vec::is_empty) {
+                reservation.registering();
+                let added = plane.add(servers, None).await;
+                let registered = added.as_ref().is_ok_and(|added| {
+                    added["added_servers"]
+                        .as_array()
+                        .is_some_and(|a| !a.is_empty())
+                });
+                reservation.settle(registered);
+                let added = added?;
+                if !registered {
                     return Err(Error::ToolExists(name));
                 }
-                reservation.keep();
                 tracing::info!(tool = %name, "generated tool installed and registered");
                 (
                     name,
