@@ -92,6 +92,11 @@ pub enum Error {
     /// No conversation has this id (404).
     #[error("no conversation {0:?}")]
     ConversationNotFound(String),
+
+    /// A round (or the end) of this conversation is running: answered at once rather than
+    /// queued behind an LLM stream or a pip install (409).
+    #[error("conversation {0:?} has a round in progress; try again when it has finished")]
+    ConversationBusy(String),
     /// The conversation store failed: unavailable (503), a conflicting round (409), a
     /// malformed document (500).
     #[error(transparent)]
@@ -139,6 +144,7 @@ impl Error {
             Self::BadRequest(_) => "bad_request",
             Self::UnknownModel(_) => "unknown_model",
             Self::ConversationNotFound(_) => "conversation_not_found",
+            Self::ConversationBusy(_) => "conversation_busy",
             Self::Store(StoreError::Unavailable(_)) => "store_unavailable",
             Self::Store(StoreError::Conflict(_)) => "conversation_conflict",
             Self::Store(StoreError::Corrupt(_)) => "store_corrupt",
@@ -169,7 +175,9 @@ impl Error {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::UnknownModel(_) | Self::ConversationNotFound(_) => StatusCode::NOT_FOUND,
             Self::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Store(StoreError::Conflict(_)) | Self::ToolExists(_) => StatusCode::CONFLICT,
+            Self::Store(StoreError::Conflict(_))
+            | Self::ToolExists(_)
+            | Self::ConversationBusy(_) => StatusCode::CONFLICT,
             Self::Store(StoreError::Corrupt(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Llm(_) => StatusCode::BAD_GATEWAY,
             Self::InvalidTool(_) => StatusCode::UNPROCESSABLE_ENTITY,

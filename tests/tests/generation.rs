@@ -652,6 +652,47 @@ async fn llm_failures_end_the_stream_with_an_error_and_store_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_conversation_runs_one_round_at_a_time_and_says_so_at_once() {
+    let llm = ScriptedLlm::start(API_KEY, vec![]);
+    let settings_dir = tempfile::tempdir().unwrap();
+    let settings = settings_file(settings_dir.path(), &llm);
+    let mag = start_mag(&settings, &[]);
+    llm.push(Reply::text(round1()));
+    let first = generate(&mag, round("A tool.", None)).await;
+    let id = first.conversation_id.clone().unwrap();
+
+    // Round 2 is with the model: another round, the end or a delete of the same
+    // conversation answers 409 at once instead of queueing behind it.
+    llm.push(Reply::Slow {
+        text: round2(),
+        pause: Duration::from_secs(3),
+        prompt_tokens: 10,
+        completion_tokens: 5,
+    });
+    let streaming = generate(&mag, round("Add the rest.", Some(&id)));
+    let meanwhile = async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while llm.requests().len() < 2 {
+            assert!(Instant::now() < deadline, "round 2 never reached the model");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for requirement in ["Something else.", "<end>END</end>"] {
+            let (status, answer) = mag
+                .post("/api/mcp/generate", round(requirement, Some(&id)))
+                .await;
+            assert_eq!(status, 409, "{answer}");
+            assert_eq!(answer["code"], "conversation_busy", "{answer}");
+        }
+        let (status, answer) = mag.delete(&format!("/api/mcp/conversations/{id}")).await;
+        assert_eq!(status, 409, "{answer}");
+    };
+    let (second, ()) = tokio::join!(streaming, meanwhile);
+    assert_eq!(second.find("saved").unwrap()["round"], 2, "{second:?}");
+    let (status, _) = mag.delete(&format!("/api/mcp/conversations/{id}")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_generation_requests_get_clear_errors() {
     let llm = ScriptedLlm::start(API_KEY, vec![]);
     let settings_dir = tempfile::tempdir().unwrap();

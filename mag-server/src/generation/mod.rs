@@ -197,7 +197,7 @@ impl Generator {
     /// # Errors
     /// [`Error::BadRequest`] (blank requirement or model name, a bad id, an end without a
     /// conversation), [`Error::UnknownModel`], [`Error::ConversationNotFound`] (end only),
-    /// [`Error::Store`].
+    /// [`Error::ConversationBusy`] (a round of it is running), [`Error::Store`].
     pub async fn prepare(&self, request: GenerateRequest) -> Result<Prepared> {
         let requirement = request.requirement.trim();
         if requirement.is_empty() {
@@ -212,7 +212,7 @@ impl Generator {
                     "the end instruction needs the conversation_id of the design to finish".into(),
                 ));
             };
-            let lock = self.lock(&id).await;
+            let lock = self.lock(&id)?;
             let record = self
                 .inner
                 .store
@@ -237,7 +237,7 @@ impl Generator {
             .cloned()
             .ok_or_else(|| Error::UnknownModel(request.model_name.clone()))?;
         let id = request.conversation_id.unwrap_or_else(new_conversation_id);
-        let lock = self.lock(&id).await;
+        let lock = self.lock(&id)?;
         let record = self.inner.store.get(&id).await?;
         Ok(Prepared {
             generator: self.clone(),
@@ -252,8 +252,11 @@ impl Generator {
         })
     }
 
-    /// The lock of one conversation (shared by every round of it in flight).
-    async fn lock(&self, id: &str) -> OwnedMutexGuard<()> {
+    /// The lock of one conversation, held while a round, an end or a delete of it runs.
+    ///
+    /// # Errors
+    /// [`Error::ConversationBusy`] when it is held.
+    fn lock(&self, id: &str) -> Result<OwnedMutexGuard<()>> {
         let lock = {
             let mut locks = self.inner.locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.retain(|_, weak| weak.strong_count() > 0);
@@ -266,7 +269,8 @@ impl Generator {
                 }
             }
         };
-        lock.lock_owned().await
+        lock.try_lock_owned()
+            .map_err(|_| Error::ConversationBusy(id.to_owned()))
     }
 
     /// `GET /api/mcp/conversations`: `{"conversations": [metadata], "total_count"}`, newest
@@ -294,13 +298,14 @@ impl Generator {
     }
 
     /// `DELETE /api/mcp/conversations/{id}`: `{"status": "success", "message",
-    /// "conversation_id"}` (MAG's permanent delete). Waits for a round in flight.
+    /// "conversation_id"}` (MAG's permanent delete).
     ///
     /// # Errors
-    /// [`Error::ConversationNotFound`], [`Error::Store`].
+    /// [`Error::ConversationNotFound`], [`Error::ConversationBusy`] (a round of it is
+    /// running), [`Error::Store`].
     pub async fn delete_conversation(&self, id: &str) -> Result<Value> {
         check_conversation_id(id)?;
-        let _lock = self.lock(id).await;
+        let _lock = self.lock(id)?;
         if self.inner.store.delete(id).await? {
             Ok(json!({
                 "status": "success",
