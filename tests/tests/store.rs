@@ -611,11 +611,15 @@ async fn mongo_shared_with_mag(uri: &str, database: &str) {
     let store: Store = mongo_store(uri, database).await;
     let client = raw_client(uri).await;
     let db = client.database(database);
-    let now = mongodb::bson::DateTime::now();
+    // Newer than ours, so it would take the first page if the page were cut before
+    // MAG's conversations are left out.
+    let later = mongodb::bson::DateTime::from_millis(
+        mongodb::bson::DateTime::now().timestamp_millis() + 86_400_000,
+    );
     db.collection::<Document>("conversations")
         .insert_one(doc! {
             "_id": "graph_1", "user_id": "default_user", "type": "agent", "title": "a graph",
-            "created_at": now, "updated_at": now, "round_count": 1_i64,
+            "created_at": later, "updated_at": later, "round_count": 1_i64,
             "total_token_usage": {"total_tokens": 0_i64, "prompt_tokens": 0_i64, "completion_tokens": 0_i64},
             "status": "active", "tags": [],
         })
@@ -640,6 +644,15 @@ async fn mongo_shared_with_mag(uri: &str, database: &str) {
         std::slice::from_ref(&ours.conversation.id),
         "MAG's graph conversation is not ours"
     );
+    let first = store
+        .list(&ListQuery {
+            user_id: None,
+            limit: 1,
+            skip: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1, "a page of one holds ours");
     assert!(!store.delete("graph_1").await.unwrap());
     let kept = db
         .collection::<Document>("conversations")

@@ -300,25 +300,17 @@ impl MongoStore {
                 .upsert(true),
         )
         .await?;
-        let inserted = self
-            .bounded(
-                "insert the conversations document",
-                self.conversations.insert_one(&save.conversation),
-            )
-            .await;
-        if let Err(e) = &inserted
-            && !matches!(e, StoreError::Conflict(_))
-        {
-            // Take the `mcp_gen` document back (best effort: the next round 1 with this id
-            // replaces it anyway).
-            let _ = self
-                .bounded(
-                    "delete the new mcp_gen document",
-                    self.generations.delete_one(doc! {"_id": id}),
-                )
-                .await;
-        }
-        inserted.map(drop).map_err(taken)
+        // When this fails the `mcp_gen` document stays: alone it is invisible and the next
+        // round 1 replaces it; and an insert that timed out may still have landed, which
+        // leaves both documents, a whole conversation (taking it back would leave a
+        // `conversations` document alone, which blocks its id for good).
+        self.bounded(
+            "insert the conversations document",
+            self.conversations.insert_one(&save.conversation),
+        )
+        .await
+        .map(drop)
+        .map_err(taken)
     }
 
     async fn append_round(&self, save: &RoundSave) -> Result<(), StoreError> {
@@ -425,65 +417,68 @@ impl MongoStore {
         }))
     }
 
+    /// MAG's graph generation uses `type: "agent"` too: only conversations with an
+    /// `mcp_gen` document are MCP generation's, so those ids are read first and the page
+    /// is taken from them (newest first, then by id, as the embedded store orders).
     async fn list_conversations(&self, query: &ListQuery) -> Result<Vec<Conversation>, StoreError> {
-        let mut filter = doc! {"type": CONVERSATION_TYPE};
-        if let Some(user) = &query.user_id {
-            filter.insert("user_id", user);
-        }
-        let listed: Vec<Conversation> = self
-            .bounded("list conversations", async {
-                self.conversations
-                    .find(filter)
-                    .sort(doc! {"updated_at": -1})
-                    .skip(query.skip)
-                    .limit(query.limit)
-                    .await?
-                    .try_collect()
-                    .await
-            })
-            .await?;
-        // MAG's graph generation uses `type: "agent"` too: only conversations with an
-        // `mcp_gen` document are MCP generation's (a page may come out shorter).
-        let ids: Vec<&str> = listed.iter().map(|c| c.id.as_str()).collect();
         let ours: Vec<Document> = self
             .bounded("list mcp_gen documents", async {
                 self.database
                     .collection::<Document>(MCP_GEN)
-                    .find(doc! {"_id": {"$in": ids}})
+                    .find(doc! {})
                     .projection(doc! {"_id": 1})
                     .await?
                     .try_collect()
                     .await
             })
             .await?;
-        let ours: std::collections::HashSet<&str> =
-            ours.iter().filter_map(|d| d.get_str("_id").ok()).collect();
-        Ok(listed
-            .iter()
-            .filter(|c| ours.contains(c.id.as_str()))
-            .cloned()
-            .collect())
+        let ids: Vec<&str> = ours.iter().filter_map(|d| d.get_str("_id").ok()).collect();
+        let mut filter = doc! {"_id": {"$in": ids}, "type": CONVERSATION_TYPE};
+        if let Some(user) = &query.user_id {
+            filter.insert("user_id", user);
+        }
+        self.bounded("list conversations", async {
+            self.conversations
+                .find(filter)
+                .sort(doc! {"updated_at": -1, "_id": 1})
+                .skip(query.skip)
+                .limit(query.limit)
+                .await?
+                .try_collect()
+                .await
+        })
+        .await
     }
 
     /// Only an MCP-generation conversation (one with an `mcp_gen` document): the other
-    /// conversations MAG keeps in `conversations` are not ours to delete.
+    /// conversations MAG keeps in `conversations` are not ours to delete. The
+    /// `conversations` document goes first: if the second delete fails, what is left is an
+    /// `mcp_gen` document alone, which nothing shows and the next round 1 with the id
+    /// replaces.
     async fn delete_conversation(&self, id: &str) -> Result<bool, StoreError> {
         let ours = self
             .bounded(
-                "delete the mcp_gen document",
-                self.generations.delete_one(doc! {"_id": id}),
+                "look for the mcp_gen document",
+                self.database
+                    .collection::<Document>(MCP_GEN)
+                    .find_one(doc! {"_id": id})
+                    .projection(doc! {"_id": 1}),
             )
             .await?;
-        if ours.deleted_count == 0 {
+        if ours.is_none() {
             return Ok(false);
         }
-        let deleted = self
-            .bounded(
-                "delete the conversations document",
-                self.conversations.delete_one(doc! {"_id": id}),
-            )
-            .await?;
-        Ok(deleted.deleted_count > 0)
+        self.bounded(
+            "delete the conversations document",
+            self.conversations.delete_one(doc! {"_id": id}),
+        )
+        .await?;
+        self.bounded(
+            "delete the mcp_gen document",
+            self.generations.delete_one(doc! {"_id": id}),
+        )
+        .await?;
+        Ok(true)
     }
 }
 
