@@ -23,6 +23,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for [`Model::idle_timeout`]: the longest silence between two chunks.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The most of an error answer's body that is read (64 KiB); the message shown is cut
+/// shorter still.
+pub const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
 /// One `[[models]]` table of the settings file:
 /// `name = "…" base_url = "https://…/v1" api_key_env = "…" model = "…"`, optionally
 /// `temperature`, `max_tokens` and `idle_timeout` (a duration such as `"90s"`).
@@ -236,13 +240,21 @@ pub async fn stream_chat(
         .map_err(|e| transport(mcp_client::error::error_chain(&e)))?;
     let status = response.status();
     if !status.is_success() {
-        // Bounded like a chunk: an endpoint that sends error headers and stalls must not
-        // hold the round (and its conversation's lock).
-        let text = tokio::time::timeout(idle, response.text())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
+        // Bounded in time like a chunk (an endpoint that sends error headers and stalls
+        // must not hold the round and its conversation's lock) and in size.
+        let mut body = Vec::new();
+        let mut chunks = response.bytes_stream();
+        let read = async {
+            while let Some(Ok(chunk)) = chunks.next().await {
+                body.extend_from_slice(&chunk);
+                if body.len() >= ERROR_BODY_LIMIT {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(idle, read).await;
+        body.truncate(ERROR_BODY_LIMIT);
+        let text = String::from_utf8_lossy(&body);
         return Err(LlmError::Status {
             model: model.name.clone(),
             status: status.as_u16(),
