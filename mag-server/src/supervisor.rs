@@ -10,7 +10,10 @@
 //!   servers to reconnect current, and 3 failed polls in a row mean it is stuck: it is
 //!   stopped and restarted;
 //! - an mcp-client answers: adopt it (token: `MAG_CLIENT_TOKEN`, else the token file) and
-//!   watch it; it is never stopped by mag-server;
+//!   watch it. One that takes the token file's token was started by an earlier mag-server
+//!   on this data dir (which then died): it is taken back, so it is stopped with
+//!   mag-server and can be restarted; any other adopted client is never stopped by
+//!   mag-server;
 //! - something else answers: report it (`address_in_use`) and probe again every 2 s.
 //!
 //! An exit (or an adopted client going away) waits `restart_backoff`, doubling per exit up
@@ -19,7 +22,8 @@
 //! (`crash_loop`) until [`Supervisor::request_restart`].
 //!
 //! Stopping sends SIGTERM to the spawned client's process group and SIGKILL after
-//! `stop_grace`.
+//! `stop_grace`; a taken-back client gets `POST /shutdown` (it ends its servers), then
+//! SIGKILL if it still runs after `stop_grace`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -317,9 +321,9 @@ impl Supervisor {
         *lock(&self.inner.task) = Some(task);
     }
 
-    /// Stops the loop: a spawned client is stopped (SIGTERM to its group, SIGKILL after the
-    /// grace period) and its token file removed; an adopted one is left running. Returns
-    /// when that is done.
+    /// Stops the loop: a spawned or taken-back client is stopped (see the module doc) and
+    /// its token file removed; any other adopted one is left running. Returns when that is
+    /// done.
     pub async fn shutdown(&self) {
         self.set(|s| s.state = ClientState::Stopping);
         self.inner.stop.cancel();
@@ -359,12 +363,12 @@ impl Supervisor {
     /// running spawned client is stopped and started again (its servers reconnected).
     ///
     /// # Errors
-    /// [`Error::ClientState`] for an adopted client (not mag-server's to stop) or while
-    /// shutting down.
+    /// [`Error::ClientState`] for an adopted client that mag-server did not start (not
+    /// mag-server's to stop) or while shutting down.
     pub fn request_restart(&self) -> Result<ClientStatus> {
         let status = self.status();
         match status.state {
-            ClientState::Adopted => Err(Error::ClientState(format!(
+            ClientState::Adopted if !status.managed => Err(Error::ClientState(format!(
                 "the mcp-client on {} (pid {}) was adopted, not started by mag-server: \
                  restart it yourself, and mag-server takes it up again",
                 status.address,
@@ -710,7 +714,14 @@ impl Supervisor {
         let inner = &self.inner;
         let addr = inner.client.addr();
         let pid = root.pid;
-        let token = inner.adopt_token.clone().or_else(|| self.read_token_file());
+        // Only the token file's token proves an earlier mag-server started it.
+        let file_token = inner
+            .adopt_token
+            .is_none()
+            .then(|| self.read_token_file())
+            .flatten();
+        let ours = file_token.is_some();
+        let token = inner.adopt_token.clone().or(file_token);
         inner.client.set_token(token);
         if let Err(e) = self.poll().await {
             let error = match e {
@@ -730,16 +741,26 @@ impl Supervisor {
             });
             return Outcome::Wait(POLL_INTERVAL);
         }
-        tracing::info!(
-            pid,
-            %addr,
-            "adopted the mcp-client already running; it is left running when mag-server stops"
-        );
+        if ours {
+            tracing::info!(
+                pid,
+                %addr,
+                "took back the mcp-client an earlier mag-server started; it is stopped with \
+                 this one"
+            );
+        } else {
+            tracing::info!(
+                pid,
+                %addr,
+                "adopted the mcp-client already running; it is left running when mag-server \
+                 stops"
+            );
+        }
         let warning = self.check_adopted_config(&root).await;
         self.set(|s| {
             s.state = ClientState::Adopted;
             s.pid = pid;
-            s.managed = false;
+            s.managed = ours;
             s.restarts = restarts;
             s.error = warning.clone();
         });
@@ -749,8 +770,16 @@ impl Supervisor {
         loop {
             tokio::select! {
                 _ = inner.stop.cancelled() => {
-                    tracing::info!(pid, "leaving the adopted mcp-client running");
+                    if ours {
+                        self.stop_taken_back(pid).await;
+                    } else {
+                        tracing::info!(pid, "leaving the adopted mcp-client running");
+                    }
                     return Outcome::Shutdown;
+                }
+                _ = inner.restart.notified(), if ours => {
+                    self.stop_taken_back(pid).await;
+                    return Outcome::RestartNow;
                 }
                 _ = tick.tick() => {}
             }
@@ -907,6 +936,31 @@ impl Supervisor {
         }
         tracing::info!(pid, ?status, "mcp-client stopped");
         status
+    }
+
+    /// Stops a client an earlier mag-server started (not our child, maybe not its group's
+    /// leader): `POST /shutdown`, which ends its servers, then SIGKILL if it still runs
+    /// after the grace period.
+    async fn stop_taken_back(&self, pid: Option<u32>) {
+        let grace = self.inner.cfg.stop_grace;
+        if let Err(e) = self.inner.client.post("/shutdown", &json!({}), grace).await {
+            tracing::warn!(pid, "mcp-client did not take POST /shutdown: {e}");
+        }
+        if let Some(pid) = pid {
+            let running = || mcp_client::ledger::is_running(pid);
+            let deadline = Instant::now() + grace;
+            while running() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if running() {
+                tracing::warn!(pid, "mcp-client did not exit within {grace:?}; SIGKILL");
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+        if self.inner.stop.is_cancelled() {
+            let _ = std::fs::remove_file(&self.inner.token_file);
+        }
+        tracing::info!(pid, "mcp-client stopped");
     }
 
     fn open_logs(&self) -> std::io::Result<(std::fs::File, std::fs::File)> {

@@ -125,6 +125,16 @@ fn parse(text: &str) -> BTreeMap<u32, u64> {
         .collect()
 }
 
+/// Whether `pid` is a running process: it exists and is not a zombie (`/proc/PID/stat`
+/// state `Z` or `X`), so a process that exited counts as gone even while no one has
+/// reaped it (an orphan under a PID 1 that does not reap).
+pub fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X']))
+    })
+}
+
 /// `(pgid, start time)` of a process from `/proc/PID/stat`; `None` if it is gone.
 fn stat(pid: u32) -> Option<(u32, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

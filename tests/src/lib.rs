@@ -255,12 +255,7 @@ pub fn wait_for_port(port: u16, within: Duration) {
 
 /// Whether `pid` is a live process (a zombie counts as gone).
 pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
-        Err(_) => false,
-    }
+    mcp_client::ledger::is_running(pid)
 }
 
 /// The pids of every live process in process group `pgid`.

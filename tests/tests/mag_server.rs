@@ -601,6 +601,64 @@ async fn a_running_client_is_adopted_and_left_running() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_left_by_a_killed_mag_server_is_taken_back_and_stopped_with_it() {
+    let mut mag = MagServer::start(json!({"py": py_stdio_entry()}));
+    let client = mag.wait_running().await["pid"].as_u64().unwrap() as u32;
+    mag.connect("py").await;
+    let server = mag.server_pids().await;
+
+    // mag-server dies without stopping its client; the next one, on the same data dir,
+    // knows the client by the token file and takes it back.
+    mag.proc.signal(Signal::SIGKILL);
+    mag.proc
+        .wait_timeout(Duration::from_secs(10))
+        .expect("SIGKILL ends mag-server");
+    assert!(alive(client), "mcp-client outlives a SIGKILLed mag-server");
+    mag.restart();
+    let status = mag.wait_running().await;
+    assert_eq!(status["state"], "adopted", "{status}");
+    assert_eq!(status["pid"], client, "{status}");
+    assert_eq!(status["managed"], true, "{status}");
+
+    // Being mag-server's, it can be restarted: replaced by a new one, servers reconnected.
+    let (code, answer) = mag.post("/api/mcp/client/restart", json!({})).await;
+    assert_eq!(code, 200, "{answer}");
+    let status = mag
+        .wait_client(Duration::from_secs(30), |s| {
+            s["state"] == "running" && s["pid"] != client
+        })
+        .await;
+    assert!(wait_gone(client, Duration::from_secs(10)), "{status}");
+    for pid in &server {
+        assert!(
+            wait_gone(*pid, Duration::from_secs(10)),
+            "server {pid} outlived its client"
+        );
+    }
+    let replacement = status["pid"].as_u64().unwrap() as u32;
+
+    // And taken back again after another SIGKILL, then stopped with mag-server.
+    mag.proc.signal(Signal::SIGKILL);
+    mag.proc
+        .wait_timeout(Duration::from_secs(10))
+        .expect("SIGKILL ends mag-server");
+    mag.restart();
+    let status = mag.wait_running().await;
+    assert_eq!(status["pid"], replacement, "{status}");
+    assert_eq!(status["managed"], true, "{status}");
+    mag.connect("py").await;
+    let server = mag.server_pids().await;
+    assert_eq!(mag.terminate(), Some(0));
+    for pid in server.into_iter().chain([replacement]) {
+        assert!(
+            wait_gone(pid, Duration::from_secs(10)),
+            "{pid} outlived mag-server"
+        );
+    }
+    assert!(!mag.dir.path().join("data/mcp-client.token").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_refused_with_a_detail() {
     let mag = MagServer::start_with(MagOptions {
         servers: json!({"py": py_stdio_entry()}),
