@@ -127,6 +127,17 @@ impl McpClient {
         }
     }
 
+    /// Whether the mcp-client refuses a request without a token (`GET /servers` answers
+    /// 401), as every one that mag-server starts does.
+    pub async fn requires_token(&self, within: Duration) -> bool {
+        self.http
+            .get(format!("{}/servers", self.base))
+            .timeout(within)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == reqwest::StatusCode::UNAUTHORIZED)
+    }
+
     /// `GET path` with the token; the JSON answer.
     ///
     /// # Errors

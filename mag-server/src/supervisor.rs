@@ -10,8 +10,8 @@
 //!   servers to reconnect current, and 3 failed polls in a row mean it is stuck: it is
 //!   stopped and restarted;
 //! - an mcp-client answers: adopt it (token: `MAG_CLIENT_TOKEN`, else the token file) and
-//!   watch it. One that takes the token file's token was started by an earlier mag-server
-//!   on this data dir (which then died): it is taken back, so it is stopped with
+//!   watch it. One that requires a token and takes the token file's was started by an
+//!   earlier mag-server on this data dir (which then died): it is taken back, so it is stopped with
 //!   mag-server and can be restarted; any other adopted client is never stopped by
 //!   mag-server;
 //! - something else answers: report it (`address_in_use`) and probe again every 2 s.
@@ -720,7 +720,7 @@ impl Supervisor {
             .is_none()
             .then(|| self.read_token_file())
             .flatten();
-        let ours = file_token.is_some();
+        let from_file = file_token.is_some();
         let token = inner.adopt_token.clone().or(file_token);
         inner.client.set_token(token);
         if let Err(e) = self.poll().await {
@@ -741,6 +741,8 @@ impl Supervisor {
             });
             return Outcome::Wait(POLL_INTERVAL);
         }
+        // One that takes any request (no token) is someone else's, whatever the file says.
+        let ours = from_file && inner.client.requires_token(GENERAL_TIMEOUT).await;
         if ours {
             tracing::info!(
                 pid,
