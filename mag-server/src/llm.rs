@@ -218,9 +218,13 @@ pub async fn stream_chat(
         body["max_tokens"] = json!(m);
     }
     let mut request = http.post(model.url()).json(&body);
+    let mut key = None;
     if let Some(var) = &model.api_key_env {
         match std::env::var(var) {
-            Ok(key) if !key.is_empty() => request = request.bearer_auth(key),
+            Ok(value) if !value.is_empty() => {
+                request = request.bearer_auth(&value);
+                key = Some(value);
+            }
             _ => {
                 return Err(LlmError::MissingKey {
                     model: name,
@@ -258,7 +262,7 @@ pub async fn stream_chat(
         return Err(LlmError::Status {
             model: model.name.clone(),
             status: status.as_u16(),
-            message: error_message(&text),
+            message: error_message(&text, key.as_deref()),
         });
     }
     let mut events = SseStream::from_bytes_stream(response.bytes_stream());
@@ -288,7 +292,7 @@ pub async fn stream_chat(
             return Err(LlmError::Status {
                 model: model.name.clone(),
                 status: status.as_u16(),
-                message: error_message(&error.to_string()),
+                message: error_message(&error.to_string(), key.as_deref()),
             });
         }
         if let Some(choice) = chunk["choices"].get(0) {
@@ -306,10 +310,15 @@ pub async fn stream_chat(
     }
 }
 
-/// An endpoint's error text: `error.message` of an OpenAI error body, else the start of
-/// the body.
-fn error_message(body: &str) -> String {
-    let parsed: Option<Value> = serde_json::from_str(body).ok();
+/// The error text of an endpoint's answer: its `error.message` (OpenAI), `message` or
+/// `detail`, else the body's first 300 characters; the API key, should the endpoint echo
+/// it, is replaced by `[redacted]` (SPEC §6).
+fn error_message(body: &str, key: Option<&str>) -> String {
+    let body = match key {
+        Some(key) => body.replace(key, "[redacted]"),
+        None => body.to_owned(),
+    };
+    let parsed: Option<Value> = serde_json::from_str(&body).ok();
     let message = parsed.as_ref().and_then(|v| {
         v["error"]["message"]
             .as_str()

@@ -638,9 +638,10 @@ async fn llm_failures_end_the_stream_with_an_error_and_store_nothing() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["round_count"], 2, "{answer}");
     assert_eq!(answer["model"], MODEL);
+    // An endpoint that echoes the key in its error: the key is not passed on.
     llm.push(Reply::Error {
         status: 429,
-        message: "rate limited".into(),
+        message: format!("rate limited for key {API_KEY}"),
     });
     let (status, answer) = mag.post("/api/mcp/generate", body).await;
     assert_eq!(status, 502, "{answer}");
