@@ -119,6 +119,13 @@ pub enum Error {
         detail: String,
     },
     /// A local I/O failure (500): reading or writing the config file.
+    /// Another mag-server holds the data dir's lock (`DATA_DIR/mag-server.lock`).
+    #[error(
+        "another mag-server uses the data dir {0} (it holds mag-server.lock there); stop it or \
+         give this one its own --data-dir"
+    )]
+    DataDirInUse(std::path::PathBuf),
+
     #[error("{context}: {source}")]
     Io {
         /// What was being done.
@@ -141,6 +148,7 @@ impl Error {
             Self::InvalidServerName(_) => "invalid_server_name",
             Self::ClientState(_) => "client_state",
             Self::Io { .. } => "io_error",
+            Self::DataDirInUse(_) => "data_dir_in_use",
             Self::BadRequest(_) => "bad_request",
             Self::UnknownModel(_) => "unknown_model",
             Self::ConversationNotFound(_) => "conversation_not_found",
@@ -169,9 +177,10 @@ impl Error {
             Self::Upstream { status, .. } => *status,
             Self::StaleRevision { .. } | Self::ClientState(_) => StatusCode::CONFLICT,
             Self::InvalidConfig(_) | Self::InvalidServerName(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::ConfigFileInvalid { .. } | Self::Io { .. } | Self::ToolInstall { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Self::ConfigFileInvalid { .. }
+            | Self::Io { .. }
+            | Self::ToolInstall { .. }
+            | Self::DataDirInUse(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::UnknownModel(_) | Self::ConversationNotFound(_) => StatusCode::NOT_FOUND,
             Self::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,

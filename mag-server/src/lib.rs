@@ -61,6 +61,7 @@ pub async fn run(
             settings.data_dir.display()
         );
     }
+    let _data_dir_lock = lock_data_dir(&settings.data_dir)?;
     let conversations = open_store(&settings).await?;
     let smith = Toolsmith {
         tools_dir: settings.data_dir.join("tools"),
@@ -133,6 +134,41 @@ pub async fn run(
     tracing::info!("stopped");
     Ok(())
 }
+
+/// The data dir's lock file, held (`flock`) for mag-server's life: one mag-server per data
+/// dir, and a token file found at start belongs to a mag-server that has ended (the kernel
+/// drops the lock of a process that died, even by SIGKILL). `None` (with a warning) when
+/// the file cannot be opened.
+///
+/// # Errors
+/// [`Error::DataDirInUse`] when another mag-server holds it.
+pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<Option<std::fs::File>> {
+    let path = data_dir.join(DATA_DIR_LOCK);
+    let file = match std::fs::File::create(&path) {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::warn!(
+                "cannot open {}: {e}; not locking the data dir",
+                path.display()
+            );
+            return Ok(None);
+        }
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::DataDirInUse(data_dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => {
+            tracing::warn!(
+                "cannot lock {}: {e}; not locking the data dir",
+                path.display()
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// The data dir's lock file (see [`lock_data_dir`]).
+pub const DATA_DIR_LOCK: &str = "mag-server.lock";
 
 /// The conversation store: MongoDB when `MONGODB_URL` is set, else the embedded one in
 /// `DATA_DIR/conversations.sqlite3`.

@@ -314,17 +314,43 @@ pub async fn stream_chat(
 /// `detail`, else the body's first 300 characters; the API key, should the endpoint echo
 /// it, is replaced by `[redacted]` (SPEC §6).
 fn error_message(body: &str, key: Option<&str>) -> String {
-    let body = match key {
-        Some(key) => body.replace(key, "[redacted]"),
-        None => body.to_owned(),
+    // Before and after JSON decoding: an escaped key (`\/`, `\u002B`) shows only after.
+    let redact = |text: &str| match key {
+        Some(key) => text.replace(key, "[redacted]"),
+        None => text.to_owned(),
     };
+    let body = redact(body);
     let parsed: Option<Value> = serde_json::from_str(&body).ok();
     let message = parsed.as_ref().and_then(|v| {
         v["error"]["message"]
             .as_str()
             .or_else(|| v["message"].as_str())
             .or_else(|| v["detail"].as_str())
-            .map(str::to_owned)
+            .map(redact)
     });
     message.unwrap_or_else(|| body.chars().take(300).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_echoed_key_is_redacted_even_when_json_escaped() {
+        let key = "sk-a/b+c";
+        let plain = r#"{"error": {"message": "bad key sk-a/b+c"}}"#;
+        let escaped = r#"{"error": {"message": "bad key sk-a\/b\u002Bc"}}"#;
+        for body in [plain, escaped] {
+            assert_eq!(
+                error_message(body, Some(key)),
+                "bad key [redacted]",
+                "{body}"
+            );
+        }
+        assert_eq!(
+            error_message("upstream sk-a/b+c down", Some(key)),
+            "upstream [redacted] down"
+        );
+        assert_eq!(error_message(plain, None), "bad key sk-a/b+c");
+    }
 }

@@ -741,8 +741,15 @@ impl Supervisor {
             });
             return Outcome::Wait(POLL_INTERVAL);
         }
-        // One that takes any request (no token) is someone else's, whatever the file says.
-        let ours = from_file && inner.client.requires_token(GENERAL_TIMEOUT).await;
+        // One that takes any request (no token) is someone else's, whatever the file says;
+        // the data dir's lock (held for mag-server's life) says its mag-server has died.
+        // Pid and start time name the process for the stop.
+        let taken_back = if from_file && inner.client.requires_token(GENERAL_TIMEOUT).await {
+            pid.and_then(|pid| Some((pid, mcp_client::ledger::start_time(pid)?)))
+        } else {
+            None
+        };
+        let ours = taken_back.is_some();
         if ours {
             tracing::info!(
                 pid,
@@ -772,15 +779,17 @@ impl Supervisor {
         loop {
             tokio::select! {
                 _ = inner.stop.cancelled() => {
-                    if ours {
-                        self.stop_taken_back(pid).await;
-                    } else {
-                        tracing::info!(pid, "leaving the adopted mcp-client running");
+                    match taken_back {
+                        Some(process) => self.stop_taken_back(process).await,
+                        None => tracing::info!(pid, "leaving the adopted mcp-client running"),
                     }
                     return Outcome::Shutdown;
                 }
                 _ = inner.restart.notified(), if ours => {
-                    self.stop_taken_back(pid).await;
+                    self.set(|s| s.state = ClientState::Restarting);
+                    if let Some(process) = taken_back {
+                        self.stop_taken_back(process).await;
+                    }
                     return Outcome::RestartNow;
                 }
                 _ = tick.tick() => {}
@@ -940,24 +949,49 @@ impl Supervisor {
         status
     }
 
-    /// Stops a client an earlier mag-server started (not our child, maybe not its group's
-    /// leader): `POST /shutdown`, which ends its servers, then SIGKILL if it still runs
-    /// after the grace period.
-    async fn stop_taken_back(&self, pid: Option<u32>) {
+    /// Stops a client an earlier mag-server started (`(pid, start time)`; not our child,
+    /// maybe not its group's leader): `POST /shutdown` (it ends its servers) if it is still
+    /// the one on the client address, then, if that process still runs after the grace
+    /// period, SIGKILL to it and its process group. Returns once it is gone (or after
+    /// another grace period).
+    async fn stop_taken_back(&self, (pid, start): (u32, u64)) {
         let grace = self.inner.cfg.stop_grace;
-        if let Err(e) = self.inner.client.post("/shutdown", &json!({}), grace).await {
-            tracing::warn!(pid, "mcp-client did not take POST /shutdown: {e}");
+        let same = || {
+            mcp_client::ledger::is_running(pid)
+                && mcp_client::ledger::start_time(pid) == Some(start)
+        };
+        match self.inner.client.root(grace).await {
+            Ok(RootAnswer::McpClient(root)) if root.pid == Some(pid) => {
+                if let Err(e) = self.inner.client.post("/shutdown", &json!({}), grace).await {
+                    tracing::warn!(pid, "mcp-client did not take POST /shutdown: {e}");
+                }
+            }
+            Ok(_) => tracing::warn!(
+                pid,
+                "another program answers on the client address now; only the taken-back \
+                 process is stopped"
+            ),
+            Err(_) => {}
         }
-        if let Some(pid) = pid {
-            let running = || mcp_client::ledger::is_running(pid);
-            let deadline = Instant::now() + grace;
-            while running() && Instant::now() < deadline {
+        let gone_within = |within: Duration| async move {
+            let deadline = Instant::now() + within;
+            while same() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if running() {
-                tracing::warn!(pid, "mcp-client did not exit within {grace:?}; SIGKILL");
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            !same()
+        };
+        if !gone_within(grace).await {
+            tracing::warn!(pid, "mcp-client did not exit within {grace:?}; SIGKILL");
+            let process = Pid::from_raw(pid as i32);
+            let group = nix::unistd::getpgid(Some(process));
+            let _ = nix::sys::signal::kill(process, Signal::SIGKILL);
+            // Its group too (a wrapper script leads it), unless that is mag-server's own.
+            if let Ok(group) = group
+                && group != nix::unistd::getpgrp()
+            {
+                let _ = killpg(group, Signal::SIGKILL);
             }
+            gone_within(grace).await;
         }
         if self.inner.stop.is_cancelled() {
             let _ = std::fs::remove_file(&self.inner.token_file);

@@ -146,7 +146,10 @@ fn stat(pid: u32) -> Option<(u32, u64)> {
     Some((pgid, start))
 }
 
-fn start_time(pid: u32) -> Option<u64> {
+/// When `pid` started, in clock ticks after boot (`/proc/PID/stat` field 22): with the pid,
+/// it names one process for good (a reused pid has another start time). `None` if it is
+/// gone.
+pub fn start_time(pid: u32) -> Option<u64> {
     stat(pid).map(|(_, start)| start)
 }
 

@@ -659,6 +659,39 @@ async fn a_client_left_by_a_killed_mag_server_is_taken_back_and_stopped_with_it(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_second_mag_server_on_the_same_data_dir_is_refused() {
+    let mag = MagServer::start(json!({"py": py_stdio_entry()}));
+    mag.wait_running().await;
+    let mut second = std::process::Command::new(mag_tests::mag::mag_server_bin());
+    second
+        .current_dir(mag.dir.path())
+        .args(["--listen", "127.0.0.1:0", "--client-listen"])
+        .arg(format!("127.0.0.1:{}", mag_tests::free_port()))
+        .arg("--mcp-config")
+        .arg(&mag.config)
+        .arg("--log-dir")
+        .arg(mag.dir.path().join("other-logs"))
+        .arg("--data-dir")
+        .arg(mag.dir.path().join("data"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut second = mag_tests::Proc::spawn(&mut second);
+    let status = second
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the second mag-server exits");
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.child().stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("another mag-server uses the data dir"),
+        "{stderr}"
+    );
+    // The first one is untouched.
+    let status = mag.client_status().await;
+    assert_eq!(status["state"], "running", "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_refused_with_a_detail() {
     let mag = MagServer::start_with(MagOptions {
         servers: json!({"py": py_stdio_entry()}),

@@ -321,7 +321,8 @@ impl Toolsmith {
     /// The folder holds [`INSTALLING_MARKER`] until the reservation is settled as registered.
     ///
     /// # Errors
-    /// [`Error::ToolExists`] (without `unique`), [`Error::Io`].
+    /// [`Error::ToolExists`] (without `unique`), [`Error::InvalidTool`] (a `NAME_N` too
+    /// long for a server name), [`Error::Io`].
     pub fn reserve(
         &self,
         folder_name: &str,
@@ -336,6 +337,9 @@ impl Toolsmith {
                 0 => folder_name.to_owned(),
                 n => format!("{folder_name}_{n}"),
             };
+            // `NAME_N` may pass mcp.json's 128-byte limit where `NAME` did not: said now,
+            // not after pip.
+            validate_folder_name(&name)?;
             if taken.contains(&name) {
                 if unique {
                     continue;
@@ -646,6 +650,13 @@ mod tests {
             smith.reserve("t", false, &[]),
             Err(Error::ToolExists(_))
         ));
+        let long = format!("{}ab", "时".repeat(42)); // 128 bytes: fits; `_1` would not
+        smith.reserve(&long, false, &[]).unwrap().settle(true);
+        assert!(matches!(
+            smith.reserve(&long, true, &[]),
+            Err(Error::InvalidTool(_))
+        ));
+        smith.discard(&long);
         let second = smith.reserve("t", true, &["t_1".into()]).unwrap();
         assert_eq!(second.name, "t_2");
         assert_eq!(
