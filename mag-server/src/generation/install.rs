@@ -11,8 +11,8 @@
 //! The `mcp.json` entry keeps MAG's shape (`mag/app/core/file_manager.py`) and adds `cwd`:
 //! `{"command": TOOL/.venv/bin/python, "args": [TOOL/MAIN], "cwd": TOOL, "transportType":
 //! "stdio", "ai_generated": true, "autoApprove": [], "disabled": false, "timeout": 60}`,
-//! with absolute paths; a tool from a generation also gets `"conversation_id"` and
-//! `"conversation_round"` (see `ToolOrigin`). MAIN is the first of `main.py`,
+//! with absolute paths; a tool from a generation also gets `"conversation_id"`,
+//! `"conversation_round"` and `"conversation_created_at"` (see `ToolOrigin`). MAIN is the first of `main.py`,
 //! `main_server.py`, `server.py` that exists, else the first `.py` file by name.
 
 use std::path::{Component, Path, PathBuf};

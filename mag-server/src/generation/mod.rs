@@ -98,14 +98,18 @@ struct Inner {
 
 /// The conversation round a generated tool comes from: an `<end>END</end>` after round
 /// `round` of `conversation_id`. Kept in the tool's `mcp.json` entry (`"conversation_id"`,
-/// `"conversation_round"`), so a retried end (a client that timed out during pip, or a
-/// retry after a restart) answers the tool already installed instead of a second copy.
+/// `"conversation_round"`, `"conversation_created_at"`), so a retried end (a client that
+/// timed out during pip, or a retry after a restart) answers the tool already installed
+/// instead of a second copy. The creation time tells a conversation from a later one that
+/// reuses its id after a delete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolOrigin {
     /// The conversation (`mcp_…`).
     pub conversation_id: String,
     /// Its round count when the end came.
     pub round: i64,
+    /// When it was created (RFC 3339, milliseconds, UTC).
+    pub created_at: String,
 }
 
 /// A checked round, holding its conversation's lock; [`Prepared::run`] runs it.
@@ -361,6 +365,7 @@ impl Generator {
                 if let (Some(origin), Some(entry)) = (&origin, built.entry.as_object_mut()) {
                     entry.insert("conversation_id".into(), json!(origin.conversation_id));
                     entry.insert("conversation_round".into(), json!(origin.round));
+                    entry.insert("conversation_created_at".into(), json!(origin.created_at));
                 }
                 let mut servers = Map::new();
                 servers.insert(name.clone(), built.entry);
@@ -440,6 +445,7 @@ fn installed_from(servers: &Map<String, Value>, origin: &ToolOrigin) -> Option<(
             entry["ai_generated"] == true
                 && entry["conversation_id"] == origin.conversation_id.as_str()
                 && entry["conversation_round"] == origin.round
+                && entry["conversation_created_at"] == origin.created_at.as_str()
         })
         .map(|(name, entry)| (name.clone(), entry.clone()))
 }
@@ -650,6 +656,7 @@ impl Generator {
         let origin = ToolOrigin {
             conversation_id: record.conversation.id.clone(),
             round: record.conversation.round_count,
+            created_at: crate::store::rfc3339(record.conversation.created_at),
         };
         let installed = self.install(files, Some(origin)).await?;
         let mut completion = installed.clone();
