@@ -57,7 +57,7 @@ pub const TOKEN_FILE: &str = "mcp-client.token";
 /// Between polls of a running client, and between probes of a held address.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Failed polls in a row after which a spawned client counts as stuck.
+/// Failed polls in a row after which a spawned (or taken-back) client counts as stuck.
 const STUCK_AFTER: u32 = 3;
 
 /// mcp-client's state, as `/health` reports it.
@@ -774,6 +774,7 @@ impl Supervisor {
             s.error = warning.clone();
         });
         let started = Instant::now();
+        let mut failures = 0;
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -795,7 +796,10 @@ impl Supervisor {
                 _ = tick.tick() => {}
             }
             match self.poll().await {
-                Ok(()) => self.set(|s| s.error = warning.clone()),
+                Ok(()) => {
+                    failures = 0;
+                    self.set(|s| s.error = warning.clone());
+                }
                 Err(e) => {
                     let gone = matches!(
                         tokio::net::TcpStream::connect(addr).await,
@@ -806,6 +810,17 @@ impl Supervisor {
                         return Outcome::Exited(Ended::new(reason, pid, started.elapsed()));
                     }
                     self.set(|s| s.error = Some(format!("not answering: {e}")));
+                    failures += 1;
+                    // A taken-back client is mag-server's: stuck, it is replaced like a
+                    // spawned one.
+                    if let Some(process) = taken_back
+                        && failures >= STUCK_AFTER
+                    {
+                        tracing::error!(pid, "mcp-client stopped answering ({e}); stopping it");
+                        self.stop_taken_back(process).await;
+                        let reason = format!("stopped answering ({e}), so it was stopped");
+                        return Outcome::Exited(Ended::new(reason, pid, started.elapsed()));
+                    }
                 }
             }
         }

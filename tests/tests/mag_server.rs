@@ -646,10 +646,25 @@ async fn a_client_left_by_a_killed_mag_server_is_taken_back_and_stopped_with_it(
     let status = mag.wait_running().await;
     assert_eq!(status["pid"], replacement, "{status}");
     assert_eq!(status["managed"], true, "{status}");
+
+    // Stuck (SIGSTOP), it is replaced like a spawned one.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(replacement as i32),
+        Signal::SIGSTOP,
+    )
+    .unwrap();
+    let status = mag
+        .wait_client(Duration::from_secs(60), |s| {
+            s["state"] == "running" && s["pid"] != replacement
+        })
+        .await;
+    assert!(wait_gone(replacement, Duration::from_secs(10)), "{status}");
+    let newest = status["pid"].as_u64().unwrap() as u32;
+
     mag.connect("py").await;
     let server = mag.server_pids().await;
     assert_eq!(mag.terminate(), Some(0));
-    for pid in server.into_iter().chain([replacement]) {
+    for pid in server.into_iter().chain([newest]) {
         assert!(
             wait_gone(pid, Duration::from_secs(10)),
             "{pid} outlived mag-server"
