@@ -92,11 +92,11 @@ pub enum Error {
     /// No conversation has this id (404).
     #[error("no conversation {0:?}")]
     ConversationNotFound(String),
-
     /// A round (or the end) of this conversation is running: answered at once rather than
     /// queued behind an LLM stream or a pip install (409).
     #[error("conversation {0:?} has a round in progress; try again when it has finished")]
     ConversationBusy(String),
+
     /// The conversation store failed: unavailable (503), a conflicting round (409), a
     /// malformed document (500).
     #[error(transparent)]
@@ -118,14 +118,15 @@ pub enum Error {
         /// The cause, with the end of the installer's output.
         detail: String,
     },
-    /// A local I/O failure (500): reading or writing the config file.
-    /// Another mag-server holds the data dir's lock (`DATA_DIR/mag-server.lock`).
+    /// Another mag-server holds the data dir's lock (`DATA_DIR/mag-server.lock`): a
+    /// start-up error.
     #[error(
         "another mag-server uses the data dir {0} (it holds mag-server.lock there); stop it or \
          give this one its own --data-dir"
     )]
     DataDirInUse(std::path::PathBuf),
 
+    /// A local I/O failure (500): reading or writing the config file.
     #[error("{context}: {source}")]
     Io {
         /// What was being done.

@@ -11,9 +11,9 @@
 //!   stopped and restarted;
 //! - an mcp-client answers: adopt it (token: `MAG_CLIENT_TOKEN`, else the token file) and
 //!   watch it. One that requires a token and takes the token file's was started by an
-//!   earlier mag-server on this data dir (which then died): it is taken back, so it is stopped with
-//!   mag-server and can be restarted; any other adopted client is never stopped by
-//!   mag-server;
+//!   earlier mag-server on this data dir (which then died): it is taken back, so it is
+//!   stopped with mag-server, restarted on request and replaced when stuck; any other
+//!   adopted client is never stopped by mag-server;
 //! - something else answers: report it (`address_in_use`) and probe again every 2 s.
 //!
 //! An exit (or an adopted client going away) waits `restart_backoff`, doubling per exit up

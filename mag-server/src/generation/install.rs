@@ -12,8 +12,9 @@
 //! `{"command": TOOL/.venv/bin/python, "args": [TOOL/MAIN], "cwd": TOOL, "transportType":
 //! "stdio", "ai_generated": true, "autoApprove": [], "disabled": false, "timeout": 60}`,
 //! with absolute paths; a tool from a generation also gets `"conversation_id"`,
-//! `"conversation_round"` and `"conversation_created_at"` (see `ToolOrigin`). MAIN is the first of `main.py`,
-//! `main_server.py`, `server.py` that exists, else the first `.py` file by name.
+//! `"conversation_round"` and `"conversation_created_at"` (see `ToolOrigin`). MAIN is the
+//! first of `main.py`, `main_server.py`, `server.py` that exists, else the first `.py` file
+//! by name.
 
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
@@ -318,7 +319,8 @@ impl Toolsmith {
     /// `NAME`, `NAME_1`, `NAME_2`, … that is neither a folder nor in `taken` (the servers of
     /// `mcp.json`).
     ///
-    /// The folder holds [`INSTALLING_MARKER`] until the reservation is settled as registered.
+    /// The folder holds [`INSTALLING_MARKER`] until the reservation is settled as
+    /// registered.
     ///
     /// # Errors
     /// [`Error::ToolExists`] (without `unique`), [`Error::InvalidTool`] (a `NAME_N` too
@@ -461,10 +463,10 @@ impl Toolsmith {
         })
     }
 
-    /// Runs one installer step in `dir` in its own process group, with only
-    /// [`is_base_env`] variables and `PIP_*` of mag-server's environment, its output appended to
-    /// `log`, within `bound`; the group is killed when the bound passes or the step is
-    /// dropped.
+    /// Runs one installer step in `dir` in its own process group, with only the
+    /// [`is_base_env`] variables and `PIP_*` of mag-server's environment, its output
+    /// appended to `log`, within `bound`; the group is killed when the bound passes or the
+    /// step is dropped.
     async fn step(
         &self,
         what: &str,
