@@ -104,7 +104,7 @@ impl McpClient {
             .await
             .map_err(|e| error_chain(&e))?;
         let status = response.status();
-        let body = read_capped(response, 64 * 1024).await;
+        let body = read_capped(response, 64 * 1024, within).await;
         let json: Option<Value> = serde_json::from_slice(&body).ok();
         match json {
             Some(root) if status.is_success() && root["service"] == "mcp-client" => {
@@ -253,16 +253,24 @@ pub async fn connect_many(
         .await
 }
 
-/// At most `cap` bytes of the body; what could be read.
-async fn read_capped(response: reqwest::Response, cap: usize) -> Vec<u8> {
+/// At most `cap` bytes of the body: what arrived before the body ended, failed or
+/// `within` passed (an answer that stalls half-way gives its start).
+pub(crate) async fn read_capped(
+    response: reqwest::Response,
+    cap: usize,
+    within: Duration,
+) -> Vec<u8> {
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
-    while let Some(Ok(chunk)) = stream.next().await {
-        body.extend_from_slice(&chunk);
-        if body.len() >= cap {
-            body.truncate(cap);
-            break;
+    let read = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            body.extend_from_slice(&chunk);
+            if body.len() >= cap {
+                break;
+            }
         }
-    }
+    };
+    let _ = tokio::time::timeout(within, read).await;
+    body.truncate(cap);
     body
 }

@@ -246,18 +246,7 @@ pub async fn stream_chat(
     if !status.is_success() {
         // Bounded in time like a chunk (an endpoint that sends error headers and stalls
         // must not hold the round and its conversation's lock) and in size.
-        let mut body = Vec::new();
-        let mut chunks = response.bytes_stream();
-        let read = async {
-            while let Some(Ok(chunk)) = chunks.next().await {
-                body.extend_from_slice(&chunk);
-                if body.len() >= ERROR_BODY_LIMIT {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(idle, read).await;
-        body.truncate(ERROR_BODY_LIMIT);
+        let body = crate::client::read_capped(response, ERROR_BODY_LIMIT, idle).await;
         let text = String::from_utf8_lossy(&body);
         return Err(LlmError::Status {
             model: model.name.clone(),
