@@ -745,7 +745,7 @@ impl Supervisor {
         // the data dir's lock (held for mag-server's life) says its mag-server has died.
         // Pid and start time name the process for the stop.
         let taken_back = if from_file && inner.client.requires_token(GENERAL_TIMEOUT).await {
-            pid.and_then(|pid| Some((pid, mcp_client::ledger::start_time(pid)?)))
+            pid.and_then(|pid| Some((pid, mcp_client::ledger::running_since(pid)?)))
         } else {
             None
         };
@@ -971,10 +971,7 @@ impl Supervisor {
     /// another grace period).
     async fn stop_taken_back(&self, (pid, start): (u32, u64)) {
         let grace = self.inner.cfg.stop_grace;
-        let same = || {
-            mcp_client::ledger::is_running(pid)
-                && mcp_client::ledger::start_time(pid) == Some(start)
-        };
+        let same = || mcp_client::ledger::running_since(pid) == Some(start);
         match self.inner.client.root(grace).await {
             Ok(RootAnswer::McpClient(root)) if root.pid == Some(pid) => {
                 if let Err(e) = self.inner.client.post("/shutdown", &json!({}), grace).await {

@@ -129,34 +129,46 @@ fn parse(text: &str) -> BTreeMap<u32, u64> {
 /// state `Z` or `X`), so a process that exited counts as gone even while no one has
 /// reaped it (an orphan under a PID 1 that does not reap).
 pub fn is_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X']))
-    })
+    running_since(pid).is_some()
 }
 
-/// `(pgid, start time)` of a process from `/proc/PID/stat`; `None` if it is gone.
-fn stat(pid: u32) -> Option<(u32, u64)> {
+/// When the running process `pid` started, in clock ticks after boot (`/proc/PID/stat`
+/// field 22); `None` when it is gone or a zombie. With the pid it names one process for
+/// good: a reused pid has another start time.
+pub fn running_since(pid: u32) -> Option<u64> {
+    stat(pid)
+        .filter(|s| !matches!(s.state, 'Z' | 'X'))
+        .map(|s| s.start)
+}
+
+/// What the ledger reads of `/proc/PID/stat`.
+struct Stat {
+    state: char,
+    pgid: u32,
+    start: u64,
+}
+
+/// `pid`'s [`Stat`]; `None` if it is gone.
+fn stat(pid: u32) -> Option<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start at field 3 (state).
     let rest = text.rsplit_once(") ")?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let pgid = fields.get(2)?.parse().ok()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((pgid, start))
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        pgid: fields.get(2)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
+    })
 }
 
-/// When `pid` started, in clock ticks after boot (`/proc/PID/stat` field 22): with the pid,
-/// it names one process for good (a reused pid has another start time). `None` if it is
-/// gone.
-pub fn start_time(pid: u32) -> Option<u64> {
-    stat(pid).map(|(_, start)| start)
+fn start_time(pid: u32) -> Option<u64> {
+    stat(pid).map(|s| s.start)
 }
 
 /// The processes of the group `pgid` whose leader started at `leader_start`, if it is still
 /// that group (see the module docs).
 fn members(pgid: u32, leader_start: u64) -> Vec<u32> {
-    if let Some((_, start)) = stat(pgid)
+    if let Some(start) = start_time(pgid)
         && start != leader_start
     {
         return Vec::new();
@@ -166,7 +178,7 @@ fn members(pgid: u32, leader_start: u64) -> Vec<u32> {
     };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| matches!(stat(*pid), Some((g, start)) if g == pgid && start >= leader_start))
+        .filter(|pid| stat(*pid).is_some_and(|s| s.pgid == pgid && s.start >= leader_start))
         .collect()
 }
 
