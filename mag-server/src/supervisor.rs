@@ -749,8 +749,7 @@ impl Supervisor {
         } else {
             None
         };
-        let ours = taken_back.is_some();
-        if ours {
+        if taken_back.is_some() {
             tracing::info!(
                 pid,
                 %addr,
@@ -769,7 +768,7 @@ impl Supervisor {
         self.set(|s| {
             s.state = ClientState::Adopted;
             s.pid = pid;
-            s.managed = ours;
+            s.managed = taken_back.is_some();
             s.restarts = restarts;
             s.error = warning.clone();
         });
@@ -786,7 +785,8 @@ impl Supervisor {
                     }
                     return Outcome::Shutdown;
                 }
-                _ = inner.restart.notified(), if ours => {
+                // Only a taken-back client may be restarted (`request_restart` refuses others).
+                _ = inner.restart.notified(), if taken_back.is_some() => {
                     self.set(|s| s.state = ClientState::Restarting);
                     if let Some(process) = taken_back {
                         self.stop_taken_back(process).await;
@@ -957,9 +957,7 @@ impl Supervisor {
         };
         // Whatever else was left in its group.
         let _ = killpg(group, Signal::SIGKILL);
-        if self.inner.stop.is_cancelled() {
-            let _ = std::fs::remove_file(&self.inner.token_file);
-        }
+        self.forget_token_at_shutdown();
         tracing::info!(pid, ?status, "mcp-client stopped");
         status
     }
@@ -1005,10 +1003,16 @@ impl Supervisor {
             }
             gone_within(grace).await;
         }
+        self.forget_token_at_shutdown();
+        tracing::info!(pid, "mcp-client stopped");
+    }
+
+    /// After mag-server stopped its client: at shutdown the token file goes, so no later
+    /// mag-server takes back a client that is gone (a restart keeps it for the next one).
+    fn forget_token_at_shutdown(&self) {
         if self.inner.stop.is_cancelled() {
             let _ = std::fs::remove_file(&self.inner.token_file);
         }
-        tracing::info!(pid, "mcp-client stopped");
     }
 
     fn open_logs(&self) -> std::io::Result<(std::fs::File, std::fs::File)> {
