@@ -138,26 +138,20 @@ pub async fn run(
 /// The data dir's lock file, held (`flock`) for mag-server's life: one mag-server per data
 /// dir, and a token file found at start belongs to a mag-server that has ended (the kernel
 /// drops the lock of a process that died, even by SIGKILL). `None` (with a warning) when
-/// the file cannot be opened.
+/// the file cannot be opened or locked for another reason.
 ///
 /// # Errors
 /// [`Error::DataDirInUse`] when another mag-server holds it.
 pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<Option<std::fs::File>> {
+    use std::fs::TryLockError;
     let path = data_dir.join(DATA_DIR_LOCK);
-    let file = match std::fs::File::create(&path) {
-        Ok(file) => file,
-        Err(e) => {
-            tracing::warn!(
-                "cannot open {}: {e}; not locking the data dir",
-                path.display()
-            );
-            return Ok(None);
-        }
-    };
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::DataDirInUse(data_dir.to_path_buf())),
-        Err(std::fs::TryLockError::Error(e)) => {
+    let locked = std::fs::File::create(&path)
+        .map_err(TryLockError::Error)
+        .and_then(|file| file.try_lock().map(|()| file));
+    match locked {
+        Ok(file) => Ok(Some(file)),
+        Err(TryLockError::WouldBlock) => Err(Error::DataDirInUse(data_dir.to_path_buf())),
+        Err(TryLockError::Error(e)) => {
             tracing::warn!(
                 "cannot lock {}: {e}; not locking the data dir",
                 path.display()

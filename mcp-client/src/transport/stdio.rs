@@ -85,13 +85,14 @@ pub fn spawn(
     let program = entry.command.as_deref().unwrap_or_default();
     let lookup = |name: &str| std::env::var(name).ok();
     let mut command = Command::new(program);
-    for name in &ctx.scrub_env {
-        command.env_remove(name);
-    }
     if entry.ai_generated {
         command.env_clear();
         command
             .envs(std::env::vars_os().filter(|(name, _)| name.to_str().is_some_and(is_base_env)));
+    }
+    // After the base environment, so a scrubbed variable stays out whatever its name.
+    for name in &ctx.scrub_env {
+        command.env_remove(name);
     }
     for arg in &entry.args {
         command.arg(expand_vars(arg, lookup).map_err(|e| format!("in args: {e}"))?);
