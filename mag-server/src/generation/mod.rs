@@ -112,6 +112,27 @@ pub struct ToolOrigin {
     pub created_at: String,
 }
 
+impl ToolOrigin {
+    /// The fields it adds to the tool's `mcp.json` entry: `{"conversation_id",
+    /// "conversation_round", "conversation_created_at"}`.
+    pub fn fields(&self) -> Map<String, Value> {
+        let mut fields = Map::new();
+        fields.insert("conversation_id".into(), json!(self.conversation_id));
+        fields.insert("conversation_round".into(), json!(self.round));
+        fields.insert("conversation_created_at".into(), json!(self.created_at));
+        fields
+    }
+
+    /// Whether the `mcp.json` entry `entry` is an `ai_generated` server installed from it.
+    pub fn made(&self, entry: &Value) -> bool {
+        entry["ai_generated"] == true
+            && self
+                .fields()
+                .iter()
+                .all(|(key, value)| entry.get(key) == Some(value))
+    }
+}
+
 /// A checked round, holding its conversation's lock; [`Prepared::run`] runs it.
 pub struct Prepared {
     generator: Generator,
@@ -338,56 +359,25 @@ impl Generator {
     /// install is dropped half-way, no folder and no entry is left.
     pub async fn install(&self, files: ToolFiles, origin: Option<ToolOrigin>) -> Result<Value> {
         files.check()?;
-        let smith = &self.inner.smith;
         let plane = &self.inner.plane;
         let _one_at_a_time = self.inner.installing.lock().await;
         let config = plane.config().await?;
-        let servers = config["mcpServers"]
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        let (name, dir, version, verb) = match origin
+        let no_servers = Map::new();
+        let servers = config["mcpServers"].as_object().unwrap_or(&no_servers);
+        let found = origin
             .as_ref()
-            .and_then(|origin| installed_from(&servers, origin))
-        {
+            .and_then(|origin| servers.iter().find(|(_, entry)| origin.made(entry)));
+        let (name, dir, version, verb) = match found {
             Some((name, entry)) => (
-                name,
+                name.clone(),
                 entry["cwd"].clone(),
                 config["version"].clone(),
                 "was installed already",
             ),
             None => {
                 let taken: Vec<String> = servers.keys().cloned().collect();
-                let mut reservation =
-                    smith.reserve(&files.folder_name, origin.is_some(), &taken)?;
-                let name = reservation.name.clone();
-                let mut built = smith.build(&name, &files).await?;
-                if let (Some(origin), Some(entry)) = (&origin, built.entry.as_object_mut()) {
-                    entry.insert("conversation_id".into(), json!(origin.conversation_id));
-                    entry.insert("conversation_round".into(), json!(origin.round));
-                    entry.insert("conversation_created_at".into(), json!(origin.created_at));
-                }
-                let mut servers = Map::new();
-                servers.insert(name.clone(), built.entry);
-                reservation.registering();
-                let added = plane.add(servers, None).await;
-                let registered = added.as_ref().is_ok_and(|added| {
-                    added["added_servers"]
-                        .as_array()
-                        .is_some_and(|a| !a.is_empty())
-                });
-                reservation.settle(registered);
-                let added = added?;
-                if !registered {
-                    return Err(Error::ToolExists(name));
-                }
-                tracing::info!(tool = %name, "generated tool installed and registered");
-                (
-                    name,
-                    json!(built.dir),
-                    added["new_version"].clone(),
-                    "was installed and registered",
-                )
+                let (name, dir, version) = self.install_new(&files, origin, &taken).await?;
+                (name, dir, version, "was installed and registered")
             }
         };
         let mut answer = json!({
@@ -405,6 +395,39 @@ impl Generator {
             }
         }
         Ok(answer)
+    }
+
+    /// [`Self::install`] of a tool not installed yet, `taken` being `mcp.json`'s server
+    /// names: reserve, build, register. Answers `(name, folder, config version)`.
+    async fn install_new(
+        &self,
+        files: &ToolFiles,
+        origin: Option<ToolOrigin>,
+        taken: &[String],
+    ) -> Result<(String, Value, Value)> {
+        let smith = &self.inner.smith;
+        let mut reservation = smith.reserve(&files.folder_name, origin.is_some(), taken)?;
+        let name = reservation.name.clone();
+        let mut built = smith.build(&name, files).await?;
+        if let (Some(origin), Some(entry)) = (origin, built.entry.as_object_mut()) {
+            entry.extend(origin.fields());
+        }
+        let mut servers = Map::new();
+        servers.insert(name.clone(), built.entry);
+        reservation.registering();
+        let added = self.inner.plane.add(servers, None).await;
+        let registered = added.as_ref().is_ok_and(|added| {
+            added["added_servers"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        });
+        reservation.settle(registered);
+        let added = added?;
+        if !registered {
+            return Err(Error::ToolExists(name));
+        }
+        tracing::info!(tool = %name, "generated tool installed and registered");
+        Ok((name, json!(built.dir), added["new_version"].clone()))
     }
 
     /// The system prompt: the template with the servers mcp-client knows (and their
@@ -434,20 +457,6 @@ impl Generator {
 /// [`SYSTEM_PROMPT_TEMPLATE`] with `tools` (a Markdown list) in place.
 pub fn system_prompt(tools: &str) -> String {
     SYSTEM_PROMPT_TEMPLATE.replace("{EXISTING_TOOLS}", tools.trim_end())
-}
-
-/// The `ai_generated` server in `servers` (`mcp.json`'s `mcpServers`) that was installed
-/// from `origin`, with its entry.
-fn installed_from(servers: &Map<String, Value>, origin: &ToolOrigin) -> Option<(String, Value)> {
-    servers
-        .iter()
-        .find(|(_, entry)| {
-            entry["ai_generated"] == true
-                && entry["conversation_id"] == origin.conversation_id.as_str()
-                && entry["conversation_round"] == origin.round
-                && entry["conversation_created_at"] == origin.created_at.as_str()
-        })
-        .map(|(name, entry)| (name.clone(), entry.clone()))
 }
 
 /// A conversation id: 1 to 128 ASCII letters, digits, `_` and `-`.
