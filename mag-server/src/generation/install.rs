@@ -291,7 +291,7 @@ impl Toolsmith {
         };
         for entry in entries.filter_map(|e| e.ok()) {
             let marker = entry.path().join(INSTALLING_MARKER);
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            let Some(name) = entry.file_name().into_string().ok() else {
                 continue;
             };
             if !marker.exists() {

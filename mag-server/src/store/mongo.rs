@@ -61,6 +61,8 @@ pub struct MongoStore {
     database: Database,
     conversations: Collection<Conversation>,
     generations: Collection<McpGen>,
+    /// `mcp_gen` untyped, for reads with a projection (which a typed `McpGen` cannot hold).
+    generation_docs: Collection<Document>,
     /// `mongodb database "NAME" at HOST:PORT,…`: never the credentials.
     location: String,
     /// The URL's password, raw and decoded: scrubbed from every error text.
@@ -132,6 +134,7 @@ impl MongoStore {
         Ok(Self {
             conversations: database.collection(CONVERSATIONS),
             generations: database.collection(MCP_GEN),
+            generation_docs: database.collection(MCP_GEN),
             database,
             location,
             secrets,
@@ -331,8 +334,7 @@ impl MongoStore {
             let stored = self
                 .bounded(
                     "read the stored rounds",
-                    self.database
-                        .collection::<Document>(MCP_GEN)
+                    self.generation_docs
                         .find_one(doc! {"_id": &c.id})
                         .projection(doc! {"rounds.round": 1}),
                 )
@@ -423,8 +425,7 @@ impl MongoStore {
     async fn list_conversations(&self, query: &ListQuery) -> Result<Vec<Conversation>, StoreError> {
         let ours: Vec<Document> = self
             .bounded("list mcp_gen documents", async {
-                self.database
-                    .collection::<Document>(MCP_GEN)
+                self.generation_docs
                     .find(doc! {})
                     .projection(doc! {"_id": 1})
                     .await?
@@ -459,8 +460,7 @@ impl MongoStore {
         let ours = self
             .bounded(
                 "look for the mcp_gen document",
-                self.database
-                    .collection::<Document>(MCP_GEN)
+                self.generation_docs
                     .find_one(doc! {"_id": id})
                     .projection(doc! {"_id": 1}),
             )
