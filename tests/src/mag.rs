@@ -77,6 +77,16 @@ pub struct MagServer {
 
 /// Starts `mag-server` in `dir` and reads the address it listens on.
 fn launch(dir: &Path, config: &Path, client_port: u16, options: &MagOptions) -> (Proc, String) {
+    let mut command = command(dir, config, client_port, options);
+    let mut proc = Proc::spawn(&mut command);
+    let base = listen_url(&mut proc, "mag-server");
+    (proc, base)
+}
+
+/// The mag-server command line the harness runs in `dir` (its `logs/` and `data/`), with
+/// `config`, mcp-client on 127.0.0.1:`client_port`, the API on a free port printed on
+/// stdout (piped), and `options`' extra args and env.
+pub fn command(dir: &Path, config: &Path, client_port: u16, options: &MagOptions) -> Command {
     workspace_bin("mcp-client");
     let mut command = Command::new(mag_server_bin());
     for name in MAG_ENV {
@@ -98,9 +108,7 @@ fn launch(dir: &Path, config: &Path, client_port: u16, options: &MagOptions) -> 
         .envs(options.env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "info,mag_server=debug")
         .stdout(Stdio::piped());
-    let mut proc = Proc::spawn(&mut command);
-    let base = listen_url(&mut proc, "mag-server");
-    (proc, base)
+    command
 }
 
 impl MagServer {
@@ -169,6 +177,14 @@ impl MagServer {
         )
         .await
         .unwrap_or_else(|| panic!("DELETE {path}: no answer"))
+    }
+
+    /// SIGKILL (a crash: it stops nothing), then waits up to 10 s for it to be gone.
+    pub fn kill(&mut self) {
+        self.proc.signal(nix::sys::signal::Signal::SIGKILL);
+        self.proc
+            .wait_timeout(Duration::from_secs(10))
+            .expect("SIGKILL ends mag-server");
     }
 
     /// SIGTERM, then waits up to 30 s for it to exit; its exit code.

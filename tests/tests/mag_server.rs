@@ -609,10 +609,7 @@ async fn a_client_left_by_a_killed_mag_server_is_taken_back_and_stopped_with_it(
 
     // mag-server dies without stopping its client; the next one, on the same data dir,
     // knows the client by the token file and takes it back.
-    mag.proc.signal(Signal::SIGKILL);
-    mag.proc
-        .wait_timeout(Duration::from_secs(10))
-        .expect("SIGKILL ends mag-server");
+    mag.kill();
     assert!(alive(client), "mcp-client outlives a SIGKILLed mag-server");
     mag.restart();
     let status = mag.wait_running().await;
@@ -638,10 +635,7 @@ async fn a_client_left_by_a_killed_mag_server_is_taken_back_and_stopped_with_it(
     let replacement = status["pid"].as_u64().unwrap() as u32;
 
     // And taken back again after another SIGKILL, then stopped with mag-server.
-    mag.proc.signal(Signal::SIGKILL);
-    mag.proc
-        .wait_timeout(Duration::from_secs(10))
-        .expect("SIGKILL ends mag-server");
+    mag.kill();
     mag.restart();
     let status = mag.wait_running().await;
     assert_eq!(status["pid"], replacement, "{status}");
@@ -677,17 +671,14 @@ async fn a_client_left_by_a_killed_mag_server_is_taken_back_and_stopped_with_it(
 async fn a_second_mag_server_on_the_same_data_dir_is_refused() {
     let mag = MagServer::start(json!({"py": py_stdio_entry()}));
     mag.wait_running().await;
-    let mut second = std::process::Command::new(mag_tests::mag::mag_server_bin());
+    // Same folders (so the same data dir), another client port.
+    let mut second = mag_tests::mag::command(
+        mag.dir.path(),
+        &mag.config,
+        mag_tests::free_port(),
+        &MagOptions::default(),
+    );
     second
-        .current_dir(mag.dir.path())
-        .args(["--listen", "127.0.0.1:0", "--client-listen"])
-        .arg(format!("127.0.0.1:{}", mag_tests::free_port()))
-        .arg("--mcp-config")
-        .arg(&mag.config)
-        .arg("--log-dir")
-        .arg(mag.dir.path().join("other-logs"))
-        .arg("--data-dir")
-        .arg(mag.dir.path().join("data"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut second = mag_tests::Proc::spawn(&mut second);
