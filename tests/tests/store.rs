@@ -1083,14 +1083,41 @@ async fn mongodb_never_shows_the_password() {
 struct Frozen(u32);
 
 impl Frozen {
+    /// SIGSTOPs `pid` and waits until every one of its threads is stopped: `kill` only
+    /// queues the signal, and a thread running on another CPU (or in uninterruptible I/O)
+    /// may still answer a request sent right after it returns.
     fn freeze(pid: u32) -> Self {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGSTOP,
         )
         .expect("SIGSTOP");
-        Self(pid)
+        let frozen = Self(pid);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "pid {pid} did not stop within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        frozen
     }
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T` or `t` in
+/// `/proc/PID/task/TID/stat`, the field after the command name).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                .is_some_and(|state| state == 'T' || state == 't')
+        })
+    })
 }
 
 impl Drop for Frozen {
