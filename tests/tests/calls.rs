@@ -14,10 +14,12 @@ async fn stats(daemon: &Daemon, server: &str) -> Value {
 }
 
 async fn eight_sleeps_overlap(daemon: &Daemon, server: &str) {
-    let calls = (0..8).map(|_| daemon.call(server, "sleep", json!({"ms": 250})));
+    // Long enough that all eight reach the server while the first still sleeps, also on
+    // a busy machine.
+    let calls = (0..8).map(|_| daemon.call(server, "sleep", json!({"ms": 2_000})));
     for (status, answer) in futures::future::join_all(calls).await {
         assert_eq!(status, 200, "{answer}");
-        assert_eq!(text(&answer), "slept 250 ms", "{answer}");
+        assert_eq!(text(&answer), "slept 2000 ms", "{answer}");
     }
     let stats = stats(daemon, server).await;
     assert_eq!(
@@ -48,7 +50,7 @@ async fn max_concurrency_caps_calls_in_flight() {
     entry["maxConcurrency"] = json!(2);
     let daemon = Daemon::start(json!({"py": entry}));
     daemon.connect("py").await;
-    let calls = (0..6).map(|_| daemon.call("py", "sleep", json!({"ms": 100})));
+    let calls = (0..6).map(|_| daemon.call("py", "sleep", json!({"ms": 1_000})));
     for (status, answer) in futures::future::join_all(calls).await {
         assert_eq!(status, 200, "{answer}");
     }
@@ -59,8 +61,9 @@ async fn max_concurrency_caps_calls_in_flight() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_past_the_timeout_fails_and_is_cancelled_on_the_server() {
+    // The timeout bounds the connect too: long enough for a busy machine.
     let mut entry = py_stdio_entry();
-    entry["timeout"] = json!(4);
+    entry["timeout"] = json!(10);
     let daemon = Daemon::start(json!({"py": entry}));
     daemon.connect("py").await;
     let (status, answer) = daemon.call("py", "sleep", json!({"ms": 30_000})).await;
@@ -72,7 +75,7 @@ async fn a_call_past_the_timeout_fails_and_is_cancelled_on_the_server() {
     );
     // The server got notifications/cancelled and stopped the work.
     let mut cancelled = json!(0);
-    for _ in 0..40 {
+    for _ in 0..400 {
         cancelled = stats(&daemon, "py").await["cancelled"].clone();
         if cancelled == 1 {
             break;
@@ -126,7 +129,14 @@ async fn a_killed_server_fails_calls_in_flight_at_once_and_shows_disconnected() 
 
     let server = daemon.server("py").await;
     assert_eq!(server["connected"], false, "{server}");
-    assert_eq!(server["status"], "reconnecting", "{server}");
+    // (Its first reconnect attempt may already be under way.)
+    assert!(
+        matches!(
+            server["status"].as_str(),
+            Some("reconnecting" | "connecting")
+        ),
+        "{server}"
+    );
     assert!(
         server["error"].as_str().unwrap().contains("SIGKILL"),
         "{server}"
@@ -135,7 +145,7 @@ async fn a_killed_server_fails_calls_in_flight_at_once_and_shows_disconnected() 
 
     // No operator action: it comes back within the backoff, with a new process.
     let server = daemon
-        .wait_server("py", Duration::from_secs(15), |s| s["connected"] == true)
+        .wait_server("py", Duration::from_secs(60), |s| s["connected"] == true)
         .await;
     assert_eq!(server["status"], "connected", "{server}");
     assert_eq!(server["reconnects"], 1, "{server}");
@@ -160,7 +170,13 @@ async fn a_wrapper_that_dies_fails_the_call_even_if_its_child_holds_the_pipe() {
     let sh = daemon.server("wrapped").await["pid"].as_u64().unwrap() as u32;
     let in_flight = daemon.call("wrapped", "sleep", json!({"ms": 60_000}));
     let killer = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Let the call reach the server first.
+        for _ in 0..100 {
+            if stats(&daemon, "wrapped").await["in_flight"] == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         kill(Pid::from_raw(sh as i32), Signal::SIGKILL).unwrap();
     };
     let ((_, answer), ()) = tokio::join!(in_flight, killer);
@@ -214,7 +230,13 @@ async fn a_killed_remote_server_fails_the_call_in_flight_and_shows_disconnected(
     assert!(!answer["error"].as_str().unwrap().is_empty(), "{answer}");
     let status = daemon.server("remote").await;
     assert_eq!(status["connected"], false, "{status}");
-    assert_eq!(status["status"], "reconnecting", "{status}");
+    assert!(
+        matches!(
+            status["status"].as_str(),
+            Some("reconnecting" | "connecting")
+        ),
+        "{status}"
+    );
     // Connecting by hand while it is down names the cause.
     let (status, answer) = daemon
         .post("/connect_server", json!({"server_name": "remote"}))

@@ -328,9 +328,7 @@ async fn embedded_store_designs_installs_and_survives_a_restart() {
     let settings = settings_file(settings_dir.path(), &llm);
     let mut mag = start_mag(&settings, &[]);
     mag.wait_running().await;
-    let (_, health) = mag.get("/health").await;
-    assert_eq!(health["store"]["backend"], "embedded", "{health}");
-    assert_eq!(health["store"]["state"], "ok", "{health}");
+    wait_store_ok(&mag, "embedded").await;
 
     let id = design_and_install(&mag, &llm).await;
     check_conversation(&mag, &id).await;
@@ -476,13 +474,26 @@ async fn mongodb_store_designs_installs_with_mags_documents() {
     ];
     let mag = start_mag(&settings, &env);
     mag.wait_running().await;
-    let (_, health) = mag.get("/health").await;
-    assert_eq!(health["store"]["backend"], "mongodb", "{health}");
-    assert_eq!(health["store"]["state"], "ok", "{health}");
+    wait_store_ok(&mag, "mongodb").await;
 
     let id = design_and_install(&mag, &llm).await;
     check_conversation(&mag, &id).await;
     check_documents(&mongo.uri(), "mag_gen_e2e", &id).await;
+}
+
+/// Polls `/health` until the store (`backend`, "embedded" or "mongodb") reports `ok`: its
+/// first ping may need longer than the health check allows on a busy machine.
+async fn wait_store_ok(mag: &MagServer, backend: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, health) = mag.get("/health").await;
+        assert_eq!(health["store"]["backend"], backend, "{health}");
+        if health["store"]["state"] == "ok" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the store is not ok: {health}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// A request that must answer, and within a bound that only catches a hang.
@@ -524,13 +535,21 @@ async fn mongodb_down_mid_run_answers_503_and_recovers_without_losing_anything()
         completion_tokens: 5,
     });
     let streaming = generate(&mag, round("Add the rest.", Some(&id)));
-    let stopping = tokio::task::spawn_blocking(move || {
-        std::thread::sleep(Duration::from_millis(500));
-        mongo.stop();
-        mongo
-    });
-    let (second, mongo) = tokio::join!(streaming, stopping);
-    let mut mongo = mongo.unwrap();
+    let stopping = async {
+        // Round 1 read back and round 2 with the model: now the store goes away.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while llm.requests().len() < 2 {
+            assert!(Instant::now() < deadline, "round 2 never reached the model");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::task::spawn_blocking(move || {
+            mongo.stop();
+            mongo
+        })
+        .await
+        .unwrap()
+    };
+    let (second, mut mongo) = tokio::join!(streaming, stopping);
     assert!(second.done, "{second:?}");
     assert!(second.find("saved").is_none(), "{second:?}");
     let error = second.find("error").unwrap_or_else(|| panic!("{second:?}"));
@@ -667,7 +686,7 @@ async fn a_conversation_runs_one_round_at_a_time_and_says_so_at_once() {
     // conversation answers 409 at once instead of queueing behind it.
     llm.push(Reply::Slow {
         text: round2(),
-        pause: Duration::from_secs(3),
+        pause: Duration::from_secs(10),
         prompt_tokens: 10,
         completion_tokens: 5,
     });

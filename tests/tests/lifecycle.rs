@@ -81,7 +81,7 @@ async fn load_config_diffs_per_server_and_leaves_unchanged_ones_alone() {
     ));
     // Changed: reconnected with a new process; added with autoConnect: connected.
     let mut after = json!(null);
-    for _ in 0..200 {
+    for _ in 0..1200 {
         after = daemon.get("/servers").await.1;
         if after["change"]["connected"] == true && after["new"]["connected"] == true {
             break;

@@ -23,7 +23,7 @@ fn servers_json(servers: Value) -> String {
 }
 
 async fn wait_root(daemon: &Daemon, done: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..200 {
+    for _ in 0..600 {
         let root = daemon.get("/").await.1;
         if done(&root) {
             return root;
@@ -50,7 +50,7 @@ async fn a_config_saved_by_rename_is_applied_and_unchanged_servers_keep_their_pr
     );
 
     let added = daemon
-        .wait_server("added", Duration::from_secs(15), |s| s["connected"] == true)
+        .wait_server("added", Duration::from_secs(60), |s| s["connected"] == true)
         .await;
     assert_eq!(added["connected"], true, "{added}");
     let servers = daemon.get("/servers").await.1;
@@ -75,9 +75,10 @@ async fn a_half_written_file_leaves_the_old_config_live_until_it_is_fixed() {
     daemon.connect("py").await;
     let pid = daemon.server("py").await["pid"].clone();
     let good = servers_json(json!({"py": py_stdio_entry(), "second": py_stdio_entry()}));
-    // Cut inside the second entry, as a crash mid-save would.
+    // Cut inside the second entry, as a crash mid-save would. (Put in place whole: an
+    // in-place write could be read while still empty.)
     let half = &good[..good.find("\"second\"").unwrap() + 20];
-    std::fs::write(daemon.config_path(), half).unwrap();
+    save_by_rename(&daemon, half);
 
     let root = wait_root(&daemon, |r| !r["config"]["error"].is_null()).await;
     let error = &root["config"]["error"];
@@ -93,7 +94,7 @@ async fn a_half_written_file_leaves_the_old_config_live_until_it_is_fixed() {
         .await;
     assert_eq!(text(&answer), "still live");
 
-    std::fs::write(daemon.config_path(), &good).unwrap();
+    save_by_rename(&daemon, &good);
     let root = wait_root(&daemon, |r| r["config"]["error"].is_null()).await;
     assert!(root["config"]["error"].is_null(), "{root}");
     let servers = daemon.get("/servers").await.1;
@@ -117,15 +118,16 @@ async fn an_operator_disconnect_is_not_undone_by_reconnects() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_that_stops_answering_pings_is_replaced() {
+    // The timeout bounds the connect too: long enough for a busy machine.
     let mut entry = py_stdio_entry();
-    entry["timeout"] = json!(4);
+    entry["timeout"] = json!(10);
     let daemon = Daemon::start_with(json!({"py": entry}), &["--ping-interval", "0.5"], &[]);
     daemon.connect("py").await;
     let pid = daemon.server("py").await["pid"].as_u64().unwrap() as u32;
     // A stopped process keeps its pipes open and answers nothing: only the ping can tell.
     kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
     let server = daemon
-        .wait_server("py", Duration::from_secs(30), |s| {
+        .wait_server("py", Duration::from_secs(60), |s| {
             s["connected"] == true && s["pid"] != json!(pid)
         })
         .await;
@@ -154,8 +156,8 @@ async fn an_auto_connect_server_that_fails_is_retried_until_it_works() {
         "command": "sh", "args": ["-c", script], "autoConnect": true
     }}));
     let server = daemon
-        .wait_server("flaky", Duration::from_secs(10), |s| {
-            s["attempts"].as_u64() >= Some(1)
+        .wait_server("flaky", Duration::from_secs(30), |s| {
+            s["attempts"].as_u64() >= Some(1) && s["status"] == "reconnecting"
         })
         .await;
     assert_eq!(server["status"], "reconnecting", "{server}");
@@ -194,8 +196,16 @@ async fn a_server_printing_garbage_on_stdout_keeps_working() {
         assert_eq!(text(&answer), format!("m{i}"));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let log =
-        std::fs::read_to_string(daemon.dir.path().join("logs/servers/noisy.stderr.log")).unwrap();
+    // The log is written as the lines come: wait for the banner and a few ticks.
+    let path = daemon.dir.path().join("logs/servers/noisy.stderr.log");
+    let mut log = String::new();
+    for _ in 0..200 {
+        log = std::fs::read_to_string(&path).unwrap_or_default();
+        if log.contains("[stdout] Welcome") && log.matches("[stdout] tick: not JSON").count() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         log.contains("[stdout] Welcome to my server v1.0 (not JSON)"),
         "{log}"
@@ -267,7 +277,7 @@ async fn after_a_sigkill_of_the_daemon_the_next_start_ends_what_it_left() {
 async fn metrics_parse_as_prometheus_text_and_count_calls() {
     // The timeout bounds the connect too: long enough for a busy machine.
     let mut entry = py_stdio_entry();
-    entry["timeout"] = json!(4);
+    entry["timeout"] = json!(10);
     let daemon = Daemon::start(json!({"py": entry}));
     daemon.connect("py").await;
     for _ in 0..3 {

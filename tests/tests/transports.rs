@@ -54,7 +54,7 @@ async fn server_everything_tool_list_changes_are_followed() {
     let daemon = Daemon::start(json!({"everything": everything_entry()}));
     daemon.connect("everything").await;
     let mut seen = false;
-    for _ in 0..100 {
+    for _ in 0..600 {
         let server = daemon.server("everything").await;
         if server["tools"]
             .as_array()
