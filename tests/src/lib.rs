@@ -20,6 +20,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -232,12 +233,35 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; good enough for a test peer).
+/// A free TCP port on 127.0.0.1, for a peer that binds it later.
+///
+/// Ports come from the 10 000 below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), in turn from a per-process start: the
+/// kernel never hands those out for `bind(0)` or outgoing connections, and this process
+/// never hands one out twice, so a port stays free between asking and binding (also
+/// across a peer's restart on the same port). Each is checked free when handed out.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const SPAN: u32 = 10_000;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if low < SPAN + 1_024 {
+        return TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+    }
+    let start = (u64::from(std::process::id()) * 7_919 % u64::from(SPAN)) as u32;
+    for _ in 0..SPAN {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        let port = (low - SPAN + offset) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
 }
 
 /// Waits until something accepts TCP connections on 127.0.0.1:`port`.
