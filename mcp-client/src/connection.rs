@@ -100,6 +100,11 @@ pub struct Connection {
     connected_since: SystemTime,
 }
 
+/// How long a stdio server's session end waits, once its stdout closed, for the process's
+/// exit status to name the cause ("exited (SIGKILL)"). It comes within milliseconds; the
+/// bound only matters on a starved machine, or for a server that closes stdout and lives on.
+const EXIT_STATUS_WAIT: Duration = Duration::from_secs(2);
+
 /// The longest a health `ping` may take (or the server's `timeout`, if shorter).
 pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -313,9 +318,10 @@ impl Connection {
                 Ok(Err(rmcp::ServiceError::McpError(e))) => Err(CallError::Server(e.message.to_string())),
                 Ok(Err(rmcp::ServiceError::TransportClosed)) => {
                     // A process that exited is reported by the watcher, with its exit status:
-                    // give it a moment. A remote server has no watcher: over now.
+                    // give it a moment (longer than the watcher waits for that status). A
+                    // remote server has no watcher: over now.
                     if self.group.is_some() {
-                        let _ = tokio::time::timeout(Duration::from_secs(1), self.closed.cancelled()).await;
+                        let _ = tokio::time::timeout(EXIT_STATUS_WAIT * 3 / 2, self.closed.cancelled()).await;
                     }
                     self.end("the connection to the server closed");
                     Err(self.closed_error())
@@ -513,8 +519,7 @@ async fn watch(
     // better reason, so wait a little for it.
     if let Some(group) = &connection.group
         && !exit_seen
-        && let Ok(Some(status)) =
-            tokio::time::timeout(Duration::from_millis(500), group.exited()).await
+        && let Ok(Some(status)) = tokio::time::timeout(EXIT_STATUS_WAIT, group.exited()).await
     {
         let reason = format!("the server process exited ({})", describe_exit(status));
         let _ = connection.close_reason.set(with_stderr(reason, &log).await);
