@@ -141,6 +141,13 @@ pub fn running_since(pid: u32) -> Option<u64> {
         .map(|s| s.start)
 }
 
+/// Whether `pid` (a process, or one thread of it by its thread id) is stopped: state `T`
+/// (by a signal such as SIGSTOP) or `t` (by a tracer) in `/proc/PID/stat`. `false` when it
+/// is gone. `kill(SIGSTOP)` only queues the signal; this tells when it has taken effect.
+pub fn is_stopped(pid: u32) -> bool {
+    stat(pid).is_some_and(|s| matches!(s.state, 'T' | 't'))
+}
+
 /// What the ledger reads of `/proc/PID/stat`.
 struct Stat {
     state: char,
@@ -250,5 +257,27 @@ mod tests {
         ledger.remove(me);
         let text = std::fs::read_to_string(dir.path().join("mcp-client.pgroups")).unwrap();
         assert!(text.is_empty());
+    }
+
+    #[test]
+    fn a_stopped_process_is_seen_stopped() {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(!is_stopped(pid));
+        kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+        let mut polls = 0;
+        while !is_stopped(pid) {
+            polls += 1;
+            assert!(polls < 1_000, "SIGSTOP never took effect");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+        child.wait().unwrap();
+        assert!(!is_stopped(pid));
     }
 }

@@ -1105,18 +1105,16 @@ impl Frozen {
     }
 }
 
-/// Whether every thread of `pid` is in the stopped state (`T` or `t` in
-/// `/proc/PID/task/TID/stat`, the field after the command name).
+/// Whether every thread of `pid` (each id under `/proc/PID/task`) is stopped.
 fn all_threads_stopped(pid: u32) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
     tasks.flatten().all(|task| {
-        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next())
-                .is_some_and(|state| state == 'T' || state == 't')
-        })
+        task.file_name()
+            .to_str()
+            .and_then(|tid| tid.parse().ok())
+            .is_some_and(mcp_client::ledger::is_stopped)
     })
 }
 
