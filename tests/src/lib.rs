@@ -236,27 +236,26 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 /// A free TCP port on 127.0.0.1, for a peer that binds it later.
 ///
 /// Ports come from the 10 000 below the kernel's ephemeral range
-/// (`/proc/sys/net/ipv4/ip_local_port_range`), in turn from a per-process start: the
-/// kernel never hands those out for `bind(0)` or outgoing connections, and this process
-/// never hands one out twice, so a port stays free between asking and binding (also
-/// across a peer's restart on the same port). Each is checked free when handed out.
+/// (`/proc/sys/net/ipv4/ip_local_port_range`, read once; not below 1024), in turn from a
+/// per-process start: the kernel never hands those out for `bind(0)` or outgoing
+/// connections, and this process never hands one out twice, so a port stays free between
+/// asking and binding (also across a peer's restart on the same port). Each is checked
+/// free when handed out.
 pub fn free_port() -> u16 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
     const SPAN: u32 = 10_000;
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|text| text.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768);
-    if low < SPAN + 1_024 {
-        return TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-    }
+    static BASE: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = *BASE.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(32_768)
+            .saturating_sub(SPAN)
+            .max(1_024)
+    });
     let start = (u64::from(std::process::id()) * 7_919 % u64::from(SPAN)) as u32;
     for _ in 0..SPAN {
-        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
-        let port = (low - SPAN + offset) as u16;
+        let port = (base + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
