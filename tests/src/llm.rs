@@ -184,6 +184,19 @@ impl ScriptedLlm {
     pub fn requests(&self) -> Vec<Value> {
         self.shared.requests.lock().unwrap().clone()
     }
+
+    /// Waits until `count` requests have arrived (see [`Self::requests`]); panics after
+    /// 30 s.
+    pub async fn wait_requests(&self, count: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.shared.requests.lock().unwrap().len() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{count} requests never reached the model"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for ScriptedLlm {

@@ -41,6 +41,17 @@ fn round1() -> String {
         .to_owned()
 }
 
+/// [`round2`] as a reply that holds its rest back for `pause` (10 prompt and 5 completion
+/// tokens).
+fn slow_round2(pause: Duration) -> Reply {
+    Reply::Slow {
+        text: round2(),
+        pause,
+        prompt_tokens: 10,
+        completion_tokens: 5,
+    }
+}
+
 /// Round 2's answer: the real main.py, dependencies (from the wheelhouse), the README, and
 /// a file dropped.
 fn round2() -> String {
@@ -528,20 +539,11 @@ async fn mongodb_down_mid_run_answers_503_and_recovers_without_losing_anything()
     // Round 2 is streaming when MongoDB stops: the stream ends with a database error, and
     // the round is not acknowledged. The model holds the rest of its answer until MongoDB
     // is surely down (SIGTERM takes about 2 s; the pause leaves room for a slow machine).
-    llm.push(Reply::Slow {
-        text: round2(),
-        pause: Duration::from_secs(12),
-        prompt_tokens: 10,
-        completion_tokens: 5,
-    });
+    llm.push(slow_round2(Duration::from_secs(12)));
     let streaming = generate(&mag, round("Add the rest.", Some(&id)));
     let stopping = async {
         // Round 1 read back and round 2 with the model: now the store goes away.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while llm.requests().len() < 2 {
-            assert!(Instant::now() < deadline, "round 2 never reached the model");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        llm.wait_requests(2).await;
         tokio::task::spawn_blocking(move || {
             mongo.stop();
             mongo
@@ -684,19 +686,10 @@ async fn a_conversation_runs_one_round_at_a_time_and_says_so_at_once() {
 
     // Round 2 is with the model: another round, the end or a delete of the same
     // conversation answers 409 at once instead of queueing behind it.
-    llm.push(Reply::Slow {
-        text: round2(),
-        pause: Duration::from_secs(10),
-        prompt_tokens: 10,
-        completion_tokens: 5,
-    });
+    llm.push(slow_round2(Duration::from_secs(10)));
     let streaming = generate(&mag, round("Add the rest.", Some(&id)));
     let meanwhile = async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while llm.requests().len() < 2 {
-            assert!(Instant::now() < deadline, "round 2 never reached the model");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        llm.wait_requests(2).await;
         for requirement in ["Something else.", "<end>END</end>"] {
             let (status, answer) = mag
                 .post("/api/mcp/generate", round(requirement, Some(&id)))
