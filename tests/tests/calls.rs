@@ -13,6 +13,26 @@ async fn stats(daemon: &Daemon, server: &str) -> Value {
     serde_json::from_str(text(&answer)).expect("stats JSON")
 }
 
+/// Lets a call reach `server` before the test goes on: polls `stats` until one is in
+/// flight (up to about 2 s, then goes on anyway).
+async fn wait_in_flight(daemon: &Daemon, server: &str) {
+    for _ in 0..100 {
+        if stats(daemon, server).await["in_flight"] == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether a server's `/servers` entry shows it down and being brought back: `reconnecting`
+/// between attempts, `connecting` while one runs (the first may already be under way).
+fn retrying(server: &Value) -> bool {
+    matches!(
+        server["status"].as_str(),
+        Some("reconnecting" | "connecting")
+    )
+}
+
 async fn eight_sleeps_overlap(daemon: &Daemon, server: &str) {
     // Long enough that all eight reach the server while the first still sleeps, also on
     // a busy machine.
@@ -109,13 +129,7 @@ async fn a_killed_server_fails_calls_in_flight_at_once_and_shows_disconnected() 
     let pid = daemon.server("py").await["pid"].as_u64().unwrap() as u32;
     let in_flight = daemon.call("py", "sleep", json!({"ms": 60_000}));
     let killer = async {
-        // Let the call reach the server first.
-        for _ in 0..100 {
-            if stats(&daemon, "py").await["in_flight"] == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_in_flight(&daemon, "py").await;
         kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
     };
     let ((status, answer), ()) = tokio::join!(in_flight, killer);
@@ -129,14 +143,7 @@ async fn a_killed_server_fails_calls_in_flight_at_once_and_shows_disconnected() 
 
     let server = daemon.server("py").await;
     assert_eq!(server["connected"], false, "{server}");
-    // (Its first reconnect attempt may already be under way.)
-    assert!(
-        matches!(
-            server["status"].as_str(),
-            Some("reconnecting" | "connecting")
-        ),
-        "{server}"
-    );
+    assert!(retrying(&server), "{server}");
     assert!(
         server["error"].as_str().unwrap().contains("SIGKILL"),
         "{server}"
@@ -170,13 +177,7 @@ async fn a_wrapper_that_dies_fails_the_call_even_if_its_child_holds_the_pipe() {
     let sh = daemon.server("wrapped").await["pid"].as_u64().unwrap() as u32;
     let in_flight = daemon.call("wrapped", "sleep", json!({"ms": 60_000}));
     let killer = async {
-        // Let the call reach the server first.
-        for _ in 0..100 {
-            if stats(&daemon, "wrapped").await["in_flight"] == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_in_flight(&daemon, "wrapped").await;
         kill(Pid::from_raw(sh as i32), Signal::SIGKILL).unwrap();
     };
     let ((_, answer), ()) = tokio::join!(in_flight, killer);
@@ -216,12 +217,7 @@ async fn a_killed_remote_server_fails_the_call_in_flight_and_shows_disconnected(
     daemon.connect("remote").await;
     let in_flight = daemon.call("remote", "sleep", json!({"ms": 60_000}));
     let killer = async {
-        for _ in 0..100 {
-            if stats(&daemon, "remote").await["in_flight"] == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_in_flight(&daemon, "remote").await;
         server.proc.signal(Signal::SIGKILL);
     };
     let ((status, answer), ()) = tokio::join!(in_flight, killer);
@@ -230,13 +226,7 @@ async fn a_killed_remote_server_fails_the_call_in_flight_and_shows_disconnected(
     assert!(!answer["error"].as_str().unwrap().is_empty(), "{answer}");
     let status = daemon.server("remote").await;
     assert_eq!(status["connected"], false, "{status}");
-    assert!(
-        matches!(
-            status["status"].as_str(),
-            Some("reconnecting" | "connecting")
-        ),
-        "{status}"
-    );
+    assert!(retrying(&status), "{status}");
     // Connecting by hand while it is down names the cause.
     let (status, answer) = daemon
         .post("/connect_server", json!({"server_name": "remote"}))
