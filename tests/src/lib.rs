@@ -308,6 +308,14 @@ pub fn wait_gone(pid: u32, within: Duration) -> bool {
     true
 }
 
+/// Asserts that each of `pids` is gone, waiting up to `within` for each in turn; the panic
+/// names the pid that `outlived` what (e.g. "mag-server").
+pub fn assert_gone(pids: impl IntoIterator<Item = u32>, within: Duration, outlived: &str) {
+    for pid in pids {
+        assert!(wait_gone(pid, within), "{pid} outlived {outlived}");
+    }
+}
+
 /// A child process that is ended (SIGTERM, then SIGKILL) when dropped.
 #[derive(Debug)]
 pub struct Proc {

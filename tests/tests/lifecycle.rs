@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use mag_tests::{Daemon, alive, everything_entry, py_stdio_entry, wait_gone};
+use mag_tests::{Daemon, alive, assert_gone, everything_entry, py_stdio_entry, wait_gone};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
@@ -124,12 +124,7 @@ async fn shutdown_over_http_ends_every_server_and_exits_zero() {
         .wait_timeout(Duration::from_secs(15))
         .expect("mcp-client exited");
     assert_eq!(exit.code(), Some(0));
-    for pid in pids {
-        assert!(
-            wait_gone(pid, Duration::from_secs(1)),
-            "server {pid} outlived mcp-client"
-        );
-    }
+    assert_gone(pids, Duration::from_secs(1), "mcp-client");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -144,12 +139,11 @@ async fn sigterm_and_sigint_end_every_server_and_exit_zero() {
             .wait_timeout(Duration::from_secs(15))
             .expect("mcp-client exited");
         assert_eq!(exit.code(), Some(0), "{signal}");
-        for pid in pids {
-            assert!(
-                wait_gone(pid, Duration::from_secs(1)),
-                "{signal}: server {pid} outlived mcp-client"
-            );
-        }
+        assert_gone(
+            pids,
+            Duration::from_secs(1),
+            &format!("mcp-client ({signal})"),
+        );
     }
 }
 

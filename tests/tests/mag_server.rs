@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use mag_tests::mag::{MagOptions, MagServer, script};
-use mag_tests::{Daemon, alive, py_stdio_entry, wait_gone};
+use mag_tests::{Daemon, alive, assert_gone, py_stdio_entry, wait_gone};
 use mcp_client::config::revision;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -496,16 +496,11 @@ async fn sigterm_stops_the_client_and_every_server_and_exits_zero() {
     assert!(mag.dir.path().join("data/mcp-client.token").exists());
 
     assert_eq!(mag.terminate(), Some(0));
-    assert!(
-        wait_gone(client, Duration::from_secs(2)),
-        "mcp-client {client} outlived mag-server"
+    assert_gone(
+        [client].into_iter().chain(servers),
+        Duration::from_secs(2),
+        "mag-server",
     );
-    for pid in servers {
-        assert!(
-            wait_gone(pid, Duration::from_secs(2)),
-            "server {pid} outlived mag-server"
-        );
-    }
     assert!(!mag.dir.path().join("data/mcp-client.token").exists());
 }
 
@@ -538,12 +533,11 @@ async fn a_wrapper_script_is_supervised_and_stopped_as_a_whole() {
     let servers = mag.server_pids().await;
 
     assert_eq!(mag.terminate(), Some(0));
-    for pid in [shell, client].into_iter().chain(servers) {
-        assert!(
-            wait_gone(pid, Duration::from_secs(2)),
-            "{pid} outlived mag-server"
-        );
-    }
+    assert_gone(
+        [shell, client].into_iter().chain(servers),
+        Duration::from_secs(2),
+        "mag-server",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -626,12 +620,11 @@ async fn a_client_left_by_a_killed_mag_server_is_taken_back_and_stopped_with_it(
         })
         .await;
     assert!(wait_gone(client, Duration::from_secs(10)), "{status}");
-    for pid in &server {
-        assert!(
-            wait_gone(*pid, Duration::from_secs(10)),
-            "server {pid} outlived its client"
-        );
-    }
+    assert_gone(
+        server.iter().copied(),
+        Duration::from_secs(10),
+        "its client",
+    );
     let replacement = status["pid"].as_u64().unwrap() as u32;
 
     // And taken back again after another SIGKILL, then stopped with mag-server.
@@ -658,12 +651,11 @@ async fn a_client_left_by_a_killed_mag_server_is_taken_back_and_stopped_with_it(
     mag.connect("py").await;
     let server = mag.server_pids().await;
     assert_eq!(mag.terminate(), Some(0));
-    for pid in server.into_iter().chain([newest]) {
-        assert!(
-            wait_gone(pid, Duration::from_secs(10)),
-            "{pid} outlived mag-server"
-        );
-    }
+    assert_gone(
+        server.into_iter().chain([newest]),
+        Duration::from_secs(10),
+        "mag-server",
+    );
     assert!(!mag.dir.path().join("data/mcp-client.token").exists());
 }
 
