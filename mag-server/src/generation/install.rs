@@ -77,10 +77,9 @@ pub struct BuiltTool {
 /// # Errors
 /// [`Error::InvalidTool`], naming the rule.
 pub fn validate_folder_name(name: &str) -> Result<()> {
-    // 64 characters, and 128 bytes: the longest server name mcp.json takes.
-    let ok = !name.is_empty()
+    // The folder name is also the server name in mcp.json: its rules (128 bytes) apply.
+    let ok = mcp_client::config::validate_server_name(name).is_ok()
         && name.chars().count() <= 64
-        && name.len() <= 128
         && !name.starts_with('.')
         && !name.contains("..")
         && name
@@ -340,8 +339,8 @@ impl Toolsmith {
                 n => format!("{folder_name}_{n}"),
             };
             // `NAME_N` may pass mcp.json's 128-byte limit where `NAME` did not: said now,
-            // not after pip.
-            validate_folder_name(&name)?;
+            // not after pip. (Only that rule: the suffix may take it past 64 characters.)
+            mcp_client::config::validate_server_name(&name).map_err(Error::InvalidTool)?;
             if taken.contains(&name) {
                 if unique {
                     continue;
@@ -659,6 +658,12 @@ mod tests {
             Err(Error::InvalidTool(_))
         ));
         smith.discard(&long);
+        let longest = "x".repeat(64);
+        smith.reserve(&longest, false, &[]).unwrap().settle(true);
+        let next = smith.reserve(&longest, true, &[]).unwrap();
+        assert_eq!(next.name, format!("{longest}_1"));
+        drop(next);
+        smith.discard(&longest);
         let second = smith.reserve("t", true, &["t_1".into()]).unwrap();
         assert_eq!(second.name, "t_2");
         assert_eq!(
