@@ -25,13 +25,13 @@
 pub mod install;
 pub mod parse;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
+use tokio::sync::Mutex as AsyncMutex;
 use tokio::sync::mpsc::UnboundedSender;
-use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use crate::control::ControlPlane;
 use crate::error::{Error, Result};
@@ -92,7 +92,8 @@ struct Inner {
     http: reqwest::Client,
     plane: ControlPlane,
     smith: Toolsmith,
-    locks: Mutex<HashMap<String, Weak<AsyncMutex<()>>>>,
+    /// The conversations a round, an end or a delete runs for (see [`Busy`]).
+    busy: Mutex<HashSet<String>>,
     installing: AsyncMutex<()>,
 }
 
@@ -138,7 +139,21 @@ pub struct Prepared {
     generator: Generator,
     conversation_id: String,
     step: Step,
-    _lock: OwnedMutexGuard<()>,
+    _lock: Busy,
+}
+
+/// One conversation's lock ([`Generator::lock`]): its id is in the busy set until this is
+/// dropped.
+struct Busy {
+    inner: Arc<Inner>,
+    id: String,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut busy = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
+        busy.remove(&self.id);
+    }
 }
 
 enum Step {
@@ -180,7 +195,7 @@ impl Generator {
                 http,
                 plane,
                 smith,
-                locks: Mutex::new(HashMap::new()),
+                busy: Mutex::new(HashSet::new()),
                 installing: AsyncMutex::new(()),
             }),
         })
@@ -278,24 +293,19 @@ impl Generator {
     }
 
     /// The lock of one conversation, held while a round, an end or a delete of it runs.
+    /// Nothing waits for it: a second taker is told at once.
     ///
     /// # Errors
     /// [`Error::ConversationBusy`] when it is held.
-    fn lock(&self, id: &str) -> Result<OwnedMutexGuard<()>> {
-        let lock = {
-            let mut locks = self.inner.locks.lock().unwrap_or_else(|p| p.into_inner());
-            locks.retain(|_, weak| weak.strong_count() > 0);
-            match locks.get(id).and_then(Weak::upgrade) {
-                Some(lock) => lock,
-                None => {
-                    let lock = Arc::new(AsyncMutex::new(()));
-                    locks.insert(id.to_owned(), Arc::downgrade(&lock));
-                    lock
-                }
-            }
-        };
-        lock.try_lock_owned()
-            .map_err(|_| Error::ConversationBusy(id.to_owned()))
+    fn lock(&self, id: &str) -> Result<Busy> {
+        let mut busy = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if !busy.insert(id.to_owned()) {
+            return Err(Error::ConversationBusy(id.to_owned()));
+        }
+        Ok(Busy {
+            inner: Arc::clone(&self.inner),
+            id: id.to_owned(),
+        })
     }
 
     /// `GET /api/mcp/conversations`: `{"conversations": [metadata], "total_count"}`, newest
