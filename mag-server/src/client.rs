@@ -128,7 +128,8 @@ impl McpClient {
     }
 
     /// Whether the mcp-client refuses a request without a token (`GET /servers` answers
-    /// 401), as every one that mag-server starts does.
+    /// 401 within `within`), as every one that mag-server starts does. Any other outcome
+    /// (another status, a refused connection, no answer in time) is `false`.
     pub async fn requires_token(&self, within: Duration) -> bool {
         self.http
             .get(format!("{}/servers", self.base))

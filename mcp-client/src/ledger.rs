@@ -125,16 +125,11 @@ fn parse(text: &str) -> BTreeMap<u32, u64> {
         .collect()
 }
 
-/// Whether `pid` is a running process: it exists and is not a zombie (`/proc/PID/stat`
-/// state `Z` or `X`), so a process that exited counts as gone even while no one has
-/// reaped it (an orphan under a PID 1 that does not reap).
-pub fn is_running(pid: u32) -> bool {
-    running_since(pid).is_some()
-}
-
 /// When the running process `pid` started, in clock ticks after boot (`/proc/PID/stat`
-/// field 22); `None` when it is gone or a zombie. With the pid it names one process for
-/// good: a reused pid has another start time.
+/// field 22); `None` when it is gone or a zombie (state `Z` or `X`), so a process that
+/// exited counts as gone even while no one has reaped it (an orphan under a PID 1 that does
+/// not reap). With the pid it names one process for good: a reused pid has another start
+/// time.
 pub fn running_since(pid: u32) -> Option<u64> {
     stat(pid)
         .filter(|s| !matches!(s.state, 'Z' | 'X'))

@@ -278,7 +278,7 @@ pub fn wait_for_port(port: u16, within: Duration) {
 
 /// Whether `pid` is a live process (a zombie counts as gone).
 pub fn alive(pid: u32) -> bool {
-    mcp_client::ledger::is_running(pid)
+    mcp_client::ledger::running_since(pid).is_some()
 }
 
 /// The pids of every live process in process group `pgid`.
