@@ -236,7 +236,13 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     temp.write_all(bytes)?;
     temp.as_file().sync_all()?;
     temp.persist(&target).map_err(|e| e.error)?;
-    std::fs::File::open(&dir)?.sync_all()
+    // The new file is in place now: a folder that cannot be synced (some network and FUSE
+    // filesystems refuse) costs durability across a power cut, not the write, so it is
+    // a warning. Answering an error here would have the caller undo what is written.
+    if let Err(e) = std::fs::File::open(&dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), "cannot sync the folder of {name}: {e}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
