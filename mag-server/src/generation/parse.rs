@@ -4,7 +4,8 @@
 //! Tags (case-insensitive, content trimmed; an empty section counts as absent):
 //! `<analysis>`, `<todo>`, `<folder_name>`, `<dependencies>`, `<readme>` (the first of each
 //! wins), `<script_file name="F">…</script_file>` (any number; a later one with the same
-//! name wins) and `<delete_script_file>F</delete_script_file>` (any number).
+//! name wins; a name holding a control character such as NUL is no file name, and the
+//! section is skipped) and `<delete_script_file>F</delete_script_file>` (any number).
 //!
 //! Merging: a present simple field replaces the stored one; script files are added or
 //! replaced by name; deletes remove names from the files stored before this answer, and
@@ -39,7 +40,7 @@ fn simple(tag: &str) -> Regex {
 static SIMPLE: LazyLock<Vec<(&'static str, Regex)>> =
     LazyLock::new(|| SIMPLE_FIELDS.iter().map(|f| (*f, simple(f))).collect());
 static SCRIPT: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"(?is)<script_file\s+name=["']([^"']+)["']\s*>\s*(.*?)\s*</script_file>"#)
+    Regex::new(r#"(?is)<script_file\s+name=["']([^"'\x00-\x1f]+)["']\s*>\s*(.*?)\s*</script_file>"#)
         .expect("a valid pattern")
 });
 static DELETE: LazyLock<Regex> = LazyLock::new(|| simple("delete_script_file"));
@@ -149,6 +150,16 @@ mod tests {
             ]
         );
         assert_eq!(found.deleted, vec!["old.py".to_owned()]);
+    }
+
+    #[test]
+    fn a_name_with_a_control_character_is_no_script_file() {
+        // MongoDB cannot hold a NUL in a key: such a section must never reach the store.
+        let found = sections(
+            "<script_file name=\"a\u{0}.py\">x</script_file>\
+            <script_file name=\"b\n.py\">y</script_file><script_file name=\"c.py\">z</script_file>",
+        );
+        assert_eq!(found.script_files, vec![("c.py".into(), "z".into())]);
     }
 
     #[test]
