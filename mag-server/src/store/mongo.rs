@@ -19,7 +19,10 @@
 //! update is the round's commit. The conversation's counters follow as values, not
 //! increments: when that second write fails the round still counts as stored (a warning
 //! is logged, `get` repairs `round_count`, the next round sets the counters again), and
-//! only that round's token usage is missing from the total.
+//! only that round's token usage is missing from the total. A write that ran out of
+//! [`OP_TIMEOUT`] may still land on the server afterwards: the round was answered as not
+//! stored (503) yet shows up in the conversation; `get` then counts it, so the next round
+//! follows it.
 //!
 //! Only conversations with an `mcp_gen` document are MCP generation's: `list` and
 //! `delete` leave MAG's other conversations (chat, graph generation) alone.
