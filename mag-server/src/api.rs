@@ -13,7 +13,7 @@
 //! | GET `/api/mcp/tools` | `{SERVER: [tool]}` |
 //! | POST `/api/mcp/test-tool` | `{"server_name", "tool_name", "params"}` → `{"status", "result" \| "error", "execution_time"}` |
 //! | POST `/api/mcp/client/restart` | retry a crash-looped mcp-client, or restart the spawned one |
-//! | POST `/api/mcp/generate` | `{"requirement", "model_name", "conversation_id"?, "user_id"?, "stream"?}` → SSE (`data: CHUNK` … `data: [DONE]`) or the conversation |
+//! | POST `/api/mcp/generate` | `{"requirement", "model_name", "conversation_id"?, "user_id"?, "stream"?}` → SSE (`data: CHUNK` … `data: [DONE]`), or without `stream` the conversation (for `<end>END</end>`, the install's result) |
 //! | GET `/api/mcp/conversations` | `?user_id=&limit=&skip=` → `{"conversations", "total_count"}` |
 //! | GET · DELETE `/api/mcp/conversations/{id}` | the conversation with rounds and `parsed_results` · delete it |
 //! | POST `/api/mcp/register-tool` | `{"folder_name", "script_files", "readme", "dependencies"}` → install and register |
@@ -34,7 +34,7 @@ use axum::response::{IntoResponse, Response};
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -231,8 +231,9 @@ async fn restart_client(State(state): St) -> AppResult {
 }
 
 /// One generation round: SSE when `stream` (the default), else the conversation after the
-/// round. Errors found before the round starts (bad request, unknown model, store down)
-/// are plain HTTP errors; later ones end the stream with an error event.
+/// round (for the end instruction, the install's result). Errors found before the round
+/// starts (bad request, unknown model, store down) are plain HTTP errors; later ones end
+/// the stream with an error event, also a panic of the round's task.
 async fn generate(State(state): St, Body(request): Body<GenerateRequest>) -> Response {
     let stream = request.stream;
     let prepared = match state.generator.prepare(request).await {
@@ -242,7 +243,21 @@ async fn generate(State(state): St, Body(request): Body<GenerateRequest>) -> Res
     let id = prepared.conversation_id().to_owned();
     let (events, received) = tokio::sync::mpsc::unbounded_channel();
     // The round runs on its own task: a caller that goes away does not cut it short.
-    let round = tokio::spawn(prepared.run(events));
+    let round = tokio::spawn(async move {
+        let on_panic = events.clone();
+        let outcome = std::panic::AssertUnwindSafe(prepared.run(events))
+            .catch_unwind()
+            .await;
+        outcome.unwrap_or_else(|_| {
+            let message =
+                "the generation round failed unexpectedly (mag-server's stderr has the panic)";
+            let _ = on_panic.send(crate::generation::error_event(message, "api_error"));
+            Err(Error::Io {
+                context: message.into(),
+                source: std::io::Error::other("the round's task panicked"),
+            })
+        })
+    });
     if !stream {
         return match round.await {
             Ok(Ok(answer)) => Json(answer).into_response(),

@@ -7,7 +7,14 @@
 //! `"choices": []` carries `usage` (`prompt_tokens`, `completion_tokens`, `total_tokens`);
 //! the stream ends with `data: [DONE]`. A stream that ends without `[DONE]` and without a
 //! `finish_reason` was dropped and is an error, so a cut-off answer is never stored as
-//! complete.
+//! complete. Reasoning models (DeepSeek and others) stream their reasoning as
+//! `delta.reasoning_content`, which is kept apart from the answer (MAG stores it on the
+//! assistant message and never sends it back).
+//!
+//! Every round is bounded: by the model's idle timeout between chunks, by its round timeout
+//! in all, and by [`MAX_ANSWER_BYTES`] of text, so a model that never stops (no
+//! `max_tokens`, a repetition loop) fails its round instead of holding its conversation
+//! for good.
 
 use std::fmt;
 use std::time::Duration;
@@ -23,13 +30,21 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for [`Model::idle_timeout`]: the longest silence between two chunks.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Default for [`Model::round_timeout`]: the longest a whole answer may take (20 min).
+pub const DEFAULT_ROUND_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// The most text one answer may hold, its content and reasoning together (4 MiB): far
+/// beyond any tool's design, well within a MongoDB document (16 MiB).
+pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
 /// The most of an error answer's body that is read (64 KiB); the message shown is cut
 /// shorter still.
 pub const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// One `[[models]]` table of the settings file:
 /// `name = "…" base_url = "https://…/v1" api_key_env = "…" model = "…"`, optionally
-/// `temperature`, `max_tokens` and `idle_timeout` (a duration such as `"90s"`).
+/// `temperature`, `max_tokens`, `idle_timeout` and `round_timeout` (durations such as
+/// `"90s"`).
 #[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Model {
@@ -53,6 +68,9 @@ pub struct Model {
     /// (default 120 s).
     #[serde(default)]
     pub idle_timeout: Option<String>,
+    /// The longest a whole answer may take, e.g. `"30m"` (default 20 min).
+    #[serde(default)]
+    pub round_timeout: Option<String>,
 }
 
 impl fmt::Debug for Model {
@@ -71,7 +89,7 @@ impl Model {
     ///
     /// # Errors
     /// A message naming the field: an empty `name` or `model`, a `base_url` that is not
-    /// `http(s)://…`, an `idle_timeout` that does not parse.
+    /// `http(s)://…`, an `idle_timeout` or `round_timeout` that does not parse.
     pub fn check(&self) -> Result<(), String> {
         if self.name.trim().is_empty() {
             return Err("a [[models]] table has an empty name".into());
@@ -86,18 +104,36 @@ impl Model {
             ));
         }
         self.idle_timeout()?;
+        self.round_timeout()?;
         Ok(())
     }
 
-    /// [`Self::idle_timeout`] parsed.
+    /// [`Self::idle_timeout`] parsed ([`DEFAULT_IDLE_TIMEOUT`] when unset).
     ///
     /// # Errors
     /// It does not parse as a duration.
     pub fn idle_timeout(&self) -> Result<Duration, String> {
-        match &self.idle_timeout {
-            None => Ok(DEFAULT_IDLE_TIMEOUT),
+        self.duration("idle_timeout", &self.idle_timeout, DEFAULT_IDLE_TIMEOUT)
+    }
+
+    /// [`Self::round_timeout`] parsed ([`DEFAULT_ROUND_TIMEOUT`] when unset).
+    ///
+    /// # Errors
+    /// It does not parse as a duration.
+    pub fn round_timeout(&self) -> Result<Duration, String> {
+        self.duration("round_timeout", &self.round_timeout, DEFAULT_ROUND_TIMEOUT)
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        text: &Option<String>,
+        default: Duration,
+    ) -> Result<Duration, String> {
+        match text {
+            None => Ok(default),
             Some(text) => humantime::parse_duration(text)
-                .map_err(|e| format!("model {:?}: idle_timeout = {text:?}: {e}", self.name)),
+                .map_err(|e| format!("model {:?}: {key} = {text:?}: {e}", self.name)),
         }
     }
 
@@ -122,12 +158,25 @@ pub struct TokenUsage {
 }
 
 impl TokenUsage {
-    /// The sum of two counts.
+    /// The sum of two counts (saturating: an endpoint's absurd count cannot overflow it).
     pub fn plus(self, other: Self) -> Self {
         Self {
-            total_tokens: self.total_tokens + other.total_tokens,
-            prompt_tokens: self.prompt_tokens + other.prompt_tokens,
-            completion_tokens: self.completion_tokens + other.completion_tokens,
+            total_tokens: self.total_tokens.saturating_add(other.total_tokens),
+            prompt_tokens: self.prompt_tokens.saturating_add(other.prompt_tokens),
+            completion_tokens: self
+                .completion_tokens
+                .saturating_add(other.completion_tokens),
+        }
+    }
+
+    /// A usage chunk's counts as they may be kept: a negative count is 0, and
+    /// `total_tokens` is the sum of the other two.
+    pub fn of_answer(prompt_tokens: i64, completion_tokens: i64) -> Self {
+        let (prompt_tokens, completion_tokens) = (prompt_tokens.max(0), completion_tokens.max(0));
+        Self {
+            total_tokens: prompt_tokens.saturating_add(completion_tokens),
+            prompt_tokens,
+            completion_tokens,
         }
     }
 }
@@ -175,6 +224,20 @@ pub enum LlmError {
         /// The timeout, in seconds.
         secs: u64,
     },
+    /// The answer was not complete within the model's round timeout.
+    #[error("model {model:?}: the answer was not complete within {secs} s (round_timeout)")]
+    RoundTimeout {
+        /// The model's name.
+        model: String,
+        /// The timeout, in seconds.
+        secs: u64,
+    },
+    /// The answer grew past [`MAX_ANSWER_BYTES`].
+    #[error("model {model:?}: the answer passed {} MiB without ending", MAX_ANSWER_BYTES >> 20)]
+    TooLong {
+        /// The model's name.
+        model: String,
+    },
 }
 
 /// A finished answer.
@@ -182,6 +245,9 @@ pub enum LlmError {
 pub struct Completion {
     /// The text, every chunk's `delta.content` joined.
     pub content: String,
+    /// The reasoning, every chunk's `delta.reasoning_content` joined (empty for models
+    /// that send none).
+    pub reasoning: String,
     /// The usage chunk's counts (zeros when the endpoint sent none).
     pub usage: TokenUsage,
     /// The last `finish_reason` seen (`"stop"`, `"length"`, …).
@@ -193,8 +259,27 @@ pub struct Completion {
 ///
 /// # Errors
 /// [`LlmError`]: no key, no connection, an error status, a dropped stream, a silence
-/// longer than the model's idle timeout.
+/// longer than the model's idle timeout, an answer longer than its round timeout or
+/// [`MAX_ANSWER_BYTES`].
 pub async fn stream_chat(
+    http: &reqwest::Client,
+    model: &Model,
+    messages: &[Value],
+    on_chunk: impl FnMut(&Value),
+) -> Result<Completion, LlmError> {
+    let limit = model.round_timeout().unwrap_or(DEFAULT_ROUND_TIMEOUT);
+    tokio::time::timeout(limit, stream_answer(http, model, messages, on_chunk))
+        .await
+        .unwrap_or_else(|_| {
+            Err(LlmError::RoundTimeout {
+                model: model.name.clone(),
+                secs: limit.as_secs(),
+            })
+        })
+}
+
+/// [`stream_chat`] without the round timeout.
+async fn stream_answer(
     http: &reqwest::Client,
     model: &Model,
     messages: &[Value],
@@ -285,15 +370,24 @@ pub async fn stream_chat(
             });
         }
         if let Some(choice) = chunk["choices"].get(0) {
-            if let Some(text) = choice["delta"]["content"].as_str() {
+            let delta = &choice["delta"];
+            if let Some(text) = delta["content"].as_str() {
                 done.content.push_str(text);
+            }
+            if let Some(text) = delta["reasoning_content"].as_str() {
+                done.reasoning.push_str(text);
+            }
+            if done.content.len() + done.reasoning.len() > MAX_ANSWER_BYTES {
+                return Err(LlmError::TooLong {
+                    model: model.name.clone(),
+                });
             }
             if let Some(reason) = choice["finish_reason"].as_str() {
                 done.finish_reason = Some(reason.to_owned());
             }
         }
         if let Ok(usage) = serde_json::from_value::<TokenUsage>(chunk["usage"].clone()) {
-            done.usage = usage;
+            done.usage = TokenUsage::of_answer(usage.prompt_tokens, usage.completion_tokens);
         }
         on_chunk(&chunk);
     }

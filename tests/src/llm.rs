@@ -65,6 +65,16 @@ pub enum Reply {
         /// `error.message`.
         message: String,
     },
+    /// A reasoning model's answer (DeepSeek's wire format): `reasoning` streamed as
+    /// `delta.reasoning_content` (with `"content": null`), then `text` as [`Reply::Text`]
+    /// does (with `"reasoning_content": null`); 10 prompt tokens, one completion token per
+    /// chunk of either.
+    Reasoning {
+        /// The reasoning.
+        reasoning: String,
+        /// The assistant's answer.
+        text: String,
+    },
     /// Streams the first chunk of `text`, then waits `pause` before streaming the rest
     /// like [`Reply::Text`] (for tests that act mid-stream).
     Slow {
@@ -302,6 +312,10 @@ async fn chat_completions(
             tokio::time::sleep(pause).await;
             completion(&meta, &text, prompt_tokens, completion_tokens)
         }
+        Reply::Reasoning { reasoning, text } => {
+            let tokens = (pieces(&reasoning).len() + pieces(&text).len()) as u64;
+            completion(&meta, &text, 10, tokens)
+        }
         Reply::Drop { .. } => streamed(
             vec![Step::Pause(FLUSH_PAUSE), Step::Cut],
             "application/json",
@@ -329,6 +343,7 @@ enum Step {
 
 /// The steps of a streamed `reply` (not an error).
 fn steps(meta: &Meta, reply: Reply) -> Vec<Step> {
+    let mut steps = Vec::new();
     let (text, send, pause, usage) = match reply {
         Reply::Text {
             text,
@@ -351,12 +366,26 @@ fn steps(meta: &Meta, reply: Reply) -> Vec<Step> {
             Some(pause),
             Some((prompt_tokens, completion_tokens)),
         ),
+        Reply::Reasoning { reasoning, text } => {
+            let thoughts = pieces(&reasoning);
+            let tokens = (thoughts.len() + pieces(&text).len()) as u64;
+            for (i, piece) in thoughts.into_iter().enumerate() {
+                let mut delta = json!({"content": null, "reasoning_content": piece});
+                if i == 0 {
+                    delta["role"] = json!("assistant");
+                }
+                steps.push(Step::Event(chunk_event(meta, delta, Value::Null)));
+            }
+            (text, usize::MAX, None, Some((10, tokens)))
+        }
         Reply::Drop { text, chunks } => (text, chunks, None, None),
         Reply::Error { .. } => unreachable!("errors are not streamed"),
     };
-    let mut steps = Vec::new();
+    let reasoned = !steps.is_empty();
     for (i, piece) in pieces(&text).into_iter().take(send).enumerate() {
-        let delta = if i == 0 {
+        let delta = if reasoned {
+            json!({"content": piece, "reasoning_content": null})
+        } else if i == 0 {
             json!({"role": "assistant", "content": piece})
         } else {
             json!({"content": piece})

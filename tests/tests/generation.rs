@@ -63,13 +63,19 @@ fn round2() -> String {
     )
 }
 
-/// A settings file naming the scripted endpoint as model [`MODEL`].
+/// A model of the settings file whose whole answer must come within 2 s.
+const HASTY_MODEL: &str = "hasty";
+
+/// A settings file naming the scripted endpoint as model [`MODEL`], and as
+/// [`HASTY_MODEL`] with a `round_timeout` of 2 s.
 fn settings_file(dir: &Path, llm: &ScriptedLlm) -> std::path::PathBuf {
     let path = dir.join("mag-server.toml");
     let text = format!(
-        "[[models]]\nname = \"{MODEL}\"\nbase_url = \"{}\"\napi_key_env = \"MAG_TEST_LLM_KEY\"\n\
-         model = \"gpt-scripted\"\nidle_timeout = \"60s\"\n",
-        llm.base_url()
+        "[[models]]\nname = \"{MODEL}\"\nbase_url = \"{url}\"\napi_key_env = \"MAG_TEST_LLM_KEY\"\n\
+         model = \"gpt-scripted\"\nidle_timeout = \"60s\"\n\n\
+         [[models]]\nname = \"{HASTY_MODEL}\"\nbase_url = \"{url}\"\n\
+         api_key_env = \"MAG_TEST_LLM_KEY\"\nmodel = \"gpt-scripted\"\nround_timeout = \"2s\"\n",
+        url = llm.base_url()
     );
     std::fs::write(&path, text).unwrap();
     path
@@ -672,6 +678,86 @@ async fn llm_failures_end_the_stream_with_an_error_and_store_nothing() {
         "{answer}"
     );
     assert!(!answer.to_string().contains(API_KEY), "the key never shows");
+}
+
+/// A whole design in one answer, whose dependency no index has.
+fn uninstallable_design() -> String {
+    format!(
+        "<analysis>reverse(text)</analysis><todo>none</todo>\
+         <folder_name>broken_tools</folder_name>\
+         <script_file name=\"main.py\">{MAIN_V2}</script_file>\
+         <dependencies>no-such-package-mag-test==9.9.9</dependencies><readme>r</readme>"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reasoning_is_kept_and_runaway_answers_fail_their_round() {
+    let llm = ScriptedLlm::start(API_KEY, vec![]);
+    let settings_dir = tempfile::tempdir().unwrap();
+    let settings = settings_file(settings_dir.path(), &llm);
+    let mag = start_mag(&settings, &[]);
+
+    // A reasoning model: its reasoning is stored with the answer (MAG's assistant
+    // message), never relayed as the answer's text and never sent back to the model.
+    let thoughts = "The user wants text reversed; one tool is enough.";
+    llm.push(Reply::Reasoning {
+        reasoning: thoughts.into(),
+        text: uninstallable_design(),
+    });
+    let first = generate(&mag, round("A tool that reverses text.", None)).await;
+    assert!(first.find("saved").is_some(), "{first:?}");
+    assert_eq!(first.text(), uninstallable_design());
+    let id = first.conversation_id.clone().unwrap();
+    let (_, detail) = mag.get(&format!("/api/mcp/conversations/{id}")).await;
+    let assistant = &detail["rounds"][0]["messages"][2];
+    assert_eq!(
+        *assistant,
+        json!({"role": "assistant", "reasoning_content": thoughts, "content": uninstallable_design()}),
+        "{detail}"
+    );
+    llm.push(Reply::text("<todo>still none</todo>"));
+    let second = generate(&mag, round("Anything left?", Some(&id))).await;
+    assert!(second.find("saved").is_some(), "{second:?}");
+    let sent = llm.requests().last().cloned().unwrap();
+    assert_eq!(
+        sent["messages"][2],
+        json!({"role": "assistant", "content": uninstallable_design()}),
+        "the reasoning is not sent back"
+    );
+
+    // An answer that is not complete within the model's round_timeout, or that grows
+    // past 4 MiB, fails its round (the conversation is free again, nothing stored).
+    llm.push(slow_round2(Duration::from_secs(8)));
+    let mut hasty = round("More.", Some(&id));
+    hasty["model_name"] = json!(HASTY_MODEL);
+    let late = generate(&mag, hasty).await;
+    let error = late.find("error").unwrap_or_else(|| panic!("{late:?}"));
+    assert_eq!(error["type"], "api_error", "{late:?}");
+    assert!(
+        error["message"].as_str().unwrap().contains("round_timeout"),
+        "{error}"
+    );
+    assert!(late.done && late.find("saved").is_none(), "{late:?}");
+    llm.push(Reply::text("🦀".repeat(1_100_000)));
+    let endless = generate(&mag, round("More.", Some(&id))).await;
+    let error = endless
+        .find("error")
+        .unwrap_or_else(|| panic!("{:?}", endless.status));
+    assert!(
+        error["message"].as_str().unwrap().contains("4 MiB"),
+        "{error}"
+    );
+    assert!(endless.done && endless.find("saved").is_none());
+    let (_, detail) = mag.get(&format!("/api/mcp/conversations/{id}")).await;
+    assert_eq!(detail["round_count"], 2, "{detail}");
+
+    // An end whose install fails is MAG's assembly_error; nothing is registered.
+    let end = generate(&mag, round("<end>END</end>", Some(&id))).await;
+    let error = end.find("error").unwrap_or_else(|| panic!("{end:?}"));
+    assert_eq!(error["type"], "assembly_error", "{end:?}");
+    assert!(end.done && end.find("completion").is_none(), "{end:?}");
+    let (_, tools) = mag.get("/api/mcp/ai-tools").await;
+    assert_eq!(tools, json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread")]

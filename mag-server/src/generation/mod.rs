@@ -19,8 +19,9 @@
 //! `{"incomplete": {"message", "missing_fields"}}` when the design lacks parts, else installs
 //! the tool ([`install`]) and answers `{"completion": {"tool_name", "message", ...}}`.
 //!
-//! Event types of `error` (MAG's): `model_error`, `api_error` (the LLM failed),
-//! `database_error` (the store failed), `end_instruction_error` (installing failed).
+//! Event types of `error` (MAG's): `api_error` (the LLM failed), `database_error` (the
+//! store failed), `assembly_error` (the end could not install the tool). The checks of step
+//! 1 answer HTTP errors before any event.
 
 pub mod install;
 pub mod parse;
@@ -158,7 +159,7 @@ impl Drop for Busy {
 
 enum Step {
     Llm {
-        model: Model,
+        model: Box<Model>,
         record: Option<ConversationRecord>,
         user_id: String,
         requirement: String,
@@ -275,6 +276,7 @@ impl Generator {
             .iter()
             .find(|m| m.name == request.model_name)
             .cloned()
+            .map(Box::new)
             .ok_or_else(|| Error::UnknownModel(request.model_name.clone()))?;
         let id = request.conversation_id.unwrap_or_else(new_conversation_id);
         let lock = self.lock(&id)?;
@@ -517,6 +519,7 @@ impl Prepared {
     /// [`Error::Llm`], [`Error::Store`], an install's errors. The matching error payload
     /// was already sent to `events`.
     pub async fn run(self, events: UnboundedSender<Value>) -> Result<Value> {
+        let ending = matches!(self.step, Step::End { .. });
         let outcome = match self.step {
             Step::Llm {
                 model,
@@ -527,7 +530,7 @@ impl Prepared {
                 self.generator
                     .llm_round(
                         &self.conversation_id,
-                        model,
+                        *model,
                         record,
                         user_id,
                         requirement,
@@ -539,9 +542,9 @@ impl Prepared {
         };
         if let Err(e) = &outcome {
             let kind = match e {
-                Error::Llm(_) => "api_error",
                 Error::Store(_) => "database_error",
-                _ => "end_instruction_error",
+                _ if ending => "assembly_error",
+                _ => "api_error",
             };
             let _ = events.send(error_event(&e.to_string(), kind));
         }
@@ -576,17 +579,20 @@ impl Generator {
             let _ = events.send(chunk.clone());
         })
         .await?;
-        added.push(json!({"role": "assistant", "content": completion.content}));
-        if completion.usage == TokenUsage::default() {
+        // MAG's assistant message: the reasoning, when the model sent one, is kept with the
+        // answer (and left out of the history sent back, above).
+        let mut assistant = json!({"role": "assistant"});
+        if !completion.reasoning.is_empty() {
+            assistant["reasoning_content"] = json!(completion.reasoning);
+        }
+        assistant["content"] = json!(completion.content);
+        added.push(assistant);
+        let usage = completion.usage;
+        if usage == TokenUsage::default() {
             tracing::warn!(model = %model.name, "the endpoint reported no token usage");
         }
 
         let now = DateTime::now();
-        let usage = TokenUsage {
-            prompt_tokens: completion.usage.prompt_tokens,
-            completion_tokens: completion.usage.completion_tokens,
-            total_tokens: completion.usage.prompt_tokens + completion.usage.completion_tokens,
-        };
         let (mut conversation, mut parsed, mut rounds) = match record {
             Some(r) => (
                 r.conversation,
