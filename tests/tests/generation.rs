@@ -98,6 +98,16 @@ fn start_mag(settings: &Path, env: &[(&str, String)]) -> MagServer {
     })
 }
 
+/// A scripted endpoint and a mag-server using it through [`settings_file`] (kept in the
+/// returned folder, which must outlive the server: a restart reads it again), with `env`.
+fn scripted_mag(env: &[(&str, String)]) -> (ScriptedLlm, MagServer, tempfile::TempDir) {
+    let llm = ScriptedLlm::start(API_KEY, vec![]);
+    let settings_dir = tempfile::tempdir().unwrap();
+    let settings = settings_file(settings_dir.path(), &llm);
+    let mag = start_mag(&settings, env);
+    (llm, mag, settings_dir)
+}
+
 /// What one `POST /api/mcp/generate` with `stream: true` gave.
 #[derive(Debug)]
 struct Streamed {
@@ -340,10 +350,7 @@ async fn check_conversation(mag: &MagServer, id: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn embedded_store_designs_installs_and_survives_a_restart() {
-    let llm = ScriptedLlm::start(API_KEY, vec![]);
-    let settings_dir = tempfile::tempdir().unwrap();
-    let settings = settings_file(settings_dir.path(), &llm);
-    let mut mag = start_mag(&settings, &[]);
+    let (llm, mut mag, _settings) = scripted_mag(&[]);
     mag.wait_running().await;
     wait_store_ok(&mag, "embedded").await;
 
@@ -482,14 +489,11 @@ async fn check_documents(uri: &str, db: &str, id: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn mongodb_store_designs_installs_with_mags_documents() {
     let mongo = Secantus::start();
-    let llm = ScriptedLlm::start(API_KEY, vec![]);
-    let settings_dir = tempfile::tempdir().unwrap();
-    let settings = settings_file(settings_dir.path(), &llm);
     let env = [
         ("MONGODB_URL", mongo.uri()),
         ("MONGODB_DB", "mag_gen_e2e".to_owned()),
     ];
-    let mag = start_mag(&settings, &env);
+    let (llm, mag, _settings) = scripted_mag(&env);
     mag.wait_running().await;
     wait_store_ok(&mag, "mongodb").await;
 
@@ -527,14 +531,11 @@ async fn get_within(mag: &MagServer, path: &str) -> (u16, Value, Duration) {
 async fn mongodb_down_mid_run_answers_503_and_recovers_without_losing_anything() {
     let mut mongo = Secantus::start();
     let (port, storage) = (mongo.port(), mongo.storage().to_path_buf());
-    let llm = ScriptedLlm::start(API_KEY, vec![]);
-    let settings_dir = tempfile::tempdir().unwrap();
-    let settings = settings_file(settings_dir.path(), &llm);
     let env = [
         ("MONGODB_URL", mongo.uri()),
         ("MONGODB_DB", "mag_down".to_owned()),
     ];
-    let mag = start_mag(&settings, &env);
+    let (llm, mag, _settings) = scripted_mag(&env);
     mag.wait_running().await;
 
     llm.push(Reply::text(round1()));
@@ -611,10 +612,7 @@ async fn mongodb_down_mid_run_answers_503_and_recovers_without_losing_anything()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn llm_failures_end_the_stream_with_an_error_and_store_nothing() {
-    let llm = ScriptedLlm::start(API_KEY, vec![]);
-    let settings_dir = tempfile::tempdir().unwrap();
-    let settings = settings_file(settings_dir.path(), &llm);
-    let mag = start_mag(&settings, &[]);
+    let (llm, mag, _settings) = scripted_mag(&[]);
 
     // A new conversation whose first round fails is not created.
     llm.push(Reply::Error {
@@ -692,10 +690,7 @@ fn uninstallable_design() -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reasoning_is_kept_and_runaway_answers_fail_their_round() {
-    let llm = ScriptedLlm::start(API_KEY, vec![]);
-    let settings_dir = tempfile::tempdir().unwrap();
-    let settings = settings_file(settings_dir.path(), &llm);
-    let mag = start_mag(&settings, &[]);
+    let (llm, mag, _settings) = scripted_mag(&[]);
 
     // A reasoning model: its reasoning is stored with the answer (MAG's assistant
     // message), never relayed as the answer's text and never sent back to the model.
@@ -762,10 +757,7 @@ async fn reasoning_is_kept_and_runaway_answers_fail_their_round() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_conversation_runs_one_round_at_a_time_and_says_so_at_once() {
-    let llm = ScriptedLlm::start(API_KEY, vec![]);
-    let settings_dir = tempfile::tempdir().unwrap();
-    let settings = settings_file(settings_dir.path(), &llm);
-    let mag = start_mag(&settings, &[]);
+    let (llm, mag, _settings) = scripted_mag(&[]);
     llm.push(Reply::text(round1()));
     let first = generate(&mag, round("A tool.", None)).await;
     let id = first.conversation_id.clone().unwrap();
@@ -794,10 +786,7 @@ async fn a_conversation_runs_one_round_at_a_time_and_says_so_at_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_generation_requests_get_clear_errors() {
-    let llm = ScriptedLlm::start(API_KEY, vec![]);
-    let settings_dir = tempfile::tempdir().unwrap();
-    let settings = settings_file(settings_dir.path(), &llm);
-    let mag = start_mag(&settings, &[]);
+    let (llm, mag, _settings) = scripted_mag(&[]);
 
     for (body, want) in [
         (json!({"requirement": "  ", "model_name": MODEL}), 400),
