@@ -101,9 +101,10 @@ pub async fn run(
 
     let stop = CancellationToken::new();
     let stopped = stop.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        stopped.cancelled().await;
-    });
+    let server = axum::serve(mcp_client::http_edge::no_delay(listener), app)
+        .with_graceful_shutdown(async move {
+            stopped.cancelled().await;
+        });
     let mut server = tokio::spawn(async move { server.await });
     tokio::select! {
         () = shutdown => {}

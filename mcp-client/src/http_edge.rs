@@ -1,5 +1,6 @@
-//! Pieces of the HTTP edge that mcp-client and mag-server share: reading a JSON body within
-//! the body limit, checking a bearer token, and setting up the daemon's log.
+//! Pieces of the HTTP edge that mcp-client and mag-server share: the listener's socket
+//! options, reading a JSON body within the body limit, checking a bearer token, and
+//! setting up the daemon's log.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,6 +14,21 @@ use serde::de::DeserializeOwned;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+
+/// `listener` with `TCP_NODELAY` set on every connection it accepts. Without it a
+/// response written in pieces (an SSE stream's headers, then its first event) waits for the
+/// peer's delayed ACK, about 40 ms on Linux, before its second piece leaves (Nagle's
+/// algorithm).
+pub fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
+        }
+    })
+}
 
 /// What the HTTP edge refuses, shared by both daemons' error types (SPEC §6).
 #[derive(Debug, thiserror::Error)]

@@ -130,9 +130,10 @@ pub async fn run(
         tracing::info!(%addr, pid = std::process::id(), "mcp-client listening");
     }
     let stopped = stop.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        stopped.cancelled().await;
-    });
+    let server =
+        axum::serve(http_edge::no_delay(listener), app).with_graceful_shutdown(async move {
+            stopped.cancelled().await;
+        });
     let server = tokio::spawn(async move { server.await });
     stop.cancelled().await;
     tracing::info!("shutting down: ending every server");
