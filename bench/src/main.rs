@@ -5,7 +5,11 @@
 //! `--runs` repetitions. Servers: `bench-echo-server` (a tiny rmcp server, "fast") and the
 //! Python `mcp` SDK server of the test fixtures ("python"). See BENCHMARKS.md.
 //!
-//! Usage: `mag-bench [--runs N]` (default 5), from a release build next to `mcp-client`.
+//! Usage: `mag-bench [--runs N] [--generation]` (default 5 runs), from a release build
+//! next to `mcp-client` and `mag-server`; `--generation` measures only MCP generation
+//! ([`generation`]).
+
+mod generation;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -231,6 +235,8 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// The report's rows, each printed to stderr as it comes and all as a Markdown table at
+/// the end.
 struct Report {
     rows: Vec<(String, String)>,
 }
@@ -240,6 +246,13 @@ impl Report {
         let (what, value) = (what.into(), value.into());
         eprintln!("{what}: {value}");
         self.rows.push((what, value));
+    }
+
+    fn print(&self) {
+        println!("| measure | min / median / max |\n|---|---|");
+        for (what, value) in &self.rows {
+            println!("| {what} | {value} |");
+        }
     }
 }
 
@@ -251,11 +264,16 @@ async fn main() {
         .map(|n| n.parse().expect("--runs N"))
         .unwrap_or(5);
     assert!(
-        sibling("mcp-client").exists(),
-        "build mcp-client first: cargo build --release"
+        sibling("mcp-client").exists() && sibling("mag-server").exists(),
+        "build the binaries first: cargo build --release --workspace --bins"
     );
     let _ = peers();
     let mut report = Report { rows: Vec::new() };
+    if std::env::args().any(|a| a == "--generation") {
+        generation::run(&mut report, runs).await;
+        report.print();
+        return;
+    }
 
     // Sequential latency, fast and Python servers.
     for (name, entry) in [("fast", echo_server_entry()), ("python", python_entry())] {
@@ -496,10 +514,8 @@ async fn main() {
     );
     drop(daemon);
 
-    println!("| measure | min / median / max |\n|---|---|");
-    for (what, value) in &report.rows {
-        println!("| {what} | {value} |");
-    }
+    generation::run(&mut report, runs).await;
+    report.print();
 }
 
 /// Starts mcp-client with an empty config and times until `GET /` answers 200, in ms.
