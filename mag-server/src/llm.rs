@@ -171,8 +171,9 @@ impl TokenUsage {
 
     /// A usage chunk's counts as they may be kept: a negative count is 0, and
     /// `total_tokens` is the sum of the other two.
-    pub fn of_answer(prompt_tokens: i64, completion_tokens: i64) -> Self {
-        let (prompt_tokens, completion_tokens) = (prompt_tokens.max(0), completion_tokens.max(0));
+    pub fn checked(self) -> Self {
+        let (prompt_tokens, completion_tokens) =
+            (self.prompt_tokens.max(0), self.completion_tokens.max(0));
         Self {
             total_tokens: prompt_tokens.saturating_add(completion_tokens),
             prompt_tokens,
@@ -387,7 +388,7 @@ async fn stream_answer(
             }
         }
         if let Ok(usage) = serde_json::from_value::<TokenUsage>(chunk["usage"].clone()) {
-            done.usage = TokenUsage::of_answer(usage.prompt_tokens, usage.completion_tokens);
+            done.usage = usage.checked();
         }
         on_chunk(&chunk);
     }
