@@ -16,7 +16,7 @@ use mag_tests::mag::{MagOptions, MagServer};
 use mag_tests::mongo::Secantus;
 use serde_json::{Value, json};
 
-use crate::{Report, rss_mib, spread};
+use crate::{Report, percentiles, rss_mib, spread};
 
 const API_KEY: &str = "sk-bench";
 /// Rounds per sample (each a new conversation, as an operator's first round is).
@@ -34,9 +34,10 @@ fn answer() -> String {
     )
 }
 
-/// Times one streamed request: (time to the first chunk of text, time to `[DONE]`). It
-/// carries the scripted endpoint's key (mag-server, without a token, pays it no heed).
-async fn stream(http: &reqwest::Client, url: &str, body: &Value) -> (Duration, Duration) {
+/// Times one streamed request: (time to the first chunk of text, time to `[DONE]`, the
+/// body). It carries the scripted endpoint's key (mag-server, without a token, pays it no
+/// heed).
+async fn stream(http: &reqwest::Client, url: &str, body: &Value) -> (Duration, Duration, String) {
     let started = Instant::now();
     let response = http
         .post(url)
@@ -62,17 +63,24 @@ async fn stream(http: &reqwest::Client, url: &str, body: &Value) -> (Duration, D
             break;
         }
     }
-    let text = String::from_utf8_lossy(&seen);
-    assert!(
-        text.contains("\"saved\"") || !url.ends_with("/generate"),
-        "the round was not stored: {text}"
-    );
-    (first.expect("a chunk of text"), started.elapsed())
+    let total = started.elapsed();
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    (first.expect("a chunk of text"), total, text)
 }
 
-fn median(mut samples: Vec<Duration>) -> f64 {
-    samples.sort();
-    samples[samples.len() / 2].as_secs_f64() * 1e3
+/// [`stream`] of one generation round, which must have been stored.
+async fn round_via(http: &reqwest::Client, url: &str, body: &Value) -> (Duration, Duration) {
+    let (first, total, text) = stream(http, url, body).await;
+    assert!(
+        text.contains("\"saved\""),
+        "the round was not stored: {text}"
+    );
+    (first, total)
+}
+
+/// The median of `samples` in ms (the bench's [`percentiles`]).
+fn p50_ms(mut samples: Vec<Duration>) -> f64 {
+    percentiles(&mut samples).0 / 1e3
 }
 
 async fn read_p50(http: &reqwest::Client, url: &str) -> f64 {
@@ -84,7 +92,7 @@ async fn read_p50(http: &reqwest::Client, url: &str) -> f64 {
         response.bytes().await.expect("body");
         samples.push(started.elapsed());
     }
-    median(samples)
+    p50_ms(samples)
 }
 
 /// Adds the generation rows for one store (`label`; `env` selects it) to `report`.
@@ -122,7 +130,7 @@ async fn one_store(report: &mut Report, runs: usize, label: &str, env: Vec<(Stri
     llm.push(Reply::text(answer()));
     stream(&http, &direct_url, &direct_body).await;
     llm.push(Reply::text(answer()));
-    stream(&http, &generate_url, &round).await;
+    round_via(&http, &generate_url, &round).await;
 
     let (mut first_via, mut first_direct, mut total_via, mut total_direct, mut added) =
         (vec![], vec![], vec![], vec![], vec![]);
@@ -130,15 +138,15 @@ async fn one_store(report: &mut Report, runs: usize, label: &str, env: Vec<(Stri
         let (mut fd, mut td, mut fv, mut tv) = (vec![], vec![], vec![], vec![]);
         for _ in 0..ROUNDS {
             llm.push(Reply::text(answer()));
-            let (first, total) = stream(&http, &direct_url, &direct_body).await;
+            let (first, total, _) = stream(&http, &direct_url, &direct_body).await;
             fd.push(first);
             td.push(total);
             llm.push(Reply::text(answer()));
-            let (first, total) = stream(&http, &generate_url, &round).await;
+            let (first, total) = round_via(&http, &generate_url, &round).await;
             fv.push(first);
             tv.push(total);
         }
-        let (fd, td, fv, tv) = (median(fd), median(td), median(fv), median(tv));
+        let (fd, td, fv, tv) = (p50_ms(fd), p50_ms(td), p50_ms(fv), p50_ms(tv));
         first_direct.push(fd);
         total_direct.push(td);
         first_via.push(fv);
