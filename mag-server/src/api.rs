@@ -2,9 +2,9 @@
 //!
 //! | method path | answer |
 //! |---|---|
-//! | GET `/health` | liveness, mcp-client's and the store's state (open even with a token) |
+//! | GET `/health` | liveness, mcp-client's and the store's state (open even with a token; without it, states only) |
 //! | GET `/api/mcp/config` | `{"mcpServers", "version"}` |
-//! | POST `/api/mcp/config` | `{"config": {"mcpServers"}, "version"}` → `{"status", "version", "applied"}` |
+//! | POST `/api/mcp/config` | `{"config": {"mcpServers"}, "version"}` (both required) → `{"status", "version", "applied"}` |
 //! | POST `/api/mcp/add` | `{"mcpServers", "version"?}` → MAG's add result |
 //! | POST `/api/mcp/remove` | `{"server_names", "version"?}` or `[names]` → MAG's remove result |
 //! | GET `/api/mcp/status` | mcp-client's `/servers` |
@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::convert::Infallible;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{Extension, FromRequest, Path, Query, Request, State};
 use axum::http::HeaderValue;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -37,15 +37,15 @@ use axum::{Json, Router};
 use futures::{FutureExt, StreamExt};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
 
-use mcp_client::http_edge::read_json;
+use mcp_client::http_edge::{Authorized, Edge, EdgeError, read_body, read_json};
 
 use crate::control::{ControlPlane, ToolTest};
 use crate::error::{Error, Result};
 use crate::generation::install::ToolFiles;
 use crate::generation::{GenerateRequest, Generator};
-use crate::settings::Secret;
 use crate::store::ListQuery;
 
 /// What the handlers share.
@@ -57,14 +57,11 @@ pub struct AppState {
     pub generator: Generator,
     /// The body limit, in bytes.
     pub body_limit: usize,
-    /// `MAG_API_TOKEN`: every endpoint but `/health` wants `Authorization: Bearer TOKEN`.
-    pub token: Option<Secret>,
 }
 
-/// The API's routes over `state`.
-pub fn router(state: AppState) -> Router {
-    let token: Option<Arc<str>> = state.token.as_ref().map(|t| t.expose().into());
-    let limit = state.body_limit;
+/// The API's routes over `state`, behind `edge`'s checks (its `open_path` is `GET
+/// /health`, which stays open with a token so supervisors can check liveness).
+pub fn router(state: AppState, edge: Edge) -> Router {
     let routes = Router::new()
         .route("/health", get(health))
         .route("/api/mcp/config", get(get_config).post(set_config))
@@ -85,8 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/mcp/register-tool", post(register_tool))
         .route("/api/mcp/ai-tools", get(ai_tools))
         .with_state(Arc::new(state));
-    // `GET /health` stays open with a token, so supervisors can check liveness.
-    mcp_client::http_edge::finish(routes, token, "/health", limit)
+    mcp_client::http_edge::finish(routes, edge)
 }
 
 /// A JSON request body: read within the body limit, then parsed into `T`.
@@ -112,9 +108,16 @@ fn name(path: std::result::Result<Path<String>, PathRejection>) -> Result<String
 type AppResult = Result<Json<Value>>;
 type St = State<Arc<AppState>>;
 
-async fn health(State(state): St) -> Json<Value> {
-    let mut health = state.plane.health();
-    health["store"] = state.generator.store_health().await;
+/// The whole health to a caller with the token (or when none is set); liveness only
+/// (states, no error texts, no stderr) to one without it.
+async fn health(State(state): St, Extension(authorized): Extension<Authorized>) -> Json<Value> {
+    let mut health = state.plane.health(authorized.0);
+    let store = state.generator.store_health().await;
+    health["store"] = if authorized.0 {
+        store
+    } else {
+        json!({"state": store["state"], "backend": store["backend"]})
+    };
     Json(health)
 }
 
@@ -122,19 +125,38 @@ async fn get_config(State(state): St) -> AppResult {
     state.plane.config().await.map(Json)
 }
 
-/// `{"config": {...}, "version": REV}`, or MAG's older bare `{"mcpServers": {...}}`.
-async fn set_config(State(state): St, Body(body): Body<Map<String, Value>>) -> AppResult {
-    let mut body = body;
-    let (config, version) = match body.remove("config") {
-        Some(config) => (config, body.remove("version")),
-        None if body.contains_key("mcpServers") => (Value::Object(body), None),
-        None => {
-            return Err(Error::invalid_body(
-                "expected {\"config\": {\"mcpServers\": {...}}, \"version\": VERSION}",
-            ));
-        }
+/// MAG's `{"config": {"mcpServers": {...}}, "version": REV}`; the config is read from the
+/// text itself, so a key given twice (last-wins in a JSON object) is refused.
+#[derive(Deserialize)]
+struct SetConfigBody<'a> {
+    #[serde(borrow)]
+    config: Option<&'a RawValue>,
+    #[serde(default)]
+    version: Option<Value>,
+}
+
+async fn set_config(State(state): St, request: Request) -> AppResult {
+    let bytes = read_body(request, &state, state.body_limit).await?;
+    if bytes.trim_ascii_start().first() != Some(&b'{')
+        && serde_json::from_slice::<Value>(&bytes).is_ok()
+    {
+        return Err(Error::invalid_body("the body must be a JSON object"));
+    }
+    let body: SetConfigBody = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Error::invalid_body(e.to_string()),
+        _ => Error::Edge(EdgeError::MalformedJson(e.to_string())),
+    })?;
+    let Some(config) = body.config else {
+        return Err(Error::invalid_body(
+            "expected {\"config\": {\"mcpServers\": {...}}, \"version\": VERSION} (VERSION \
+             from GET /api/mcp/config)",
+        ));
     };
-    state.plane.set_config(config, version).await.map(Json)
+    state
+        .plane
+        .set_config(config.get(), body.version)
+        .await
+        .map(Json)
 }
 
 #[derive(Deserialize)]

@@ -86,8 +86,13 @@ impl McpClient {
         self.addr
     }
 
-    /// Sets the bearer token sent from now on (`None`: no `Authorization` header).
+    /// Sets the bearer token sent from now on (`None`: no `Authorization` header); it is
+    /// redacted from every log line and answer.
     pub fn set_token(&self, token: Option<Secret>) {
+        let shown = token
+            .iter()
+            .map(|t| (t.expose().to_string(), "***".to_string()));
+        mcp_client::secrets::global().set("client-token", shown);
         *self.token.write().unwrap_or_else(|p| p.into_inner()) = token;
     }
 

@@ -15,7 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mcp_client::config::{DEFAULT_TIMEOUT, McpConfig, revision};
+use mcp_client::config::{ConfigError, DEFAULT_TIMEOUT, McpConfig, read_regular_file, revision};
 use serde_json::{Map, Value};
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -45,6 +45,10 @@ impl FileState {
 pub struct ConfigStore {
     path: PathBuf,
     lock: Mutex<()>,
+    /// Largest file read or written, in bytes.
+    limit: u64,
+    /// Every expanded `${VAR}` value of the configs read so far (see [`note_secrets`]).
+    secrets: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 /// Held by one writer at a time: read, check, write.
@@ -54,11 +58,26 @@ pub struct ConfigGuard<'a> {
 }
 
 impl ConfigStore {
-    /// The store for the file at `path` (which need not exist yet).
-    pub fn new(path: PathBuf) -> Self {
+    /// The store for the file at `path` (which need not exist yet), of at most `limit`
+    /// bytes (a larger file is invalid, a larger write refused).
+    pub fn new(path: PathBuf, limit: u64) -> Self {
         Self {
             path,
             lock: Mutex::new(()),
+            limit,
+            secrets: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Adds the values `config`'s `${VAR}` references expand to (in mag-server's
+    /// environment, which its mcp-client shares) to the secrets redacted from mag-server's
+    /// logs and answers (mcp-client's stderr tail among them).
+    fn note_secrets(&self, config: &McpConfig) {
+        let mut known = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        let before = known.len();
+        known.extend(config.secret_values(|name| std::env::var(name).ok()));
+        if known.len() != before {
+            mcp_client::secrets::global().set("config", known.clone());
         }
     }
 
@@ -81,16 +100,20 @@ impl ConfigStore {
     /// [`Error::ConfigFileInvalid`] (with line, column and the revision) when it does not
     /// parse or validate; [`Error::Io`] when it cannot be read.
     pub async fn read(&self) -> Result<FileState> {
-        let path = self.path.clone();
-        blocking(move || read_file(&path)).await
+        let (path, limit) = (self.path.clone(), self.limit);
+        let (state, config) = blocking(move || read_file(&path, limit)).await?;
+        if let Some(config) = config {
+            self.note_secrets(&config);
+        }
+        Ok(state)
     }
 
     /// Each server's `timeout` (the connect and tool-call bound) from the file; servers
     /// that are not in it, or an unreadable file, get the default (60 s).
     pub async fn timeouts(&self) -> Timeouts {
-        let path = self.path.clone();
+        let (path, limit) = (self.path.clone(), self.limit);
         let servers = blocking(move || {
-            let bytes = read_bytes(&path)?;
+            let bytes = read_bytes(&path, limit)?;
             let text = String::from_utf8_lossy(&bytes);
             Ok(McpConfig::parse(&text)
                 .map(|config| {
@@ -125,8 +148,8 @@ impl ConfigGuard<'_> {
     /// # Errors
     /// [`Error::Io`] when it cannot be read.
     pub async fn version(&self) -> Result<String> {
-        let path = self.store.path.clone();
-        blocking(move || read_bytes(&path).map(|b| revision(&b))).await
+        let (path, limit) = (self.store.path.clone(), self.store.limit);
+        blocking(move || read_bytes(&path, limit).map(|b| revision(&b))).await
     }
 
     /// Reads and validates the file (see [`ConfigStore::read`]).
@@ -140,10 +163,21 @@ impl ConfigGuard<'_> {
     /// Writes `document` atomically (see the module docs); its new revision.
     ///
     /// # Errors
-    /// [`Error::Io`]: the folder is not writable, the disk is full; the file is unchanged.
+    /// [`Error::InvalidConfig`]: the file would be over the size limit; [`Error::Io`]: the
+    /// folder is not writable, the disk is full. The file is unchanged.
     pub async fn write(&mut self, document: &Map<String, Value>) -> Result<String> {
         let mut bytes = serde_json::to_vec_pretty(document).expect("a JSON map always serializes");
         bytes.push(b'\n');
+        if bytes.len() as u64 > self.store.limit {
+            return Err(Error::InvalidConfig(format!(
+                "the config would be {} bytes, over the config size limit of {} bytes",
+                bytes.len(),
+                self.store.limit
+            )));
+        }
+        if let Ok(config) = McpConfig::from_value(Value::Object(document.clone())) {
+            self.store.note_secrets(&config);
+        }
         let path = self.store.path.clone();
         let version = revision(&bytes);
         blocking(move || {
@@ -166,11 +200,22 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     })
 }
 
-/// The file's bytes; a missing file reads as empty.
-fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    match std::fs::read(path) {
+/// The file's bytes (a regular file of at most `limit` bytes, see
+/// [`read_regular_file`]); a missing file reads as empty.
+///
+/// # Errors
+/// [`Error::ConfigFileInvalid`] for what is no regular file or is over the limit (its
+/// revision is that of no bytes: such a file can be replaced by a write with it);
+/// [`Error::Io`] for other read failures.
+fn read_bytes(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    match read_regular_file(path, limit) {
         Ok(bytes) => Ok(bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(Error::ConfigFileInvalid {
+            path: path.display().to_string(),
+            error: ConfigError::whole(e.to_string()),
+            version: revision(b""),
+        }),
         Err(source) => Err(Error::Io {
             context: format!("cannot read {}", path.display()),
             source,
@@ -178,31 +223,28 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     }
 }
 
-fn read_file(path: &Path) -> Result<FileState> {
-    let bytes = read_bytes(path)?;
+/// The file's state and, when it has content, its parsed config.
+fn read_file(path: &Path, limit: u64) -> Result<(FileState, Option<McpConfig>)> {
+    let bytes = read_bytes(path, limit)?;
     let version = revision(&bytes);
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(FileState {
+        let empty = FileState {
             version,
             document: Map::new(),
-        });
+        };
+        return Ok((empty, None));
     }
     let invalid = |error| Error::ConfigFileInvalid {
         path: path.display().to_string(),
         error,
         version: version.clone(),
     };
-    let text = std::str::from_utf8(&bytes).map_err(|e| {
-        invalid(mcp_client::config::ConfigError {
-            message: format!("not UTF-8: {e}"),
-            line: 0,
-            column: 0,
-        })
-    })?;
-    McpConfig::parse(text).map_err(invalid)?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| invalid(ConfigError::whole(format!("not UTF-8: {e}"))))?;
+    let config = McpConfig::parse(text).map_err(invalid)?;
     match serde_json::from_str(text) {
-        Ok(Value::Object(document)) => Ok(FileState { version, document }),
-        _ => Err(invalid(mcp_client::config::ConfigError {
+        Ok(Value::Object(document)) => Ok((FileState { version, document }, Some(config))),
+        _ => Err(invalid(ConfigError {
             message: "the top level is not a JSON object".into(),
             line: 1,
             column: 1,
@@ -250,6 +292,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const LIMIT: u64 = mcp_client::config::DEFAULT_CONFIG_LIMIT;
+
     fn doc(value: Value) -> Map<String, Value> {
         value.as_object().unwrap().clone()
     }
@@ -257,7 +301,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_file_reads_empty_and_is_created_by_a_write() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ConfigStore::new(dir.path().join("sub/mcp.json"));
+        let store = ConfigStore::new(dir.path().join("sub/mcp.json"), LIMIT);
         let empty = store.read().await.unwrap();
         assert_eq!(empty.version, revision(b""));
         assert!(empty.document.is_empty());
@@ -291,7 +335,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mcp.json");
         std::fs::write(&path, "{\n  \"mcpServers\": {\"a\": {\"command\": 1}}\n}\n").unwrap();
-        let store = ConfigStore::new(path.clone());
+        let store = ConfigStore::new(path.clone(), LIMIT);
         match store.read().await.unwrap_err() {
             Error::ConfigFileInvalid { error, version, .. } => {
                 assert_eq!(error.line, 2);
@@ -310,7 +354,7 @@ mod tests {
         std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).unwrap();
         let link = dir.path().join("mcp.json");
         std::os::unix::fs::symlink(&real, &link).unwrap();
-        let store = ConfigStore::new(link.clone());
+        let store = ConfigStore::new(link.clone(), LIMIT);
         let document = doc(json!({"mcpServers": {"a": {"command": "x", "timeout": 5}}}));
         store.lock().await.write(&document).await.unwrap();
         assert!(link.symlink_metadata().unwrap().file_type().is_symlink());

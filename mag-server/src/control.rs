@@ -7,9 +7,9 @@
 //! "result", "error", "execution_time"}`. Versions are opaque strings (the file's
 //! [`revision`](mcp_client::config::revision)), not MAG's counters.
 //!
-//! Forwarded operations first wait up to [`READY_WAIT`] for an mcp-client that is starting
-//! or restarting, and fail at once with 503 when it is down for longer (crash loop, address
-//! held by another program).
+//! Forwarded operations wait up to [`READY_WAIT`] for the first mcp-client mag-server
+//! starts, and fail at once with 503 when it is down otherwise (restarting, crash loop,
+//! address held by another program).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use crate::config_store::{ConfigGuard, ConfigStore};
 use crate::error::{Error, Result};
 use crate::supervisor::Supervisor;
 
-/// How long a forwarded request waits for an mcp-client that is (re)starting.
+/// How long a forwarded request waits for the first mcp-client while it starts.
 pub const READY_WAIT: Duration = Duration::from_secs(5);
 
 /// The control plane. Cheap to clone.
@@ -74,14 +74,25 @@ impl ControlPlane {
 
     /// `GET /health` without its `store` part: `{"status": "ok", "service": "mag-server",
     /// "version", "pid", "mcp_client": {"state", "address", "pid", "managed", "restarts",
-    /// "since", "last_exit", "error", "last_reconnect"}}`.
-    pub fn health(&self) -> Value {
+    /// "since", "last_exit", "error", "last_reconnect"}}`. Without `detail` (a caller
+    /// without the token), liveness only: `{"status", "service", "version", "mcp_client":
+    /// {"state", "since"}}`, no pids, error texts or stderr.
+    pub fn health(&self, detail: bool) -> Value {
+        let client = self.inner.supervisor.status();
+        if !detail {
+            return json!({
+                "status": "ok",
+                "service": "mag-server",
+                "version": env!("CARGO_PKG_VERSION"),
+                "mcp_client": {"state": client.state, "since": client.since},
+            });
+        }
         json!({
             "status": "ok",
             "service": "mag-server",
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
-            "mcp_client": self.inner.supervisor.status(),
+            "mcp_client": client,
         })
     }
 
@@ -104,28 +115,90 @@ impl ControlPlane {
         Ok(Value::Object(answer))
     }
 
-    /// `POST /api/mcp/config`: validates `config`, checks `version` (none: unconditional,
-    /// as MAG's older API), writes the file and loads it into mcp-client. The answer:
+    /// `POST /api/mcp/config`: validates `config` (the JSON text of the new file's object:
+    /// `mcpServers` required, no key twice), checks `version` (required: a whole-config
+    /// write replaces every server), writes the file and loads it into mcp-client. The
+    /// folders of `ai_generated` servers it drops are deleted, as `remove` does. The answer:
     /// `{"status": {"message"|"warning", "version"}, "version", "applied": {"added",
-    /// "updated", "removed"} | null}`; a warning says mcp-client could not load it now (it
-    /// reads the file when it starts).
+    /// "updated", "removed"} | null, "failed_removals": [..]}`; a warning says mcp-client
+    /// could not load it now (it reads the file when it starts).
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] (422), [`Error::StaleRevision`] (409), [`Error::Io`].
-    pub async fn set_config(&self, config: Value, version: Option<Value>) -> Result<Value> {
-        let Value::Object(mut document) = config else {
+    /// [`Error::InvalidConfig`] (422), `version` missing (422), [`Error::StaleRevision`]
+    /// (409), [`Error::Io`].
+    pub async fn set_config(&self, config: &str, version: Option<Value>) -> Result<Value> {
+        McpConfig::parse(config).map_err(|e| Error::InvalidConfig(e.message))?;
+        let Ok(Value::Object(document)) = serde_json::from_str::<Value>(config) else {
             return Err(Error::invalid_body(
                 "config must be an object like {\"mcpServers\": {...}}",
             ));
         };
-        validate(&document)?;
-        document
-            .entry("mcpServers")
-            .or_insert_with(|| Value::Object(Map::new()));
+        let Some(version) = version.filter(|v| !v.is_null()) else {
+            return Err(Error::invalid_body(
+                "\"version\" is required (from GET /api/mcp/config): a whole-config write \
+                 replaces every server, so it must name the version it was made from",
+            ));
+        };
         let mut guard = self.inner.store.lock().await;
-        check_version(version.as_ref(), &guard.version().await?)?;
+        check_version(Some(&version), &guard.version().await?)?;
+        // The generated tools this write drops: their folders go too (a broken file has
+        // none to tell).
+        let dropped: Vec<String> = match guard.read().await {
+            Ok(file) => file
+                .servers()
+                .into_iter()
+                .filter(|(name, entry)| {
+                    entry["ai_generated"] == true
+                        && !document["mcpServers"]
+                            .as_object()
+                            .is_some_and(|servers| servers.contains_key(name))
+                })
+                .map(|(name, _)| name)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         let (status, version, applied) = self.write_and_load(&mut guard, &document).await?;
-        Ok(json!({"status": status, "version": version, "applied": applied}))
+        drop(guard);
+        for name in &dropped {
+            self.inner.supervisor.note_connected(name, false);
+        }
+        let failed = self.remove_tool_folders(&dropped).await;
+        Ok(json!({
+            "status": status,
+            "version": version,
+            "applied": applied,
+            "failed_removals": failed,
+        }))
+    }
+
+    /// Deletes the tools-dir folders of the generated tools `names` (off the async
+    /// threads); each failure as `{"server", "error"}`.
+    async fn remove_tool_folders(&self, names: &[String]) -> Vec<Value> {
+        if names.is_empty() {
+            return Vec::new();
+        }
+        let dirs: Vec<(String, std::path::PathBuf)> = names
+            .iter()
+            .map(|name| (name.clone(), self.inner.tools_dir.join(name)))
+            .collect();
+        let removed = tokio::task::spawn_blocking(move || {
+            let mut failed = Vec::new();
+            for (name, dir) in dirs {
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => tracing::info!("removed the generated tool's folder {}", dir.display()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!("cannot remove {}: {e}", dir.display());
+                        failed.push(json!({"server": name, "error": format!("its folder {} stays: {e}", dir.display())}));
+                    }
+                }
+            }
+            failed
+        })
+        .await;
+        removed.unwrap_or_else(|e| {
+            vec![json!({"server": null, "error": format!("the removal task failed: {e}")})]
+        })
     }
 
     /// `POST /api/mcp/add`: adds the servers not yet in the file (entries written as sent);
@@ -268,18 +341,7 @@ impl ControlPlane {
         for name in &removed {
             self.inner.supervisor.note_connected(name, false);
         }
-        let mut failed = Vec::new();
-        for name in &ai_generated {
-            let dir = self.inner.tools_dir.join(name);
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => tracing::info!("removed the generated tool's folder {}", dir.display()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!("cannot remove {}: {e}", dir.display());
-                    failed.push(json!({"server": name, "error": format!("its folder {} stays: {e}", dir.display())}));
-                }
-            }
-        }
+        let failed = self.remove_tool_folders(&ai_generated).await;
         let (state, message) = if not_found.is_empty() {
             ("success", format!("removed {} servers", removed.len()))
         } else {
@@ -563,13 +625,6 @@ impl ControlPlane {
     }
 }
 
-/// Checks a whole config with mcp-client's own types.
-fn validate(document: &Map<String, Value>) -> Result<()> {
-    McpConfig::from_value(Value::Object(document.clone()))
-        .map(drop)
-        .map_err(|e| Error::InvalidConfig(e.message))
-}
-
 /// `None` or `null`: no check. A string equal to `current`: fine. Anything else: stale.
 fn check_version(sent: Option<&Value>, current: &str) -> Result<()> {
     match sent {
@@ -606,16 +661,5 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(check_version(Some(&json!("abd")), "abc").is_err());
-    }
-
-    #[test]
-    fn configs_are_validated_with_mcp_clients_types() {
-        let good = json!({"mcpServers": {"a": {"command": "x", "custom": 1}}});
-        assert!(validate(good.as_object().unwrap()).is_ok());
-        let bad = json!({"mcpServers": {"a": {"args": []}}});
-        let err = validate(bad.as_object().unwrap()).unwrap_err();
-        assert!(err.to_string().contains("server \"a\""), "{err}");
-        let bad_name = json!({"mcpServers": {"../x": {"command": "x"}}});
-        assert!(validate(bad_name.as_object().unwrap()).is_err());
     }
 }

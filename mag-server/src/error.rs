@@ -62,8 +62,9 @@ pub enum Error {
     /// A config sent to the API does not validate (422); nothing was written.
     #[error("invalid config: {0}")]
     InvalidConfig(String),
-    /// The config file on disk does not parse or validate (500); `version` lets a client
-    /// overwrite it on purpose.
+    /// The config file on disk does not parse or validate, or is no regular file (409: the
+    /// file's state, not the request, is wrong); `version` lets a client overwrite it on
+    /// purpose, `line` and `column` say where it is wrong.
     #[error("the config file {path} is invalid: {error}")]
     ConfigFileInvalid {
         /// The file.
@@ -178,10 +179,10 @@ impl Error {
             Self::Upstream { status, .. } => *status,
             Self::StaleRevision { .. } | Self::ClientState(_) => StatusCode::CONFLICT,
             Self::InvalidConfig(_) | Self::InvalidServerName(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::ConfigFileInvalid { .. }
-            | Self::Io { .. }
-            | Self::ToolInstall { .. }
-            | Self::DataDirInUse(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::ConfigFileInvalid { .. } => StatusCode::CONFLICT,
+            Self::Io { .. } | Self::ToolInstall { .. } | Self::DataDirInUse(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::UnknownModel(_) | Self::ConversationNotFound(_) => StatusCode::NOT_FOUND,
             Self::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
@@ -198,7 +199,8 @@ impl Error {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let mut body = json!({"detail": self.to_string(), "code": self.code()});
+        let detail = mcp_client::secrets::redact(&self.to_string());
+        let mut body = json!({"detail": detail, "code": self.code()});
         match &self {
             Self::StaleRevision { expected, current } => {
                 body["current_version"] = json!(current);

@@ -48,8 +48,13 @@ pub const DRAIN_BOUND: Duration = Duration::from_secs(5);
 /// serves the API; then stops taking requests, stops the mcp-client it spawned (an adopted
 /// one is left running) and returns.
 ///
+/// Once the data dir is locked and the store open, just before it serves, it prints one
+/// line on stdout, `mag-server listening on http://ADDR`, for whoever started it (tests,
+/// scripts): a mag-server that cannot start never prints it.
+///
 /// # Errors
-/// The HTTP client cannot be built, or the HTTP server failed.
+/// Another mag-server holds the data dir, the store cannot be opened, the HTTP client
+/// cannot be built.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
@@ -62,13 +67,17 @@ pub async fn run(
         );
     }
     let _data_dir_lock = lock_data_dir(&settings.data_dir)?;
+    register_secrets(&settings);
     let conversations = open_store(&settings).await?;
     let smith = Toolsmith {
         tools_dir: settings.data_dir.join("tools"),
         log_dir: settings.log_dir.join("tools"),
         python: settings.python.clone(),
     };
-    let store = Arc::new(ConfigStore::new(settings.mcp_config.clone()));
+    let store = Arc::new(ConfigStore::new(
+        settings.mcp_config.clone(),
+        settings.config_limit,
+    ));
     // Installs a crash interrupted: kept when mcp.json lists them, else removed.
     match store.read().await {
         Ok(file) => smith.sweep(&file.servers()),
@@ -92,28 +101,52 @@ pub async fn run(
                 return Err(e);
             }
         };
-    let app = api::router(AppState {
-        generator,
-        plane,
+    let addr = listener.local_addr().map_err(|source| Error::Io {
+        context: "cannot read the bound address".into(),
+        source,
+    })?;
+    let edge = mcp_client::http_edge::Edge {
+        listen: addr,
+        token: settings.api_token.as_ref().map(|t| t.expose().into()),
+        open_path: "/health",
+        allowed_origins: settings.allowed_origins.clone(),
+        allowed_hosts: settings.allowed_hosts.clone(),
         body_limit: settings.body_limit,
-        token: settings.api_token.clone(),
-    });
+    };
+    let app = api::router(
+        AppState {
+            generator,
+            plane,
+            body_limit: settings.body_limit,
+        },
+        edge,
+    );
 
     let stop = CancellationToken::new();
-    let stopped = stop.clone();
-    let server = axum::serve(mcp_client::http_edge::no_delay(listener), app)
-        .with_graceful_shutdown(async move {
-            stopped.cancelled().await;
-        });
-    let mut server = tokio::spawn(async move { server.await });
+    let stopped = stop.clone().cancelled_owned();
+    let max_connections = settings.max_connections;
+    println!("mag-server listening on http://{addr}");
+    tracing::info!(
+        %addr,
+        pid = std::process::id(),
+        settings_file = ?settings.settings_file,
+        mcp_config = %settings.mcp_config.display(),
+        client = %settings.client_listen,
+        "mag-server listening"
+    );
+    let mut server = tokio::spawn(mcp_client::http_edge::serve(
+        listener,
+        app,
+        max_connections,
+        stopped,
+    ));
     tokio::select! {
         () = shutdown => {}
         result = &mut server => {
             // The server ended by itself: an error.
             supervisor.shutdown().await;
             return match result {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(source)) => Err(Error::Io { context: "the HTTP server failed".into(), source }),
+                Ok(()) => Ok(()),
                 Err(e) => Err(Error::Io { context: "the HTTP server task failed".into(), source: std::io::Error::other(e) }),
             };
         }
@@ -122,9 +155,8 @@ pub async fn run(
     stop.cancel();
     let drain = async {
         match tokio::time::timeout(DRAIN_BOUND, &mut server).await {
-            Ok(Ok(Err(e))) => tracing::error!("the HTTP server failed: {e}"),
             Ok(Err(e)) => tracing::error!("the HTTP server task failed: {e}"),
-            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(())) => {}
             Err(_) => {
                 tracing::warn!("requests still running after {DRAIN_BOUND:?}; dropping them");
                 server.abort();
@@ -134,6 +166,18 @@ pub async fn run(
     tokio::join!(drain, supervisor.shutdown());
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Makes mag-server's secrets unprintable ([`mcp_client::secrets`]): the API token, the
+/// store's URL (it may hold a password), the JWT secret and the models' keys, as they are
+/// in the environment.
+fn register_secrets(settings: &Settings) {
+    let values = settings
+        .secret_env()
+        .into_iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .map(|value| (value, "***".to_string()));
+    mcp_client::secrets::global().set("mag-server", values);
 }
 
 /// The data dir's lock file, held (`flock`) for mag-server's life: one mag-server per data

@@ -44,16 +44,6 @@ fn main() -> ExitCode {
         if !addr.ip().is_loopback() && settings.api_token.is_none() {
             tracing::warn!(%addr, "the API listens beyond loopback without MAG_API_TOKEN");
         }
-        // One line on stdout for whoever started us (tests, scripts): where to reach us.
-        println!("mag-server listening on http://{addr}");
-        tracing::info!(
-            %addr,
-            pid = std::process::id(),
-            settings_file = ?settings.settings_file,
-            mcp_config = %settings.mcp_config.display(),
-            client = %settings.client_listen,
-            "mag-server listening"
-        );
         mag_server::run(settings, listener, shutdown).await
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

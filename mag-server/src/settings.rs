@@ -96,6 +96,31 @@ pub struct Cli {
     /// The Python that creates generated tools' virtual environments [default: python3].
     #[arg(long, env = "MAG_PYTHON", value_name = "PATH")]
     pub python: Option<PathBuf>,
+    /// Web origins (scheme://host[:port], comma-separated) whose pages may call the API,
+    /// besides loopback ones (e.g. MAG's frontend behind a proxy); any other Origin is
+    /// refused (403).
+    #[arg(
+        long,
+        env = "MAG_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGINS"
+    )]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Host names (comma-separated) the API answers to besides its own address and loopback
+    /// names, e.g. a reverse proxy's public name; any other Host is refused (403).
+    #[arg(
+        long,
+        env = "MAG_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_name = "HOSTS"
+    )]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// At most this many open connections; the next ones are answered 503 [default: 512].
+    #[arg(long, env = "MAG_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Largest mcp.json read or written, in bytes (also mcp-client's) [default: 4194304].
+    #[arg(long, env = "MAG_CONFIG_LIMIT", value_name = "BYTES")]
+    pub config_limit: Option<u64>,
 }
 
 /// The TOML file's keys (the flags' names with `_`); unknown keys are an error.
@@ -117,6 +142,10 @@ struct FileSettings {
     startup_timeout: Option<String>,
     connect_concurrency: Option<usize>,
     python: Option<PathBuf>,
+    allowed_origins: Option<Vec<String>>,
+    allowed_hosts: Option<Vec<String>>,
+    max_connections: Option<usize>,
+    config_limit: Option<u64>,
     #[serde(default)]
     models: Vec<Model>,
 }
@@ -210,7 +239,24 @@ pub struct Settings {
     pub mongodb_db: String,
     /// The `[[models]]` tables: the LLMs MCP generation may use.
     pub models: Vec<Model>,
+    /// Web origins allowed besides loopback ones.
+    pub allowed_origins: Vec<String>,
+    /// Host names allowed besides the listener's and loopback ones.
+    pub allowed_hosts: Vec<String>,
+    /// At most this many open connections.
+    pub max_connections: usize,
+    /// Largest `mcp.json` read or written, in bytes.
+    pub config_limit: u64,
 }
+
+/// The variables that hold mag-server's own secrets besides the models' keys: never passed
+/// to mcp-client (nor so to any MCP server).
+pub const SECRET_ENV: [&str; 4] = [
+    "MAG_API_TOKEN",
+    "MAG_CLIENT_TOKEN",
+    "JWT_SECRET_KEY",
+    "MONGODB_URL",
+];
 
 /// [`Settings::mongodb_db`] when `MONGODB_DB` is unset.
 pub const DEFAULT_MONGODB_DB: &str = "mag";
@@ -229,13 +275,23 @@ impl Settings {
     /// The TOML file is missing (when named), unreadable or invalid; a value is out of range.
     pub fn resolve(cli: Cli) -> Result<Self, SettingsError> {
         let mut settings = Self::merge(cli, std::env::current_exe().ok())?;
-        settings.api_token = Secret::from_env_value(std::env::var("MAG_API_TOKEN").ok());
-        settings.client_token = Secret::from_env_value(std::env::var("MAG_CLIENT_TOKEN").ok());
+        settings.api_token = token_from_env("MAG_API_TOKEN")?;
+        settings.client_token = token_from_env("MAG_CLIENT_TOKEN")?;
         settings.mongodb_url = Secret::from_env_value(std::env::var("MONGODB_URL").ok());
         if let Some(db) = std::env::var("MONGODB_DB").ok().filter(|d| !d.is_empty()) {
             settings.mongodb_db = db;
         }
         Ok(settings)
+    }
+
+    /// The names of the variables holding mag-server's secrets: [`SECRET_ENV`] and each
+    /// model's `api_key_env`.
+    pub fn secret_env(&self) -> Vec<String> {
+        SECRET_ENV
+            .iter()
+            .map(|name| name.to_string())
+            .chain(self.models.iter().filter_map(|m| m.api_key_env.clone()))
+            .collect()
     }
 
     /// [`Self::resolve`] without the environment-only values; `exe` is mag-server's own path
@@ -345,6 +401,19 @@ impl Settings {
             mongodb_url: None,
             mongodb_db: DEFAULT_MONGODB_DB.into(),
             models: file.models,
+            allowed_origins: cli
+                .allowed_origins
+                .or(file.allowed_origins)
+                .unwrap_or_default(),
+            allowed_hosts: cli.allowed_hosts.or(file.allowed_hosts).unwrap_or_default(),
+            max_connections: cli
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(mcp_client::http_edge::DEFAULT_MAX_CONNECTIONS),
+            config_limit: cli
+                .config_limit
+                .or(file.config_limit)
+                .unwrap_or(mcp_client::config::DEFAULT_CONFIG_LIMIT),
         };
         settings.check()?;
         Ok(settings)
@@ -363,6 +432,12 @@ impl Settings {
         if self.connect_concurrency == 0 {
             return fail("connect_concurrency must be at least 1");
         }
+        if self.max_connections == 0 {
+            return fail("max_connections must be at least 1");
+        }
+        if self.config_limit == 0 {
+            return fail("config_limit must be at least 1 byte");
+        }
         let s = &self.supervision;
         if s.crash_loop_exits == 0 {
             return fail("crash_loop_exits must be at least 1");
@@ -380,6 +455,20 @@ impl Settings {
             }
         }
         Ok(())
+    }
+}
+
+/// A token from the environment: `None` when unset.
+///
+/// # Errors
+/// Set but empty (or blank): that would quietly turn authentication off.
+fn token_from_env(name: &str) -> Result<Option<Secret>, SettingsError> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(value) if value.trim().is_empty() => Err(SettingsError(format!(
+            "{name} is set but empty: unset it to run without a token, or give it a value"
+        ))),
+        Ok(value) => Ok(Secret::from_env_value(Some(value))),
     }
 }
 

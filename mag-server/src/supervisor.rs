@@ -140,11 +140,6 @@ impl ClientStatus {
         matches!(self.state, ClientState::Running | ClientState::Adopted)
     }
 
-    /// Whether it may be up soon (being started or restarted).
-    pub fn is_coming(&self) -> bool {
-        matches!(self.state, ClientState::Starting | ClientState::Restarting)
-    }
-
     /// Why forwarded requests cannot go through now.
     pub fn cause(&self) -> String {
         let detail = self
@@ -237,6 +232,10 @@ struct Inner {
     token_file: PathBuf,
     adopt_token: Option<Secret>,
     connect_concurrency: usize,
+    /// Variables holding mag-server's secrets: kept out of mcp-client's environment.
+    secret_env: Vec<String>,
+    /// Passed on as `--config-limit`.
+    config_limit: u64,
     client: McpClient,
     store: Arc<ConfigStore>,
     status: watch::Sender<ClientStatus>,
@@ -303,6 +302,8 @@ impl Supervisor {
                 token_file: settings.data_dir.join(TOKEN_FILE),
                 adopt_token: settings.client_token.clone(),
                 connect_concurrency: settings.connect_concurrency,
+                secret_env: settings.secret_env(),
+                config_limit: settings.config_limit,
                 client,
                 store,
                 status,
@@ -340,14 +341,16 @@ impl Supervisor {
         self.inner.status.borrow().clone()
     }
 
-    /// Waits up to `within` for the client to be up when it is starting or restarting.
+    /// Waits up to `within` for the client to be up when mag-server is starting it for the
+    /// first time.
     ///
     /// # Errors
-    /// [`Error::Unavailable`] with the cause when it is not up by then (at once when it is
-    /// not coming: crash loop, address held, shutting down).
+    /// [`Error::Unavailable`] with the cause when it is not up by then, and at once when it
+    /// is down otherwise (restarting, crash loop, address held, shutting down): a caller
+    /// is told now rather than held while mcp-client restarts.
     pub async fn ready(&self, within: Duration) -> Result<()> {
         let mut rx = self.inner.status.subscribe();
-        let settled = |s: &ClientStatus| s.is_up() || !s.is_coming();
+        let settled = |s: &ClientStatus| s.is_up() || s.state != ClientState::Starting;
         let status = match tokio::time::timeout(within, rx.wait_for(settled)).await {
             Ok(Ok(status)) => status.clone(),
             _ => self.status(),
@@ -567,9 +570,17 @@ impl Supervisor {
         let stderr_start = stderr.stream_position().unwrap_or(0);
         let stderr_log = inner.log_dir.join("mcp_client_stderr.log");
         let mut command = Command::new(&inner.client_bin);
+        // mag-server's secrets (its API token, the store's URL with its password, the JWT
+        // secret, the models' keys) are not for mcp-client, nor so for any MCP server
+        // (generated code among them) to read.
+        for name in &inner.secret_env {
+            command.env_remove(name);
+        }
         command
             .arg("--config")
             .arg(&inner.mcp_config)
+            .arg("--config-limit")
+            .arg(inner.config_limit.to_string())
             .arg("--listen")
             .arg(inner.client.addr().to_string())
             .arg("--log-dir")
@@ -577,10 +588,6 @@ impl Supervisor {
             .arg("--token-env")
             .arg(CLIENT_TOKEN_ENV)
             .env(CLIENT_TOKEN_ENV, token.expose())
-            .env_remove("MAG_API_TOKEN")
-            // mag-server's store, maybe with a password: not for MCP servers (generated
-            // code among them) to read.
-            .env_remove("MONGODB_URL")
             // Its stderr goes to a file: no colour codes.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -1175,8 +1182,8 @@ fn stderr_tail(path: &Path, from: u64) -> Option<String> {
     } else {
         &text
     };
-    let text = text.trim();
-    (!text.is_empty()).then(|| text.to_string())
+    let text = mcp_client::secrets::redact(text.trim());
+    (!text.is_empty()).then_some(text)
 }
 
 /// `text` without ANSI escape sequences (`ESC [ … letter`), for logs of a program that

@@ -12,10 +12,11 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{McpConfig, revision};
+use crate::config::{ConfigError, McpConfig, revision};
 use crate::error::Error;
-use crate::http_edge::read_json;
-use crate::supervisor::Supervisor;
+use crate::http_edge::{Edge, EdgeError, read_body, read_json};
+use crate::secrets::redact;
+use crate::supervisor::{CallOutcome, Supervisor};
 
 /// Default limit on a request body, in bytes (4 MiB, SPEC §6).
 pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
@@ -29,13 +30,11 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The body limit, in bytes.
     pub body_limit: usize,
-    /// When set, every endpoint but `GET /` wants `Authorization: Bearer TOKEN`.
-    pub token: Option<std::sync::Arc<str>>,
 }
 
-/// The API's routes over `state`.
-pub fn router(state: AppState) -> Router {
-    let (token, limit) = (state.token.clone(), state.body_limit);
+/// The API's routes over `state`, behind `edge`'s checks (its `open_path` is `GET /`,
+/// which stays open with a token so supervisors can check liveness).
+pub fn router(state: AppState, edge: Edge) -> Router {
     let routes = Router::new()
         .route("/", get(root))
         .route("/load_config", post(load_config))
@@ -47,13 +46,13 @@ pub fn router(state: AppState) -> Router {
         .route("/shutdown", post(shutdown))
         .route("/metrics", get(metrics))
         .with_state(state);
-    // `GET /` stays open with a token, so supervisors can check liveness.
-    crate::http_edge::finish(routes, token, "/", limit)
+    crate::http_edge::finish(routes, edge)
 }
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let body = json!({"detail": self.to_string(), "code": self.code()});
+        let detail = redact(&self.to_string());
+        let body = json!({"detail": detail, "code": self.code()});
         (self.status(), Json(body)).into_response()
     }
 }
@@ -84,17 +83,34 @@ async fn root(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
+/// `{"config": {"mcpServers": {...}}}`, read from the text itself so that a key given twice
+/// (last-wins in a JSON object) is refused, as in a file.
 #[derive(Deserialize)]
-struct LoadConfig {
-    config: Value,
+struct LoadConfig<'a> {
+    #[serde(borrow)]
+    config: &'a serde_json::value::RawValue,
 }
 
 async fn load_config(
     State(state): State<AppState>,
-    Body(body): Body<LoadConfig>,
+    request: Request,
 ) -> Result<Json<Value>, Error> {
-    let revision = revision(body.config.to_string().as_bytes());
-    let config = McpConfig::from_value(body.config)?;
+    let bytes = read_body(request, &state, state.body_limit).await?;
+    if bytes.trim_ascii_start().first() != Some(&b'{')
+        && serde_json::from_slice::<Value>(&bytes).is_ok()
+    {
+        return Err(Error::invalid_body("the body must be a JSON object"));
+    }
+    let body: LoadConfig = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Error::invalid_body(e.to_string()),
+        _ => Error::Edge(EdgeError::MalformedJson(e.to_string())),
+    })?;
+    let text = body.config.get();
+    let revision = revision(text.as_bytes());
+    let config = McpConfig::parse(text).map_err(|e| {
+        // Positions are within the config object, not the body: say only what is wrong.
+        Error::Config(ConfigError::whole(e.message))
+    })?;
     let report = state.supervisor.apply(config, revision).await;
     Ok(Json(json!({
         "status": "accepted",
@@ -105,7 +121,11 @@ async fn load_config(
 }
 
 async fn servers(State(state): State<AppState>) -> Json<Value> {
-    Json(json!(state.supervisor.servers()))
+    let mut servers = state.supervisor.servers();
+    for view in servers.values_mut() {
+        view.error = view.error.as_deref().map(redact);
+    }
+    Json(json!(servers))
 }
 
 #[derive(Deserialize)]
@@ -166,10 +186,20 @@ async fn tool_call(
         Some(Value::Object(arguments)) => arguments,
         Some(_) => return Err(Error::invalid_body("params must be a JSON object")),
     };
-    let outcome = state
-        .supervisor
-        .call_tool(&body.server_name, &body.tool_name, arguments)
-        .await?;
+    let outcome = if state.supervisor.cancels_on_disconnect(&body.server_name) {
+        state
+            .supervisor
+            .call_tool(&body.server_name, &body.tool_name, arguments)
+            .await?
+    } else {
+        detached_call(
+            &state.supervisor,
+            &body.server_name,
+            &body.tool_name,
+            arguments,
+        )
+        .await?
+    };
     let mut answer = json!({
         "tool_name": body.tool_name,
         "server_name": body.server_name,
@@ -191,11 +221,42 @@ async fn tool_call(
         }
         Err(e) => {
             answer["content"] = json!([]);
-            answer["error"] = json!(e.to_string());
+            answer["error"] = json!(redact(&e.to_string()));
             answer["code"] = json!(e.code());
         }
     }
     Ok(Json(answer))
+}
+
+/// Runs a tool call on its own task, so that a REST caller that goes away (a client
+/// timeout, a closed browser tab) does not cancel it on the server: a disconnect is not a
+/// cancellation request, and servers on older SDKs (Python `mcp` 1.9) crash on one. The
+/// call runs to its end or its timeout; a result nobody waits for is logged and dropped.
+async fn detached_call(
+    supervisor: &Supervisor,
+    server: &str,
+    tool: &str,
+    arguments: rmcp::model::JsonObject,
+) -> Result<CallOutcome, Error> {
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let (supervisor, server, tool) = (supervisor.clone(), server.to_string(), tool.to_string());
+    tokio::spawn(async move {
+        let outcome = supervisor.call_tool(&server, &tool, arguments).await;
+        if answer.send(outcome).is_err() {
+            tracing::info!(
+                server,
+                tool,
+                "the caller went away before the tool call ended; its result was dropped \
+                 (set \"cancelOnDisconnect\": true on the server to cancel such calls)"
+            );
+        }
+    });
+    answered.await.unwrap_or_else(|_| {
+        Err(Error::Io {
+            context: "the tool call's task failed".into(),
+            source: std::io::Error::other("the task ended without an answer"),
+        })
+    })
 }
 
 /// The text of a result with `isError`, for the `error` field (never empty).

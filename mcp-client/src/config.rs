@@ -96,6 +96,11 @@ pub struct ServerEntry {
     pub ai_generated: bool,
     /// `maxConcurrency`: at most this many calls in flight on the connection (default: no cap).
     pub max_concurrency: Option<usize>,
+    /// `cancelOnDisconnect`: a REST caller that goes away mid-call cancels the call on the
+    /// server (`notifications/cancelled`). Default `false`: the call runs to its end or its
+    /// timeout and the result is dropped, since servers on older SDKs (Python `mcp` 1.9)
+    /// crash on a cancellation of a call in flight, failing everyone's calls.
+    pub cancel_on_disconnect: bool,
     /// Every other field, kept as written.
     pub extra: Map<String, Value>,
 }
@@ -112,7 +117,7 @@ pub struct McpConfig {
 /// Why a config was refused: the message and, when it came from text, where (1-based;
 /// `line` and `column` are 0 when the config did not come from text, e.g. `/load_config`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
-#[error("{message} (line {line}, column {column})")]
+#[error("{message}{}", position(*.line, *.column))]
 pub struct ConfigError {
     /// What is wrong, naming the server and field where there is one.
     pub message: String,
@@ -120,6 +125,26 @@ pub struct ConfigError {
     pub line: usize,
     /// 1-based column of the error, 0 if unknown.
     pub column: usize,
+}
+
+/// " (line L, column C)", or nothing for a config that did not come from text.
+fn position(line: usize, column: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(" (line {line}, column {column})")
+    }
+}
+
+impl ConfigError {
+    /// An error about the config as a whole, with no position in it.
+    pub fn whole(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            line: 0,
+            column: 0,
+        }
+    }
 }
 
 impl From<serde_json::Error> for ConfigError {
@@ -205,6 +230,110 @@ pub fn expand_vars(
     Ok(out)
 }
 
+/// The variable names `text` references as `${VAR}` (well-formed ones only).
+pub fn references(text: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else { break };
+        if is_var_name(&after[..end]) {
+            names.push(&after[..end]);
+        }
+        rest = &after[end + 1..];
+    }
+    names
+}
+
+impl McpConfig {
+    /// What the `${VAR}` references of every entry (in `args`, `env`, `url`, `headers`)
+    /// expand to with `lookup`, each with the reference it is shown as (`${VAR}`): the
+    /// secrets to redact from every log line and answer ([`crate::secrets`]).
+    pub fn secret_values(&self, lookup: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+        let mut found = std::collections::BTreeMap::new();
+        for entry in self.servers.values() {
+            let texts = entry
+                .args
+                .iter()
+                .chain(entry.env.values())
+                .chain(entry.headers.values())
+                .chain(entry.url.iter());
+            for name in texts.flat_map(|text| references(text)) {
+                if let Some(value) = lookup(name) {
+                    found.insert(value, format!("${{{name}}}"));
+                }
+            }
+        }
+        found.into_iter().collect()
+    }
+}
+
+/// Default limit on the size of a config file, in bytes (4 MiB; `--config-limit`).
+pub const DEFAULT_CONFIG_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// Reads a config file that must be a regular file (after following symlinks) of at most
+/// `limit` bytes. Blocking: call it off the async threads. It never blocks on what is not a
+/// regular file: the file is opened non-blocking and checked on the opened descriptor, so a
+/// FIFO or a device swapped in between is refused, not waited on.
+///
+/// # Errors
+/// `NotFound` and the other OS errors; `InvalidData` for a FIFO, a device, a folder or a
+/// file over the limit, with a message saying which.
+pub fn read_regular_file(path: &std::path::Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    let check = |meta: &std::fs::Metadata| {
+        if !meta.is_file() {
+            return Err(invalid(format!(
+                "{} is not a regular file (a {}); only a regular file is read as a config",
+                path.display(),
+                kind_of(meta.file_type())
+            )));
+        }
+        if meta.len() > limit {
+            return Err(invalid(format!(
+                "{} is {} bytes, over the config size limit of {limit} bytes",
+                path.display(),
+                meta.len()
+            )));
+        }
+        Ok(())
+    };
+    check(&std::fs::metadata(path)?)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)?;
+    check(&file.metadata()?)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(invalid(format!(
+            "{} grew over the config size limit of {limit} bytes",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+fn kind_of(file_type: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_dir() {
+        "folder"
+    } else if file_type.is_fifo() {
+        "FIFO"
+    } else if file_type.is_char_device() {
+        "character device"
+    } else if file_type.is_block_device() {
+        "block device"
+    } else if file_type.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}
+
 fn is_var_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
@@ -250,14 +379,28 @@ impl<'de> Visitor<'de> for ConfigSeed {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<McpConfig, A::Error> {
         let mut config = McpConfig::default();
+        let mut servers = None;
         while let Some(key) = map.next_key::<String>()? {
             if key == "mcpServers" {
-                config.servers = map.next_value_seed(ServersSeed)?;
+                if servers.is_some() {
+                    return Err(de::Error::custom("\"mcpServers\" is given twice"));
+                }
+                servers = Some(map.next_value_seed(ServersSeed)?);
             } else {
                 let value = map.next_value::<Value>()?;
-                config.extra.insert(key, value);
+                if config.extra.insert(key.clone(), value).is_some() {
+                    return Err(de::Error::custom(format!("{key:?} is given twice")));
+                }
             }
         }
+        // A config without the key is a typo (`mcpservers`) or a mistake (`{}`), never a
+        // wish to remove every server: that is `{"mcpServers": {}}`.
+        config.servers = servers.ok_or_else(|| {
+            de::Error::custom(
+                "no \"mcpServers\" object (the servers go under it, spelled so: \
+                 {\"mcpServers\": {...}}; an empty one removes every server)",
+            )
+        })?;
         Ok(config)
     }
 }
@@ -313,6 +456,7 @@ struct RawEntry {
     auto_connect: bool,
     ai_generated: bool,
     max_concurrency: Option<usize>,
+    cancel_on_disconnect: bool,
     extra: Map<String, Value>,
 }
 
@@ -384,6 +528,7 @@ impl RawEntry {
             auto_connect: self.auto_connect,
             ai_generated: self.ai_generated,
             max_concurrency: self.max_concurrency,
+            cancel_on_disconnect: self.cancel_on_disconnect,
             extra: self.extra,
         })
     }
@@ -408,7 +553,11 @@ impl<'de> Visitor<'de> for RawEntrySeed {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEntry, A::Error> {
         let mut raw = RawEntry::default();
+        let mut seen = std::collections::BTreeSet::new();
         while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(de::Error::custom(format!("field {key:?} is given twice")));
+            }
             match key.as_str() {
                 "transportType" | "type" => raw.transport = Some(map.next_value()?),
                 "command" => raw.command = Some(map.next_value()?),
@@ -423,6 +572,7 @@ impl<'de> Visitor<'de> for RawEntrySeed {
                 "autoConnect" => raw.auto_connect = map.next_value()?,
                 "ai_generated" => raw.ai_generated = map.next_value()?,
                 "maxConcurrency" => raw.max_concurrency = map.next_value()?,
+                "cancelOnDisconnect" => raw.cancel_on_disconnect = map.next_value()?,
                 _ => {
                     let value = map.next_value::<Value>()?;
                     raw.extra.insert(key, value);
@@ -494,9 +644,79 @@ mod tests {
     }
 
     #[test]
-    fn empty_and_missing_server_lists_are_valid() {
-        assert!(parse("{}").unwrap().servers.is_empty());
+    fn an_empty_server_list_is_valid_a_missing_one_is_not() {
         assert!(parse(r#"{"mcpServers": {}}"#).unwrap().servers.is_empty());
+        for text in ["{}", r#"{"mcpservers": {"a": {"command": "x"}}}"#] {
+            let err = parse(text).unwrap_err();
+            assert!(err.message.contains("no \"mcpServers\""), "{text}: {err:?}");
+            assert_eq!(err.line, 1, "{err:?}");
+        }
+        assert!(McpConfig::from_value(serde_json::json!({})).is_err());
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_the_top_and_in_entries() {
+        let twice = "{\"mcpServers\": {}, \"mcpServers\": {\"a\": {\"command\": \"x\"}}}";
+        assert!(parse(twice).unwrap_err().message.contains("twice"));
+        let extra = r#"{"mcpServers": {}, "x": 1, "x": 2}"#;
+        assert!(parse(extra).unwrap_err().message.contains("twice"));
+        let field = r#"{"mcpServers": {"a": {"command": "x", "command": "y"}}}"#;
+        let err = parse(field).unwrap_err();
+        assert!(
+            err.message.contains("\"command\" is given twice"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn positions_are_shown_only_when_known() {
+        assert_eq!(ConfigError::whole("bad").to_string(), "bad");
+        let err = parse("{").unwrap_err();
+        assert!(err.to_string().contains("(line 1, column 1)"), "{err}");
+    }
+
+    #[test]
+    fn secret_values_are_the_expanded_references() {
+        let config = parse(
+            r#"{"mcpServers": {
+                "a": {"url": "http://h/${KEY}?t=${TOKEN}", "headers": {"A": "Bearer ${TOKEN}"}},
+                "b": {"command": "x", "args": ["--k=${ARG}"], "env": {"E": "${UNSET}"}}
+            }}"#,
+        )
+        .unwrap();
+        let lookup = |name: &str| (name != "UNSET").then(|| format!("value-of-{name}"));
+        assert_eq!(
+            config.secret_values(lookup),
+            [
+                ("value-of-ARG".to_string(), "${ARG}".to_string()),
+                ("value-of-KEY".to_string(), "${KEY}".to_string()),
+                ("value-of-TOKEN".to_string(), "${TOKEN}".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn only_regular_files_within_the_limit_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mcp.json");
+        std::fs::write(&file, "{}").unwrap();
+        assert_eq!(read_regular_file(&file, 10).unwrap(), b"{}");
+        let err = read_regular_file(&file, 1).unwrap_err();
+        assert!(
+            err.to_string().contains("over the config size limit"),
+            "{err}"
+        );
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert_eq!(read_regular_file(&link, 10).unwrap(), b"{}");
+        let fifo = dir.path().join("fifo.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = read_regular_file(&fifo, 10).unwrap_err();
+        assert!(err.to_string().contains("FIFO"), "{err}");
+        let err = read_regular_file(std::path::Path::new("/dev/zero"), 10).unwrap_err();
+        assert!(err.to_string().contains("character device"), "{err}");
+        let err = read_regular_file(dir.path(), 10).unwrap_err();
+        assert!(err.to_string().contains("folder"), "{err}");
     }
 
     #[test]

@@ -1,24 +1,71 @@
-//! Pieces of the HTTP edge that mcp-client and mag-server share: the listener's socket
-//! options, reading a JSON body within the body limit, checking a bearer token, and
-//! setting up the daemon's log.
+//! The HTTP edge that mcp-client and mag-server share (SPEC §6): serving with bounded
+//! connections, the checks every request passes (Host, Origin, Content-Type, bearer token,
+//! body size and time), reading a JSON body, and setting up the daemon's log.
+//!
+//! Loopback is no wall: any page the operator's browser opens can send requests to
+//! 127.0.0.1. So, on every endpoint, before the token is looked at:
+//! - `Host` must name the listener (its IP), a loopback name (`localhost`, `*.localhost`,
+//!   `127.0.0.0/8`, `[::1]`) or a host allowed by setting (`--allowed-hosts`), else 403
+//!   `forbidden_host`: a DNS-rebinding page reaches us under its own name;
+//! - a request that carries `Origin` (every current browser sends one on a cross-site
+//!   request, and on any POST) must come from a loopback origin (`http(s)://localhost`,
+//!   `*.localhost`, a loopback IP; any port) or one allowed by setting (`--allowed-origins`),
+//!   else 403 `forbidden_origin` (`Origin: null` is not loopback); and, unless it is a `GET`,
+//!   `HEAD`, `OPTIONS` or `DELETE`, it must be `application/json`, else 415
+//!   `unsupported_media_type` (a cross-site `text/plain` POST needs no CORS preflight).
+//!
+//! Requests without `Origin` (curl, the SDKs, MAG's backend) are not from a browser.
+//! The same rule is the MCP spec's for its HTTP transport (2025-11-25, Transports §
+//! Security Warning: validate `Origin`, bind to localhost).
+//!
+//! Limits, from hyper's and tower-http's own settings: [`HEADER_TIMEOUT`] for a request's
+//! head (also the idle time a kept-alive connection may wait for its next request: hyper
+//! starts the same timer then), [`BODY_TIMEOUT`] between two pieces of a request body,
+//! the body limit checked against `Content-Length` before any of the body is read (413 at
+//! once), and at most `max_connections` connections at a time: the next ones are answered
+//! 503 `too_many_connections` and closed (logged at most every 10 s), or refused outright
+//! when even that backlog is full.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// `listener` with `TCP_NODELAY` set on every connection it accepts. Without it a
-/// response written in pieces (an SSE stream's headers, then its first event) waits for the
-/// peer's delayed ACK, about 40 ms on Linux, before its second piece leaves (Nagle's
-/// algorithm).
+use crate::secrets::Redacting;
+
+/// The longest a client may take to send a request's head, and the longest a kept-alive
+/// connection may sit idle before its next request (10 s).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest wait for the next piece of a request body (30 s).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default cap on open connections (`--max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+
+/// Connections over the cap that are still answered 503 at one time; beyond these, a new
+/// connection is closed at once.
+const REFUSALS: usize = 64;
+
+/// `listener` with `TCP_NODELAY` set on every connection it accepts (for `axum::serve`;
+/// [`serve`] sets it itself). Without it a response written in pieces (an SSE stream's
+/// headers, then its first event) waits for the peer's delayed ACK, about 40 ms on Linux,
+/// before its second piece leaves (Nagle's algorithm).
 pub fn no_delay(
     listener: tokio::net::TcpListener,
 ) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
@@ -42,6 +89,9 @@ pub enum EdgeError {
     /// The request body is larger than the limit, in bytes (413).
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(usize),
+    /// The request body stopped arriving for longer than [`BODY_TIMEOUT`] (408).
+    #[error("the request body stopped arriving for {}s", BODY_TIMEOUT.as_secs())]
+    BodyTimeout,
     /// No such endpoint (404).
     #[error("no endpoint {0}")]
     NoRoute(String),
@@ -51,6 +101,24 @@ pub enum EdgeError {
     /// A token is configured and the request did not carry it (401).
     #[error("missing or wrong bearer token (send Authorization: Bearer TOKEN)")]
     Unauthorized,
+    /// `Host` names neither this listener nor loopback nor an allowed host (403).
+    #[error(
+        "Host {0:?} is not this daemon's address nor a loopback name (DNS rebinding?); \
+         allow it with --allowed-hosts"
+    )]
+    ForbiddenHost(String),
+    /// `Origin` is not a loopback origin nor an allowed one (403).
+    #[error(
+        "requests from the web origin {0:?} are refused (a page in a browser?); allow it with \
+         --allowed-origins"
+    )]
+    ForbiddenOrigin(String),
+    /// A browser request with a body that is not `application/json` (415).
+    #[error("a request with an Origin must be Content-Type: application/json (got {0:?})")]
+    UnsupportedMediaType(String),
+    /// Every connection slot is taken (503).
+    #[error("too many connections (at most {0}); try again later")]
+    TooManyConnections(usize),
 }
 
 impl EdgeError {
@@ -60,9 +128,14 @@ impl EdgeError {
             Self::MalformedJson(_) => "malformed_json",
             Self::InvalidBody(_) => "invalid_body",
             Self::BodyTooLarge(_) => "body_too_large",
+            Self::BodyTimeout => "body_timeout",
             Self::NoRoute(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Unauthorized => "unauthorized",
+            Self::ForbiddenHost(_) => "forbidden_host",
+            Self::ForbiddenOrigin(_) => "forbidden_origin",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::TooManyConnections(_) => "too_many_connections",
         }
     }
 
@@ -72,9 +145,13 @@ impl EdgeError {
             Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
             Self::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::NoRoute(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::ForbiddenHost(_) | Self::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -86,73 +163,375 @@ impl IntoResponse for EdgeError {
     }
 }
 
-/// Adds what both APIs share at the edge to `router`: a JSON 404 for unknown paths and 405
-/// for wrong methods, the bearer `token` check on every request but `GET open_path` (401),
-/// and the body limit (`limit` bytes; [`read_json`] turns a larger body into 413).
-pub fn finish(
-    router: Router,
-    token: Option<Arc<str>>,
-    open_path: &'static str,
-    limit: usize,
-) -> Router {
+/// What a daemon's HTTP edge accepts (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Edge {
+    /// The address the API listens on: `Host` may name its IP.
+    pub listen: SocketAddr,
+    /// When set, every request but `GET open_path` wants `Authorization: Bearer TOKEN`.
+    pub token: Option<Arc<str>>,
+    /// The path served with `GET` without the token (liveness); such a request gets an
+    /// [`Authorized`]`(false)` extension.
+    pub open_path: &'static str,
+    /// Web origins allowed besides loopback ones (`scheme://host[:port]`).
+    pub allowed_origins: Vec<String>,
+    /// Host names allowed besides the listener's and loopback ones (e.g. a reverse proxy's
+    /// public name), with or without a port.
+    pub allowed_hosts: Vec<String>,
+    /// Largest request body, in bytes.
+    pub body_limit: usize,
+}
+
+/// Whether the request carried the token (or none is configured); set on every request
+/// that reaches a handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authorized(pub bool);
+
+impl Edge {
+    /// The host part of a `Host` header value (`h`, `h:port`, `[v6]:port`), lowercase.
+    fn host_name(value: &str) -> String {
+        let value = value.trim().to_ascii_lowercase();
+        if let Some(rest) = value.strip_prefix('[') {
+            return rest.split(']').next().unwrap_or_default().to_string();
+        }
+        match value.rsplit_once(':') {
+            Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host.to_string(),
+            _ => value,
+        }
+    }
+
+    /// Whether `name` (a bare host, lowercase) is loopback: `localhost`, `*.localhost`, or
+    /// a loopback IP.
+    fn is_loopback_name(name: &str) -> bool {
+        name == "localhost"
+            || name.ends_with(".localhost")
+            || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// Checks `Host` (see the module docs). A request without one (HTTP/1.0) is not from a
+    /// browser and passes.
+    ///
+    /// # Errors
+    /// [`EdgeError::ForbiddenHost`].
+    pub fn check_host(&self, headers: &HeaderMap) -> Result<(), EdgeError> {
+        let Some(value) = headers.get(header::HOST) else {
+            return Ok(());
+        };
+        let text = value.to_str().unwrap_or_default();
+        let name = Self::host_name(text);
+        let ip = name.parse::<IpAddr>().ok();
+        let listener = ip.is_some_and(|ip| {
+            ip == self.listen.ip() || (self.listen.ip().is_unspecified() && !ip.is_multicast())
+        });
+        let allowed = self.allowed_hosts.iter().any(|allowed| {
+            let allowed = allowed.trim().to_ascii_lowercase();
+            allowed == text.trim().to_ascii_lowercase() || allowed == name
+        });
+        if Self::is_loopback_name(&name) || listener || allowed {
+            Ok(())
+        } else {
+            Err(EdgeError::ForbiddenHost(text.chars().take(200).collect()))
+        }
+    }
+
+    /// Checks `Origin` and, for a browser request with a body, `Content-Type` (see the
+    /// module docs).
+    ///
+    /// # Errors
+    /// [`EdgeError::ForbiddenOrigin`], [`EdgeError::UnsupportedMediaType`].
+    pub fn check_origin(&self, method: &Method, headers: &HeaderMap) -> Result<(), EdgeError> {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return Ok(());
+        };
+        let origin = origin.to_str().unwrap_or("(not text)").trim();
+        let normalized = origin.trim_end_matches('/').to_ascii_lowercase();
+        let loopback = reqwest::Url::parse(origin).is_ok_and(|url| {
+            matches!(url.scheme(), "http" | "https")
+                && url.host_str().is_some_and(|host| {
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    Self::is_loopback_name(&host.to_ascii_lowercase())
+                })
+        });
+        let allowed = self
+            .allowed_origins
+            .iter()
+            .any(|a| a.trim().trim_end_matches('/').to_ascii_lowercase() == normalized);
+        if !loopback && !allowed {
+            return Err(EdgeError::ForbiddenOrigin(
+                origin.chars().take(200).collect(),
+            ));
+        }
+        if [Method::GET, Method::HEAD, Method::OPTIONS, Method::DELETE].contains(method) {
+            return Ok(());
+        }
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let essence = content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if essence == "application/json" {
+            Ok(())
+        } else {
+            Err(EdgeError::UnsupportedMediaType(
+                content_type.chars().take(100).collect(),
+            ))
+        }
+    }
+}
+
+/// Adds what both APIs share at the edge to `router`: the checks of [`Edge`] on every
+/// request (403, 415, then the token: 401), a JSON 404 for unknown paths and 405 for wrong
+/// methods, the body limit (413 from `Content-Length` before reading, or once a body of
+/// unknown length passes it) and [`BODY_TIMEOUT`].
+pub fn finish(router: Router, edge: Edge) -> Router {
+    let limit = edge.body_limit;
+    let edge = Arc::new(edge);
     router
         .fallback(|uri: Uri| async move { EdgeError::NoRoute(uri.path().to_string()) })
         .method_not_allowed_fallback(|| async { EdgeError::MethodNotAllowed })
-        .layer(axum::middleware::from_fn(
-            move |request: Request, next: axum::middleware::Next| {
-                let token = token.clone();
-                async move {
-                    let open = request.method() == Method::GET && request.uri().path() == open_path;
-                    match token {
-                        Some(token) if !open && !bearer_matches(request.headers(), &token) => {
-                            EdgeError::Unauthorized.into_response()
-                        }
-                        _ => next.run(request).await,
-                    }
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            BODY_TIMEOUT,
+        ))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))
+        // tower-http answers an over-long `Content-Length` in plain text: say it as we do.
+        .layer(axum::middleware::map_response(
+            move |response: Response| async move {
+                let ours = response
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+                if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !ours {
+                    EdgeError::BodyTooLarge(limit).into_response()
+                } else {
+                    response
                 }
             },
         ))
-        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(
+            move |mut request: Request, next: axum::middleware::Next| {
+                let edge = edge.clone();
+                async move {
+                    let checked = edge
+                        .check_host(request.headers())
+                        .and_then(|()| edge.check_origin(request.method(), request.headers()));
+                    if let Err(refused) = checked {
+                        tracing::info!(
+                            method = %request.method(), path = %request.uri().path(),
+                            "refused at the edge: {refused}"
+                        );
+                        return refused.into_response();
+                    }
+                    let authorized = edge
+                        .token
+                        .as_deref()
+                        .is_none_or(|token| bearer_matches(request.headers(), token));
+                    let open =
+                        request.method() == Method::GET && request.uri().path() == edge.open_path;
+                    if !authorized && !open {
+                        return EdgeError::Unauthorized.into_response();
+                    }
+                    request.extensions_mut().insert(Authorized(authorized));
+                    next.run(request).await
+                }
+            },
+        ))
 }
 
-/// Reads `request`'s body (within the router's `DefaultBodyLimit`, `limit` bytes) and parses
-/// it as `T`.
+/// Reads `request`'s body (within the body limit of [`finish`], `limit` bytes, and
+/// [`BODY_TIMEOUT`]) and parses it as `T`.
 ///
 /// # Errors
-/// [`EdgeError::BodyTooLarge`], [`EdgeError::MalformedJson`], [`EdgeError::InvalidBody`].
+/// [`EdgeError::BodyTooLarge`], [`EdgeError::BodyTimeout`], [`EdgeError::MalformedJson`],
+/// [`EdgeError::InvalidBody`].
 pub async fn read_json<T: DeserializeOwned, S: Send + Sync>(
     request: Request,
     state: &S,
     limit: usize,
 ) -> Result<T, EdgeError> {
-    let bytes = Bytes::from_request(request, state)
-        .await
-        .map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                EdgeError::BodyTooLarge(limit)
-            } else {
-                EdgeError::MalformedJson(rejection.body_text())
-            }
-        })?;
+    let bytes = read_body(request, state, limit).await?;
     serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => EdgeError::InvalidBody(e.to_string()),
         _ => EdgeError::MalformedJson(e.to_string()),
     })
 }
 
-/// Whether `headers` carry `Authorization: Bearer TOKEN`, compared in constant time.
+/// Reads `request`'s body as bytes; errors as [`read_json`].
+///
+/// # Errors
+/// [`EdgeError::BodyTooLarge`], [`EdgeError::BodyTimeout`], [`EdgeError::MalformedJson`].
+pub async fn read_body<S: Send + Sync>(
+    request: Request,
+    state: &S,
+    limit: usize,
+) -> Result<Bytes, EdgeError> {
+    Bytes::from_request(request, state)
+        .await
+        .map_err(|rejection| {
+            let timed_out = {
+                let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+                let mut found = false;
+                while let Some(error) = source {
+                    if error.is::<tower_http::timeout::TimeoutError>() {
+                        found = true;
+                        break;
+                    }
+                    source = error.source();
+                }
+                found
+            };
+            if timed_out {
+                EdgeError::BodyTimeout
+            } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                EdgeError::BodyTooLarge(limit)
+            } else {
+                EdgeError::MalformedJson(rejection.body_text())
+            }
+        })
+}
+
+/// Whether `headers` carry `Authorization: Bearer TOKEN` (the scheme in any case, RFC 7235
+/// § 2.1), compared in constant time.
 pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            let (scheme, rest) = v.trim_start().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
         .unwrap_or_default();
     let (a, b) = (given.as_bytes(), token.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and waits
+/// for the open connections to finish their requests (callers bound that wait). HTTP/1.1
+/// with hyper's [`HEADER_TIMEOUT`]; at most `max_connections` at a time (see the module
+/// docs); `TCP_NODELAY` on each.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    let refusals = Arc::new(Semaphore::new(REFUSALS));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let mut over_cap = LogEvery::new(Duration::from_secs(10));
+    let mut accept_errors = LogEvery::new(Duration::from_secs(10));
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    if !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                    ) {
+                        // EMFILE and the like: wait for connections to end.
+                        accept_errors.log(|n| tracing::error!(
+                            "cannot accept connections ({n} times in the last 10 s): {e}"
+                        ));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
+        }
+        let io = TokioIo::new(tcp);
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                let service = TowerToHyperService::new(router.clone());
+                let connection = graceful.watch(http.serve_connection(io, service));
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    }
+                    drop(slot);
+                });
+            }
+            Err(_) => {
+                over_cap.log(|n| {
+                    tracing::warn!(
+                        max_connections,
+                        "connection cap reached: {n} connections answered 503 or refused in \
+                         the last 10 s"
+                    )
+                });
+                let Ok(refusal) = refusals.clone().try_acquire_owned() else {
+                    continue; // dropped: closed at once
+                };
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(2))
+                    .keep_alive(false);
+                let refuse = hyper::service::service_fn(move |_| async move {
+                    let mut response =
+                        EdgeError::TooManyConnections(max_connections).into_response();
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        http.serve_connection(io, refuse),
+                    )
+                    .await;
+                    drop(refusal);
+                });
+            }
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// A log line at most once per period, counting what happened meanwhile.
+struct LogEvery {
+    period: Duration,
+    last: Option<Instant>,
+    count: u64,
+}
+
+impl LogEvery {
+    fn new(period: Duration) -> Self {
+        Self {
+            period,
+            last: None,
+            count: 0,
+        }
+    }
+
+    fn log(&mut self, log: impl FnOnce(u64)) {
+        self.count += 1;
+        if self.last.is_none_or(|last| last.elapsed() >= self.period) {
+            log(self.count);
+            self.last = Some(Instant::now());
+            self.count = 0;
+        }
+    }
+}
+
 /// Logs to stderr and to `LOG_DIR/FILE_PREFIX.YYYY-MM-DD` (rolling daily), filtered by
-/// `RUST_LOG` or else `default_filter`. Keep the returned guard alive: dropping it flushes.
+/// `RUST_LOG` or else `default_filter`, every line passed through
+/// [`crate::secrets::global`]'s redaction. Keep the returned guard alive: dropping it
+/// flushes.
 pub fn init_tracing(
     log_dir: &Path,
     file_prefix: &str,
@@ -162,12 +541,141 @@ pub fn init_tracing(
     let (file, guard) = tracing_appender::non_blocking(file);
     tracing_subscriber::registry()
         .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)))
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(tracing_subscriber::fmt::layer().with_writer(Redacting(std::io::stderr)))
         .with(
             tracing_subscriber::fmt::layer()
                 .with_ansi(false)
-                .with_writer(file),
+                .with_writer(Redacting(file)),
         )
         .init();
     guard
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edge() -> Edge {
+        Edge {
+            listen: "127.0.0.1:8765".parse().unwrap(),
+            token: None,
+            open_path: "/",
+            allowed_origins: vec!["https://mag.example.com".into()],
+            allowed_hosts: vec!["proxy.example.com".into()],
+            body_limit: 10,
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn hosts_must_name_the_listener_or_loopback() {
+        let edge = edge();
+        for ok in [
+            "127.0.0.1:8765",
+            "localhost:8765",
+            "LOCALHOST",
+            "app.localhost:1",
+            "[::1]:8765",
+            "127.0.0.2",
+            "proxy.example.com",
+            "proxy.example.com:443",
+        ] {
+            assert!(edge.check_host(&headers(&[("host", ok)])).is_ok(), "{ok}");
+        }
+        for bad in [
+            "evil.com",
+            "evil.com:8765",
+            "localhost.evil.com",
+            "10.0.0.1:8765",
+        ] {
+            assert!(
+                matches!(
+                    edge.check_host(&headers(&[("host", bad)])),
+                    Err(EdgeError::ForbiddenHost(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(edge.check_host(&HeaderMap::new()).is_ok());
+    }
+
+    #[test]
+    fn browser_requests_need_a_loopback_or_allowed_origin_and_json() {
+        let edge = edge();
+        let post = Method::POST;
+        let json = ("content-type", "application/json; charset=utf-8");
+        for ok in [
+            "http://localhost:5173",
+            "http://127.0.0.1",
+            "https://[::1]:3000",
+            "http://app.localhost",
+            "https://mag.example.com/",
+        ] {
+            assert!(
+                edge.check_origin(&post, &headers(&[("origin", ok), json]))
+                    .is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "http://evil.example",
+            "null",
+            "file://",
+            "http://localhost.evil.com",
+        ] {
+            assert!(
+                matches!(
+                    edge.check_origin(&post, &headers(&[("origin", bad), json])),
+                    Err(EdgeError::ForbiddenOrigin(_))
+                ),
+                "{bad}"
+            );
+        }
+        let plain = headers(&[
+            ("origin", "http://localhost"),
+            ("content-type", "text/plain"),
+        ]);
+        assert!(matches!(
+            edge.check_origin(&post, &plain),
+            Err(EdgeError::UnsupportedMediaType(_))
+        ));
+        assert!(edge.check_origin(&Method::GET, &plain).is_ok());
+        assert!(
+            edge.check_origin(&post, &headers(&[("content-type", "text/plain")]))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let token = "t0ken";
+        assert!(bearer_matches(
+            &headers(&[("authorization", "Bearer t0ken")]),
+            token
+        ));
+        assert!(bearer_matches(
+            &headers(&[("authorization", "bearer t0ken")]),
+            token
+        ));
+        assert!(bearer_matches(
+            &headers(&[("authorization", "BEARER  t0ken")]),
+            token
+        ));
+        assert!(!bearer_matches(
+            &headers(&[("authorization", "Basic t0ken")]),
+            token
+        ));
+        assert!(!bearer_matches(
+            &headers(&[("authorization", "Bearer t0ke")]),
+            token
+        ));
+        assert!(!bearer_matches(&HeaderMap::new(), token));
+    }
 }

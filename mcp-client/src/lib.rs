@@ -4,7 +4,9 @@
 //! Modules by concern: [`config`] (`mcp.json`), [`watch`] (hot reload), [`transport`] (stdio,
 //! legacy SSE, streamable HTTP), [`connection`] (one MCP session), [`supervisor`] (the servers
 //! and their state; the core), [`ledger`] (process groups that must not outlive us), [`api`]
-//! (thin HTTP handlers), [`metrics`], [`logs`] (per-server log files), [`error`].
+//! (thin HTTP handlers), [`http_edge`] (what every request passes: Host, Origin, token,
+//! limits), [`secrets`] (redaction), [`metrics`], [`logs`] (per-server log files),
+//! [`error`].
 
 pub mod api;
 pub mod config;
@@ -14,6 +16,7 @@ pub mod http_edge;
 pub mod ledger;
 pub mod logs;
 pub mod metrics;
+pub mod secrets;
 pub mod supervisor;
 pub mod transport;
 pub mod watch;
@@ -44,9 +47,17 @@ pub struct Options {
     pub log_dir: PathBuf,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
+    /// Largest config file read, in bytes.
+    pub config_limit: u64,
     /// The API token (`--token-env`): every endpoint but `GET /` wants
     /// `Authorization: Bearer TOKEN`. `None`: no token.
     pub token: Option<String>,
+    /// Web origins allowed besides loopback ones (`--allowed-origins`).
+    pub allowed_origins: Vec<String>,
+    /// Host names allowed besides the listener's and loopback ones (`--allowed-hosts`).
+    pub allowed_hosts: Vec<String>,
+    /// At most this many open connections (`--max-connections`).
+    pub max_connections: usize,
     /// Environment variables removed from every server's environment (the token's).
     pub scrub_env: Vec<String>,
     /// How often connected servers are pinged; `None`: never.
@@ -65,7 +76,7 @@ pub struct Options {
 /// SIGKILLed previous run left behind (per the [`ledger::Ledger`] in the log dir) are ended.
 ///
 /// # Errors
-/// Another daemon uses the log dir, or the HTTP server failed.
+/// Another daemon uses the log dir.
 pub async fn run(
     options: Options,
     listener: TcpListener,
@@ -87,6 +98,9 @@ pub async fn run(
             "ended server processes a previous run left behind"
         );
     }
+    if let Some(token) = &options.token {
+        secrets::global().set("token", [(token.clone(), "***".to_string())]);
+    }
     install_tls_provider();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
@@ -104,6 +118,7 @@ pub async fn run(
             ping_interval: options.ping_interval,
         },
         options.config.clone(),
+        options.config_limit,
     );
     // Applying the config also starts connecting its `autoConnect` servers.
     if let Err(e) = supervisor.load_file(&options.config).await {
@@ -114,27 +129,38 @@ pub async fn run(
     if let Err(e) = watch::watch_config(supervisor.clone(), options.config.clone(), stop.clone()) {
         tracing::error!("hot reload is off: {e}");
     }
-    let app = api::router(AppState {
-        supervisor: supervisor.clone(),
-        shutdown: stop.clone(),
-        body_limit: options.body_limit,
+    let addr = listener.local_addr().map_err(|source| Error::Io {
+        context: "cannot read the bound address".into(),
+        source,
+    })?;
+    let edge = http_edge::Edge {
+        listen: addr,
         token: options.token.as_deref().map(Into::into),
-    });
+        open_path: "/",
+        allowed_origins: options.allowed_origins.clone(),
+        allowed_hosts: options.allowed_hosts.clone(),
+        body_limit: options.body_limit,
+    };
+    let app = api::router(
+        AppState {
+            supervisor: supervisor.clone(),
+            shutdown: stop.clone(),
+            body_limit: options.body_limit,
+        },
+        edge,
+    );
     let signal_stop = stop.clone();
     tokio::spawn(async move {
         shutdown.await;
         signal_stop.cancel();
     });
-    if let Ok(addr) = listener.local_addr() {
-        println!("mcp-client listening on http://{addr}");
-        tracing::info!(%addr, pid = std::process::id(), "mcp-client listening");
-    }
+    println!("mcp-client listening on http://{addr}");
+    tracing::info!(%addr, pid = std::process::id(), "mcp-client listening");
     let stopped = stop.clone();
-    let server =
-        axum::serve(http_edge::no_delay(listener), app).with_graceful_shutdown(async move {
-            stopped.cancelled().await;
-        });
-    let server = tokio::spawn(async move { server.await });
+    let max_connections = options.max_connections;
+    let server = tokio::spawn(async move {
+        http_edge::serve(listener, app, max_connections, stopped.cancelled_owned()).await;
+    });
     stop.cancelled().await;
     tracing::info!("shutting down: ending every server");
     let drained = tokio::time::timeout(SHUTDOWN_BOUND, async {
@@ -143,13 +169,7 @@ pub async fn run(
     })
     .await;
     match drained {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => {
-            return Err(Error::Io {
-                context: "the HTTP server failed".into(),
-                source: e,
-            });
-        }
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!("the HTTP server task failed: {e}"),
         Err(_) => tracing::warn!("shutdown took longer than {SHUTDOWN_BOUND:?}; exiting anyway"),
     }

@@ -23,6 +23,20 @@ struct Cli {
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = mcp_client::api::DEFAULT_BODY_LIMIT)]
     body_limit: usize,
+    /// Largest config file read, in bytes; a larger one is a config error.
+    #[arg(long, default_value_t = mcp_client::config::DEFAULT_CONFIG_LIMIT, value_name = "BYTES")]
+    config_limit: u64,
+    /// Web origins (scheme://host[:port], comma-separated) whose pages may call the API,
+    /// besides loopback ones; a request with any other Origin is refused (403).
+    #[arg(long, value_delimiter = ',', value_name = "ORIGINS")]
+    allowed_origins: Vec<String>,
+    /// Host names (comma-separated) the API answers to besides its own address and loopback
+    /// names, e.g. a reverse proxy's; any other Host is refused (403, DNS rebinding).
+    #[arg(long, value_delimiter = ',', value_name = "HOSTS")]
+    allowed_hosts: Vec<String>,
+    /// At most this many open connections; the next ones are answered 503 and closed.
+    #[arg(long, default_value_t = mcp_client::http_edge::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    max_connections: usize,
     /// Name of an environment variable holding an API token: every endpoint but GET / then
     /// wants `Authorization: Bearer TOKEN`. The variable is kept from server processes.
     #[arg(long, value_name = "NAME")]
@@ -76,7 +90,11 @@ fn main() -> ExitCode {
             config: cli.config,
             log_dir: cli.log_dir,
             body_limit: cli.body_limit,
+            config_limit: cli.config_limit,
             token,
+            allowed_origins: cli.allowed_origins,
+            allowed_hosts: cli.allowed_hosts,
+            max_connections: cli.max_connections,
             scrub_env: cli.token_env.into_iter().collect(),
             ping_interval: (cli.ping_interval > 0.0)
                 .then(|| std::time::Duration::try_from_secs_f64(cli.ping_interval).ok())

@@ -14,10 +14,18 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, McpConfig, ServerEntry, revision};
+use crate::config::{ConfigError, McpConfig, ServerEntry, read_regular_file, revision};
 use crate::connection::{CallError, ConnectContext, Connection};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+
+/// The longest a config file read may take before it counts as failed (a file on a hung
+/// network filesystem); the watcher goes on either way.
+pub const CONFIG_READ_BOUND: Duration = Duration::from_secs(5);
+
+/// At most this many connects of wanted servers (`autoConnect`, reconnects) run at once, as
+/// mag-server's `connect/all` does; explicit `/connect_server` calls are not held back.
+pub const WANTED_CONNECTS: usize = 8;
 
 /// Longest wait between reconnect attempts (SPEC §4: 1 s doubling to 30 s).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -130,6 +138,12 @@ struct Inner {
     ctx: ConnectContext,
     shutting_down: CancellationToken,
     metrics: Metrics,
+    /// Largest config file read, in bytes.
+    config_limit: u64,
+    /// Bounds the connects of wanted servers ([`WANTED_CONNECTS`]).
+    wanted_connects: tokio::sync::Semaphore,
+    /// Every expanded `${VAR}` value of the configs applied so far, with its reference.
+    known_secrets: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 struct Slot {
@@ -191,8 +205,9 @@ impl Slot {
 }
 
 impl Supervisor {
-    /// A daemon with no servers; `config_path` is what `GET /` reports as the config file.
-    pub fn new(ctx: ConnectContext, config_path: PathBuf) -> Self {
+    /// A daemon with no servers; `config_path` is what `GET /` reports as the config file,
+    /// read up to `config_limit` bytes.
+    pub fn new(ctx: ConnectContext, config_path: PathBuf, config_limit: u64) -> Self {
         Self {
             inner: Arc::new(Inner {
                 servers: RwLock::new(BTreeMap::new()),
@@ -204,30 +219,43 @@ impl Supervisor {
                 ctx,
                 shutting_down: CancellationToken::new(),
                 metrics: Metrics::default(),
+                config_limit,
+                wanted_connects: tokio::sync::Semaphore::new(WANTED_CONNECTS),
+                known_secrets: Mutex::default(),
             }),
         }
     }
 
-    /// Reads, validates and applies the config file. A file that cannot be read or does not
-    /// validate is not applied: the live config stays and the error is kept for `GET /`.
+    /// Reads, validates and applies the config file. A file that cannot be read (not a
+    /// regular file, over the size limit, not answering within [`CONFIG_READ_BOUND`]) or
+    /// does not validate is not applied: the live config stays and the error is kept for
+    /// `GET /`.
     ///
     /// # Errors
     /// The [`ConfigError`] (a read failure has line and column 0).
     pub async fn load_file(&self, path: &Path) -> std::result::Result<ApplyReport, ConfigError> {
-        let parsed = match tokio::fs::read(path).await {
-            Ok(bytes) => std::str::from_utf8(&bytes)
-                .map_err(|e| ConfigError {
-                    message: format!("the file is not UTF-8: {e}"),
-                    line: 0,
-                    column: 0,
-                })
+        let (file, limit) = (path.to_path_buf(), self.inner.config_limit);
+        let read = tokio::task::spawn_blocking(move || read_regular_file(&file, limit));
+        let parsed = match tokio::time::timeout(CONFIG_READ_BOUND, read).await {
+            Ok(Ok(Ok(bytes))) => std::str::from_utf8(&bytes)
+                .map_err(|e| ConfigError::whole(format!("the file is not UTF-8: {e}")))
                 .and_then(McpConfig::parse)
                 .map(|config| (config, revision(&bytes))),
-            Err(e) => Err(ConfigError {
-                message: format!("cannot read {}: {e}", path.display()),
-                line: 0,
-                column: 0,
-            }),
+            Ok(Ok(Err(e))) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Err(ConfigError::whole(e.to_string()))
+            }
+            Ok(Ok(Err(e))) => Err(ConfigError::whole(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))),
+            Ok(Err(e)) => Err(ConfigError::whole(format!(
+                "cannot read {}: the reading task failed: {e}",
+                path.display()
+            ))),
+            Err(_) => Err(ConfigError::whole(format!(
+                "cannot read {}: no answer within {CONFIG_READ_BOUND:?}",
+                path.display()
+            ))),
         };
         match parsed {
             Ok((config, revision)) => Ok(self.apply(config, revision).await),
@@ -243,6 +271,17 @@ impl Supervisor {
     /// ended) before this returns; changed ones that were connected are reconnected and added
     /// ones with `autoConnect` connected, in the background. Unchanged servers are untouched.
     pub async fn apply(&self, config: McpConfig, revision: String) -> ApplyReport {
+        // Before anything connects and can fail with a value in its error. Values of earlier
+        // configs stay: a removed server may still log while it is ended.
+        {
+            let mut known = self
+                .inner
+                .known_secrets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            known.extend(config.secret_values(|name| std::env::var(name).ok()));
+            crate::secrets::global().set("config", known.clone());
+        }
         let mut report = ApplyReport::default();
         let mut removed = Vec::new();
         let mut reconnect = Vec::new();
@@ -333,6 +372,9 @@ impl Supervisor {
     /// Marks the server wanted and connects it; if that fails, keeps trying with backoff.
     async fn connect_wanted(&self, slot: &Arc<Slot>) {
         slot.state().wanted = true;
+        let Ok(_turn) = self.inner.wanted_connects.acquire().await else {
+            return;
+        };
         if let Err(e) = self.connect_slot(slot).await {
             tracing::warn!(server = %slot.name, "connect failed, will retry: {e}");
             self.schedule_reconnect(slot);
@@ -373,6 +415,11 @@ impl Supervisor {
                 if slot.connection().is_some() {
                     break; // the operator connected it meanwhile
                 }
+                let turn = tokio::select! {
+                    turn = this.inner.wanted_connects.acquire() => turn,
+                    _ = token.cancelled() => return,
+                };
+                let Ok(_turn) = turn else { return };
                 match this.connect_slot_if(&slot, true).await {
                     Ok(_) => {
                         slot.state().reconnects += 1;
@@ -677,6 +724,13 @@ impl Supervisor {
             .metrics
             .call(server, tool, started.elapsed(), error);
         Ok(outcome)
+    }
+
+    /// Whether the server's entry has `cancelOnDisconnect` (a REST caller that goes away
+    /// cancels its call); `false` for an unknown server.
+    pub fn cancels_on_disconnect(&self, server: &str) -> bool {
+        self.slot(server)
+            .is_ok_and(|slot| slot.state().entry.cancel_on_disconnect)
     }
 
     /// The metrics, as OpenMetrics text (`GET /metrics`).

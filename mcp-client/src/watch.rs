@@ -1,11 +1,14 @@
 //! Hot reload: the config file's folder is watched (`notify`: inotify on Linux), so a save
-//! by rename, the way editors and `mv` do it, is seen like a write in place. Events for the
-//! file are debounced ([`DEBOUNCE`] of quiet), then the file is loaded through
-//! [`Supervisor::load_file`], the same path `POST /load_config` takes: a file that does not
-//! parse or validate is never applied, and `GET /` reports why until a good one arrives.
+//! by rename, the way editors and `mv` do it, is seen like a write in place. When the file
+//! is a symlink, the folder of the file it points to is watched too, so an edit of the
+//! target is seen (the target is looked up again after every change: a link pointed
+//! elsewhere is followed). Events for either file are debounced ([`DEBOUNCE`] of quiet),
+//! then the file is loaded through [`Supervisor::load_file`], the same path `POST
+//! /load_config` takes: a file that does not parse or validate, or is no regular file, is
+//! never applied, and `GET /` reports why until a good one arrives.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use notify::{EventKind, RecursiveMode, Watcher};
@@ -24,23 +27,26 @@ pub const DEBOUNCE: Duration = Duration::from_millis(200);
 /// [`Error::Io`] when the folder cannot be watched (it does not exist, or inotify is out of
 /// watches); the daemon then runs without hot reload.
 pub fn watch_config(supervisor: Supervisor, path: PathBuf, stop: CancellationToken) -> Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name: OsString = path.file_name().unwrap_or_default().to_owned();
+    // Absolute, so the target's folder (absolute too) is known to be the same or another.
+    let dir = folder_of(&path);
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let own = dir.join(path.file_name().unwrap_or_default());
+    // The full paths whose events count: the file itself and, for a link, its target.
+    let watched: Arc<RwLock<Vec<PathBuf>>> = Arc::new(RwLock::new(vec![own.clone()]));
     let (changed, mut changes) = mpsc::channel::<()>(1);
-    let io_error = |e: notify::Error| Error::Io {
-        context: format!("cannot watch {} for config changes", dir.display()),
-        source: std::io::Error::other(e),
+    let io_error = |dir: &Path| {
+        let dir = dir.display().to_string();
+        move |e: notify::Error| Error::Io {
+            context: format!("cannot watch {dir} for config changes"),
+            source: std::io::Error::other(e),
+        }
     };
+    let paths = watched.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         match event {
             Ok(event) => {
-                let ours = event
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name() == Some(name.as_os_str()));
+                let paths = paths.read().unwrap_or_else(|p| p.into_inner());
+                let ours = event.paths.iter().any(|p| paths.contains(p));
                 if ours && !matches!(event.kind, EventKind::Access(_)) {
                     // A full channel already holds a pending change: nothing is lost.
                     let _ = changed.try_send(());
@@ -49,13 +55,14 @@ pub fn watch_config(supervisor: Supervisor, path: PathBuf, stop: CancellationTok
             Err(e) => tracing::warn!("config watcher: {e}"),
         }
     })
-    .map_err(io_error)?;
+    .map_err(io_error(&dir))?;
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(io_error)?;
+        .map_err(io_error(&dir))?;
+    let mut dirs = vec![dir];
+    follow_target(&mut watcher, &mut dirs, &watched, &own);
     tracing::info!(path = %path.display(), "watching the config for changes");
     tokio::spawn(async move {
-        let _watcher = watcher; // dropping it ends the watch
         loop {
             tokio::select! {
                 change = changes.recv() => if change.is_none() { return },
@@ -64,10 +71,51 @@ pub fn watch_config(supervisor: Supervisor, path: PathBuf, stop: CancellationTok
             if !quiet(&mut changes).await {
                 return;
             }
+            follow_target(&mut watcher, &mut dirs, &watched, &own);
             reload(&supervisor, &path).await;
         }
     });
     Ok(())
+}
+
+fn folder_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// When `own` is a symlink, makes its target's events count too and watches the target's
+/// folder (once per folder). A folder that cannot be watched is logged; the file itself
+/// stays watched.
+fn follow_target(
+    watcher: &mut impl Watcher,
+    dirs: &mut Vec<PathBuf>,
+    watched: &RwLock<Vec<PathBuf>>,
+    own: &Path,
+) {
+    let is_link = own
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink());
+    let target = is_link.then(|| std::fs::canonicalize(own).ok()).flatten();
+    let mut paths = vec![own.to_path_buf()];
+    if let Some(target) = target {
+        let dir = folder_of(&target);
+        if !dirs.contains(&dir) {
+            match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    tracing::info!(target = %target.display(), "the config is a link: watching its target too");
+                    dirs.push(dir);
+                }
+                Err(e) => tracing::warn!(
+                    "cannot watch {} (the config link's target): {e}",
+                    dir.display()
+                ),
+            }
+        }
+        paths.push(target);
+    }
+    *watched.write().unwrap_or_else(|p| p.into_inner()) = paths;
 }
 
 /// Waits until no change came for [`DEBOUNCE`]; `false` if the watcher is gone.

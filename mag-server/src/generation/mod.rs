@@ -227,7 +227,7 @@ impl Generator {
             "state": if state.is_ok() { "ok" } else { "unavailable" },
         });
         if let Err(e) = state {
-            answer["error"] = json!(e);
+            answer["error"] = json!(mcp_client::secrets::redact(&e));
         }
         answer
     }
