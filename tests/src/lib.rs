@@ -3,7 +3,7 @@
 //!
 //! The peers (npm `@modelcontextprotocol/server-everything`, `server-filesystem`, the
 //! conformance suite with the Node 22 it needs; PyPI `mcp`, `mcp-server-time` and the
-//! MongoDB-wire server `secantusdb`) are installed on first use into `$MAG_TEST_PEERS`
+//! MongoDB-wire server `secantusdb`, and in a second venv `mcp==1.9.4`, MAG's pin) are installed on first use into `$MAG_TEST_PEERS`
 //! (default `~/.cache/mag-test-peers`) with npm and pip, once per machine, with a
 //! wheelhouse of `mcp` and its dependencies for offline installs into fresh venvs: a stamp
 //! file records the pinned versions, and a file lock makes concurrent test processes wait
@@ -40,6 +40,14 @@ const PIP_PACKAGES: &[&str] = &[
     "mcp-server-time==2026.10.19",
     "prometheus-client==0.26.0",
     "secantusdb==0.7.0b3",
+];
+/// The PyPI packages of a second venv: `mcp==1.9.4`, the version MAG pins, with the
+/// dependencies of its era (with today's pydantic its import fails).
+const PIP_PACKAGES_MCP194: &[&str] = &[
+    "mcp==1.9.4",
+    "pydantic==2.11.10",
+    "anyio==4.11.0",
+    "starlette==0.49.3",
 ];
 /// What the wheelhouse holds (with every dependency), for offline installs into fresh
 /// venvs.
@@ -85,6 +93,11 @@ impl Peers {
         self.root.join("venv/bin/python")
     }
 
+    /// The second venv's Python, with `mcp==1.9.4` (see `py_server_mcp194.py`).
+    pub fn python_mcp194(&self) -> PathBuf {
+        self.root.join("venv-mcp194/bin/python")
+    }
+
     /// `mcp-server-time`.
     pub fn mcp_server_time(&self) -> PathBuf {
         self.root.join("venv/bin/mcp-server-time")
@@ -126,7 +139,8 @@ fn install_peers(root: &Path) {
     std::fs::create_dir_all(root).expect("create the peers dir");
     let lock = std::fs::File::create(root.join(".lock")).expect("create the peers lock");
     lock.lock().expect("lock the peers dir");
-    let wanted = format!("{NPM_PACKAGES:?} {PIP_PACKAGES:?} wheels {WHEELHOUSE:?}");
+    let wanted =
+        format!("{NPM_PACKAGES:?} {PIP_PACKAGES:?} {PIP_PACKAGES_MCP194:?} wheels {WHEELHOUSE:?}");
     let stamp = root.join(".installed");
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
         return;
@@ -153,6 +167,20 @@ fn install_peers(root: &Path) {
         Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
             .args(PIP_PACKAGES),
+    );
+    let venv_mcp194 = root.join("venv-mcp194");
+    if !venv_mcp194.join("bin/python").exists() {
+        run_installer(
+            Command::new("python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(&venv_mcp194),
+        );
+    }
+    run_installer(
+        Command::new(venv_mcp194.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(PIP_PACKAGES_MCP194),
     );
     run_installer(
         Command::new(venv.join("bin/pip"))

@@ -794,7 +794,7 @@ async fn bad_input_is_refused_with_a_detail() {
     )
     .unwrap();
     let (status, broken) = mag.get("/api/mcp/config").await;
-    assert_eq!(status, 500, "{broken}");
+    assert_eq!(status, 409, "{broken}");
     assert_eq!(broken["code"], "config_file_invalid");
     assert_eq!(broken["line"], 2, "{broken}");
     let (status, added) = mag
@@ -803,7 +803,7 @@ async fn bad_input_is_refused_with_a_detail() {
             json!({"mcpServers": {"b": py_stdio_entry()}}),
         )
         .await;
-    assert_eq!(status, 500, "{added}");
+    assert_eq!(status, 409, "{added}");
     let (status, fixed) = mag
         .post_config(json!({"mcpServers": {}}), &broken["version"])
         .await;
@@ -817,7 +817,17 @@ async fn the_api_token_guards_everything_but_health_and_stays_out_of_the_client(
         env: vec![("MAG_API_TOKEN".into(), "s3cret-api".into())],
         ..MagOptions::default()
     });
+    // Without the token, /health is liveness only: states, no pids, errors or stderr.
+    let (status, open) = mag.get("/health").await;
+    assert_eq!(status, 200, "{open}");
+    assert!(open["mcp_client"]["state"].is_string(), "{open}");
+    assert!(
+        open.get("pid").is_none() && open["mcp_client"].get("pid").is_none(),
+        "{open}"
+    );
+    mag.token = Some("s3cret-api".into());
     let client = mag.wait_running().await["pid"].as_u64().unwrap();
+    mag.token = None;
     for path in ["/api/mcp/config", "/api/mcp/status", "/api/nothing"] {
         let (status, answer) = mag.get(path).await;
         assert_eq!(status, 401, "{path}: {answer}");
