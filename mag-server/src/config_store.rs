@@ -15,7 +15,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mcp_client::config::{ConfigError, DEFAULT_TIMEOUT, McpConfig, read_regular_file, revision};
+use mcp_client::config::{
+    CONFIG_READ_BOUND, ConfigError, DEFAULT_TIMEOUT, McpConfig, read_regular_file, revision,
+};
 use serde_json::{Map, Value};
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -180,24 +182,39 @@ impl ConfigGuard<'_> {
         }
         let path = self.store.path.clone();
         let version = revision(&bytes);
-        blocking(move || {
+        // Not bounded: a write answered as failed must not land later.
+        tokio::task::spawn_blocking(move || {
             write_atomic(&path, &bytes).map_err(|source| Error::Io {
                 context: format!("cannot write {}", path.display()),
                 source,
             })
         })
-        .await?;
+        .await
+        .unwrap_or_else(|e| {
+            Err(Error::Io {
+                context: "the config write task failed".into(),
+                source: std::io::Error::other(e),
+            })
+        })?;
         Ok(version)
     }
 }
 
+/// Runs a file read off the async threads, within [`CONFIG_READ_BOUND`] (a file on a hung
+/// network filesystem fails the request instead of holding it and the writers' lock).
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(Error::Io {
-            context: "a file task failed".into(),
-            source: std::io::Error::other(e),
-        })
-    })
+    match tokio::time::timeout(CONFIG_READ_BOUND, tokio::task::spawn_blocking(f)).await {
+        Ok(done) => done.unwrap_or_else(|e| {
+            Err(Error::Io {
+                context: "a file task failed".into(),
+                source: std::io::Error::other(e),
+            })
+        }),
+        Err(_) => Err(Error::Io {
+            context: format!("the config file did not answer within {CONFIG_READ_BOUND:?}"),
+            source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+        }),
+    }
 }
 
 /// The file's bytes (a regular file of at most `limit` bytes, see

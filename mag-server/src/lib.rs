@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use percent_encoding::percent_decode_str;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -172,11 +173,24 @@ pub async fn run(
 /// store's URL (it may hold a password), the JWT secret and the models' keys, as they are
 /// in the environment.
 fn register_secrets(settings: &Settings) {
-    let values = settings
+    let mut values: Vec<String> = settings
         .secret_env()
         .into_iter()
         .filter_map(|name| std::env::var(name).ok())
-        .map(|value| (value, "***".to_string()));
+        .collect();
+    // The store's password on its own too: a driver's error may name it without the URL.
+    if let Some(password) = settings
+        .mongodb_url
+        .as_ref()
+        .and_then(|url| reqwest::Url::parse(url.expose()).ok())
+        .and_then(|url| url.password().map(str::to_string))
+    {
+        let decoded = percent_decode_str(&password)
+            .decode_utf8_lossy()
+            .into_owned();
+        values.extend([password, decoded]);
+    }
+    let values = values.into_iter().map(|value| (value, "***".to_string()));
     mcp_client::secrets::global().set("mag-server", values);
 }
 

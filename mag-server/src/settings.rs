@@ -96,9 +96,9 @@ pub struct Cli {
     /// The Python that creates generated tools' virtual environments [default: python3].
     #[arg(long, env = "MAG_PYTHON", value_name = "PATH")]
     pub python: Option<PathBuf>,
-    /// Web origins (scheme://host[:port], comma-separated) whose pages may call the API,
-    /// besides loopback ones (e.g. MAG's frontend behind a proxy); any other Origin is
-    /// refused (403).
+    /// Web origins (scheme://host[:port], comma-separated) whose requests are taken, besides
+    /// loopback ones (no CORS: e.g. MAG's frontend behind the same proxy); any other Origin
+    /// is refused (403).
     #[arg(
         long,
         env = "MAG_ALLOWED_ORIGINS",

@@ -268,6 +268,10 @@ impl McpConfig {
     }
 }
 
+/// The longest a config file read may take before it counts as failed (a file on a hung
+/// network filesystem); the watcher goes on either way.
+pub const CONFIG_READ_BOUND: Duration = Duration::from_secs(5);
+
 /// Default limit on the size of a config file, in bytes (4 MiB; `--config-limit`).
 pub const DEFAULT_CONFIG_LIMIT: u64 = 4 * 1024 * 1024;
 

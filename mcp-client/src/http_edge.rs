@@ -11,8 +11,12 @@
 //!   request, and on any POST) must come from a loopback origin (`http(s)://localhost`,
 //!   `*.localhost`, a loopback IP; any port) or one allowed by setting (`--allowed-origins`),
 //!   else 403 `forbidden_origin` (`Origin: null` is not loopback); and, unless it is a `GET`,
-//!   `HEAD`, `OPTIONS` or `DELETE`, it must be `application/json`, else 415
+//!   `HEAD`, `OPTIONS` or `DELETE` or comes from a page of the same origin (its `Origin`
+//!   names the `Host` it calls), it must be `application/json`, else 415
 //!   `unsupported_media_type` (a cross-site `text/plain` POST needs no CORS preflight).
+//!
+//! Refusals are logged, at most one line every 10 s with a count, so a page that loops
+//! cannot fill the disk.
 //!
 //! Requests without `Origin` (curl, the SDKs, MAG's backend) are not from a browser.
 //! The same rule is the MCP spec's for its HTTP transport (2025-11-25, Transports §
@@ -55,6 +59,10 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest wait for the next piece of a request body (30 s).
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The longest a whole request body may take to arrive (60 s), however steadily it
+/// trickles.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Default cap on open connections (`--max-connections`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
@@ -89,8 +97,13 @@ pub enum EdgeError {
     /// The request body is larger than the limit, in bytes (413).
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(usize),
-    /// The request body stopped arriving for longer than [`BODY_TIMEOUT`] (408).
-    #[error("the request body stopped arriving for {}s", BODY_TIMEOUT.as_secs())]
+    /// The request body paused longer than [`BODY_TIMEOUT`] or took longer than
+    /// [`BODY_DEADLINE`] in all (408).
+    #[error(
+        "the request body did not arrive in time (a pause over {}s, or over {}s in all)",
+        BODY_TIMEOUT.as_secs(),
+        BODY_DEADLINE.as_secs()
+    )]
     BodyTimeout,
     /// No such endpoint (404).
     #[error("no endpoint {0}")]
@@ -261,7 +274,20 @@ impl Edge {
                 origin.chars().take(200).collect(),
             ));
         }
-        if [Method::GET, Method::HEAD, Method::OPTIONS, Method::DELETE].contains(method) {
+        // A page served under the very name and port it calls (a frontend behind the same
+        // proxy) is same-origin: no cross-site request, whatever its content type.
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let same_origin = reqwest::Url::parse(origin).is_ok_and(|url| {
+            let authority = match (url.host_str(), url.port()) {
+                (Some(name), Some(port)) => format!("{name}:{port}"),
+                (Some(name), None) => name.to_string(),
+                _ => return false,
+            };
+            host.is_some_and(|host| host.eq_ignore_ascii_case(&authority))
+        });
+        if same_origin
+            || [Method::GET, Method::HEAD, Method::OPTIONS, Method::DELETE].contains(method)
+        {
             return Ok(());
         }
         let content_type = headers
@@ -291,6 +317,9 @@ impl Edge {
 pub fn finish(router: Router, edge: Edge) -> Router {
     let limit = edge.body_limit;
     let edge = Arc::new(edge);
+    let refusals = Arc::new(std::sync::Mutex::new(LogEvery::new(Duration::from_secs(
+        10,
+    ))));
     router
         .fallback(|uri: Uri| async move { EdgeError::NoRoute(uri.path().to_string()) })
         .method_not_allowed_fallback(|| async { EdgeError::MethodNotAllowed })
@@ -315,16 +344,20 @@ pub fn finish(router: Router, edge: Edge) -> Router {
         ))
         .layer(axum::middleware::from_fn(
             move |mut request: Request, next: axum::middleware::Next| {
-                let edge = edge.clone();
+                let (edge, refusals) = (edge.clone(), refusals.clone());
                 async move {
                     let checked = edge
                         .check_host(request.headers())
                         .and_then(|()| edge.check_origin(request.method(), request.headers()));
                     if let Err(refused) = checked {
-                        tracing::info!(
-                            method = %request.method(), path = %request.uri().path(),
-                            "refused at the edge: {refused}"
-                        );
+                        let mut log = refusals.lock().unwrap_or_else(|p| p.into_inner());
+                        log.log(|n| {
+                            tracing::warn!(
+                                method = %request.method(), path = %request.uri().path(),
+                                "refused at the edge ({n} in the last 10 s): {refused}"
+                            )
+                        });
+                        drop(log);
                         return refused.into_response();
                     }
                     let authorized = edge
@@ -344,7 +377,7 @@ pub fn finish(router: Router, edge: Edge) -> Router {
 }
 
 /// Reads `request`'s body (within the body limit of [`finish`], `limit` bytes, and
-/// [`BODY_TIMEOUT`]) and parses it as `T`.
+/// [`BODY_TIMEOUT`], [`BODY_DEADLINE`]) and parses it as `T`.
 ///
 /// # Errors
 /// [`EdgeError::BodyTooLarge`], [`EdgeError::BodyTimeout`], [`EdgeError::MalformedJson`],
@@ -361,7 +394,7 @@ pub async fn read_json<T: DeserializeOwned, S: Send + Sync>(
     })
 }
 
-/// Reads `request`'s body as bytes; errors as [`read_json`].
+/// Reads `request`'s body as bytes, within [`BODY_DEADLINE`]; errors as [`read_json`].
 ///
 /// # Errors
 /// [`EdgeError::BodyTooLarge`], [`EdgeError::BodyTimeout`], [`EdgeError::MalformedJson`].
@@ -370,8 +403,9 @@ pub async fn read_body<S: Send + Sync>(
     state: &S,
     limit: usize,
 ) -> Result<Bytes, EdgeError> {
-    Bytes::from_request(request, state)
+    tokio::time::timeout(BODY_DEADLINE, Bytes::from_request(request, state))
         .await
+        .map_err(|_| EdgeError::BodyTimeout)?
         .map_err(|rejection| {
             let timed_out = {
                 let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
@@ -647,6 +681,11 @@ mod tests {
             Err(EdgeError::UnsupportedMediaType(_))
         ));
         assert!(edge.check_origin(&Method::GET, &plain).is_ok());
+        let same = headers(&[
+            ("origin", "http://localhost:9999"),
+            ("host", "localhost:9999"),
+        ]);
+        assert!(edge.check_origin(&post, &same).is_ok());
         assert!(
             edge.check_origin(&post, &headers(&[("content-type", "text/plain")]))
                 .is_ok()

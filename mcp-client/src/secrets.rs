@@ -10,7 +10,8 @@
 //! The daemons' tracing writers ([`Redacting`]) pass every line through the process-wide
 //! set ([`global`]), so a URL with a key that a dependency puts in its own error or log line
 //! is redacted as well. Values shorter than [`MIN_SECRET_LEN`] bytes are not redacted:
-//! they are no secret, and replacing them would garble every line.
+//! they are no secret, and replacing them would garble every line; values shorter than
+//! [`WORD_ONLY_BELOW`] only where they stand alone.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -45,6 +46,19 @@ const COMPONENT_SET: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// A URL's userinfo (WHATWG URL Standard § 1.3, userinfo percent-encode set).
+const USERINFO_SET: &AsciiSet = &URL_SET
+    .add(b'/')
+    .add(b':')
+    .add(b';')
+    .add(b'=')
+    .add(b'@')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'|');
+
 /// `application/x-www-form-urlencoded` (WHATWG URL Standard § 5.2), before space becomes `+`.
 const FORM_SET: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'*')
@@ -63,7 +77,13 @@ pub struct Secrets {
 struct Matcher {
     automaton: AhoCorasick,
     shown: Vec<String>,
+    /// Per pattern: whether it is short enough to count only as a whole word.
+    word_only: Vec<bool>,
 }
+
+/// A value shorter than this (in bytes) is redacted only where it stands alone (no letter,
+/// digit or `_` on either side), so `8080` leaves pid `18080` alone.
+pub const WORD_ONLY_BELOW: usize = 8;
 
 /// The process-wide set the tracing writers and the API use.
 pub fn global() -> &'static Secrets {
@@ -84,7 +104,9 @@ impl Secrets {
             }
             let spellings = [
                 value.clone(),
+                value.escape_debug().to_string(),
                 utf8_percent_encode(value, URL_SET).to_string(),
+                utf8_percent_encode(value, USERINFO_SET).to_string(),
                 utf8_percent_encode(value, COMPONENT_SET).to_string(),
                 utf8_percent_encode(value, FORM_SET)
                     .to_string()
@@ -98,12 +120,19 @@ impl Secrets {
             None
         } else {
             let (patterns, shown): (Vec<String>, Vec<String>) = pairs.into_iter().unzip();
+            let word_only = patterns.iter().map(|p| p.len() < WORD_ONLY_BELOW).collect();
             AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostLongest)
                 .build(&patterns)
                 .map_err(|e| tracing::error!("cannot build the secret matcher: {e}"))
                 .ok()
-                .map(|automaton| Arc::new(Matcher { automaton, shown }))
+                .map(|automaton| {
+                    Arc::new(Matcher {
+                        automaton,
+                        shown,
+                        word_only,
+                    })
+                })
         };
         *self.matcher.write().unwrap_or_else(|p| p.into_inner()) = matcher;
     }
@@ -116,12 +145,28 @@ impl Secrets {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        match matcher {
-            Some(m) if m.automaton.is_match(text) => {
-                Cow::Owned(m.automaton.replace_all(text, &m.shown))
+        let Some(m) = matcher.filter(|m| m.automaton.is_match(text)) else {
+            return Cow::Borrowed(text);
+        };
+        let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+        let mut out = String::with_capacity(text.len());
+        let mut last = 0;
+        for found in m.automaton.find_iter(text) {
+            let pattern = found.pattern().as_usize();
+            let alone = !word(text[..found.start()].chars().next_back())
+                && !word(text[found.end()..].chars().next());
+            if m.word_only[pattern] && !alone {
+                continue;
             }
-            _ => Cow::Borrowed(text),
+            out.push_str(&text[last..found.start()]);
+            out.push_str(&m.shown[pattern]);
+            last = found.end();
         }
+        if last == 0 {
+            return Cow::Borrowed(text);
+        }
+        out.push_str(&text[last..]);
+        Cow::Owned(out)
     }
 }
 
@@ -182,6 +227,20 @@ mod tests {
             "http://h/x?k=${KEY}&v=${KEY} and /${KEY}"
         );
         assert!(matches!(secrets.redact("nothing here"), Cow::Borrowed(_)));
+        // Short values only as whole words; every spelling of a long one.
+        secrets.set("port", [("8080".to_string(), "${PORT}".to_string())]);
+        assert_eq!(
+            secrets.redact("127.0.0.1:8080/x pid 18080 8080x"),
+            "127.0.0.1:${PORT}/x pid 18080 8080x"
+        );
+        secrets.set(
+            "quoted",
+            [("p@ss\"word/1".to_string(), "${PW}".to_string())],
+        );
+        assert_eq!(
+            secrets.redact(r#"user:p%40ss%22word%2F1@h and "p@ss\"word/1""#),
+            r#"user:${PW}@h and "${PW}""#
+        );
         // A group is replaced as a whole; others stay.
         secrets.set("token", [("tok-12345".to_string(), "***".to_string())]);
         secrets.set("config", []);

@@ -14,14 +14,12 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, McpConfig, ServerEntry, read_regular_file, revision};
+use crate::config::{
+    CONFIG_READ_BOUND, ConfigError, McpConfig, ServerEntry, read_regular_file, revision,
+};
 use crate::connection::{CallError, ConnectContext, Connection};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-
-/// The longest a config file read may take before it counts as failed (a file on a hung
-/// network filesystem); the watcher goes on either way.
-pub const CONFIG_READ_BOUND: Duration = Duration::from_secs(5);
 
 /// At most this many connects of wanted servers (`autoConnect`, reconnects) run at once, as
 /// mag-server's `connect/all` does; explicit `/connect_server` calls are not held back.
@@ -370,14 +368,20 @@ impl Supervisor {
     }
 
     /// Marks the server wanted and connects it; if that fails, keeps trying with backoff.
+    ///
+    /// It waits for its turn ([`WANTED_CONNECTS`]); a server the operator disconnected
+    /// meanwhile is not connected after all.
     async fn connect_wanted(&self, slot: &Arc<Slot>) {
         slot.state().wanted = true;
         let Ok(_turn) = self.inner.wanted_connects.acquire().await else {
             return;
         };
-        if let Err(e) = self.connect_slot(slot).await {
-            tracing::warn!(server = %slot.name, "connect failed, will retry: {e}");
-            self.schedule_reconnect(slot);
+        match self.connect_slot_if(slot, true).await {
+            Ok(_) | Err(Error::NotConnected { .. }) => {}
+            Err(e) => {
+                tracing::warn!(server = %slot.name, "connect failed, will retry: {e}");
+                self.schedule_reconnect(slot);
+            }
         }
     }
 

@@ -47,7 +47,8 @@ pub fn watch_config(supervisor: Supervisor, path: PathBuf, stop: CancellationTok
             Ok(event) => {
                 let paths = paths.read().unwrap_or_else(|p| p.into_inner());
                 let ours = event.paths.iter().any(|p| paths.contains(p));
-                if ours && !matches!(event.kind, EventKind::Access(_)) {
+                // Events were lost (the kernel's queue overflowed): ours may be among them.
+                if event.need_rescan() || (ours && !matches!(event.kind, EventKind::Access(_))) {
                     // A full channel already holds a pending change: nothing is lost.
                     let _ = changed.try_send(());
                 }
@@ -59,8 +60,8 @@ pub fn watch_config(supervisor: Supervisor, path: PathBuf, stop: CancellationTok
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
         .map_err(io_error(&dir))?;
-    let mut dirs = vec![dir];
-    follow_target(&mut watcher, &mut dirs, &watched, &own);
+    let mut target_dir = None;
+    follow_target(&mut watcher, &dir, &mut target_dir, &watched, &own);
     tracing::info!(path = %path.display(), "watching the config for changes");
     tokio::spawn(async move {
         loop {
@@ -71,7 +72,7 @@ pub fn watch_config(supervisor: Supervisor, path: PathBuf, stop: CancellationTok
             if !quiet(&mut changes).await {
                 return;
             }
-            follow_target(&mut watcher, &mut dirs, &watched, &own);
+            follow_target(&mut watcher, &dir, &mut target_dir, &watched, &own);
             reload(&supervisor, &path).await;
         }
     });
@@ -85,27 +86,38 @@ fn folder_of(path: &Path) -> PathBuf {
     }
 }
 
-/// When `own` is a symlink, makes its target's events count too and watches the target's
-/// folder (once per folder). A folder that cannot be watched is logged; the file itself
-/// stays watched.
+/// When `own` is a symlink to a regular file, makes its target's events count too and
+/// watches the target's folder (`target_dir`, when it is not `own_dir`); the folder of an
+/// earlier target is no longer watched. A link to anything but a regular file (a device, a
+/// FIFO) is not followed: its folder (`/dev`) would flood the watcher. A folder that cannot
+/// be watched is logged; the file itself stays watched.
 fn follow_target(
     watcher: &mut impl Watcher,
-    dirs: &mut Vec<PathBuf>,
+    own_dir: &Path,
+    target_dir: &mut Option<PathBuf>,
     watched: &RwLock<Vec<PathBuf>>,
     own: &Path,
 ) {
     let is_link = own
         .symlink_metadata()
         .is_ok_and(|m| m.file_type().is_symlink());
-    let target = is_link.then(|| std::fs::canonicalize(own).ok()).flatten();
-    let mut paths = vec![own.to_path_buf()];
-    if let Some(target) = target {
-        let dir = folder_of(&target);
-        if !dirs.contains(&dir) {
+    let target = is_link
+        .then(|| std::fs::canonicalize(own).ok())
+        .flatten()
+        .filter(|target| target.is_file());
+    let wanted_dir = target
+        .as_deref()
+        .map(folder_of)
+        .filter(|dir| dir.as_path() != own_dir);
+    if *target_dir != wanted_dir {
+        if let Some(old) = target_dir.take() {
+            let _ = watcher.unwatch(&old);
+        }
+        if let Some(dir) = wanted_dir {
             match watcher.watch(&dir, RecursiveMode::NonRecursive) {
                 Ok(()) => {
-                    tracing::info!(target = %target.display(), "the config is a link: watching its target too");
-                    dirs.push(dir);
+                    tracing::info!(folder = %dir.display(), "the config is a link: watching its target's folder too");
+                    *target_dir = Some(dir);
                 }
                 Err(e) => tracing::warn!(
                     "cannot watch {} (the config link's target): {e}",
@@ -113,8 +125,9 @@ fn follow_target(
                 ),
             }
         }
-        paths.push(target);
     }
+    let mut paths = vec![own.to_path_buf()];
+    paths.extend(target);
     *watched.write().unwrap_or_else(|p| p.into_inner()) = paths;
 }
 

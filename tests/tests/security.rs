@@ -378,6 +378,25 @@ async fn health_without_the_token_is_liveness_only() {
     assert_eq!(response.status().as_u16(), 200);
 }
 
+/// Runs `command` (stdout and stderr piped) for at most 30 s: exit code, stdout, stderr.
+fn run_bounded(command: &mut std::process::Command) -> (Option<i32>, String, String) {
+    use std::io::Read;
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut proc = Proc::spawn(command);
+    let status = proc.wait_timeout(Duration::from_secs(30));
+    let child = proc.child();
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    if let Some(pipe) = child.stdout.as_mut() {
+        let _ = pipe.read_to_string(&mut stdout);
+    }
+    if let Some(pipe) = child.stderr.as_mut() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    (status.and_then(|s| s.code()), stdout, stderr)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_empty_api_token_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -389,17 +408,14 @@ async fn an_empty_api_token_is_refused_at_start() {
         mag_tests::free_port(),
         &MagOptions::default(),
     );
-    command
-        .env("MAG_API_TOKEN", "")
-        .stderr(std::process::Stdio::piped());
-    let output = command.output().unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    command.env("MAG_API_TOKEN", "");
+    let (code, stdout, stderr) = run_bounded(&mut command);
+    assert_eq!(code, Some(1), "{stdout} {stderr}");
     assert!(
         stderr.contains("MAG_API_TOKEN is set but empty"),
         "{stderr}"
     );
-    assert!(!String::from_utf8_lossy(&output.stdout).contains("listening"));
+    assert!(!stdout.contains("listening"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -412,28 +428,30 @@ async fn a_second_mag_server_on_a_locked_data_dir_never_says_it_listens() {
         mag_tests::free_port(),
         &MagOptions::default(),
     );
-    command.stderr(std::process::Stdio::piped());
-    let output = command.output().unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let (code, stdout, stderr) = run_bounded(&mut command);
+    assert_eq!(code, Some(1), "{stdout} {stderr}");
     assert!(!stdout.contains("listening on"), "{stdout}");
-    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("another mag-server uses the data dir"),
         "{stderr}"
     );
 }
 
-/// `GET /`'s `config.error.message` once it is set (up to 10 s).
-async fn config_error(daemon: &Daemon) -> String {
+/// `GET /`'s `config.error.message` once it holds `needle` (up to 10 s).
+async fn config_error(daemon: &Daemon, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (status, root) = daemon.get("/").await;
         assert_eq!(status, 200, "{root}");
-        if let Some(message) = root["config"]["error"]["message"].as_str() {
+        if let Some(message) = root["config"]["error"]["message"].as_str()
+            && message.contains(needle)
+        {
             return message.to_string();
         }
-        assert!(Instant::now() < deadline, "no config error: {root}");
+        assert!(
+            Instant::now() < deadline,
+            "no config error with {needle:?}: {root}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -496,8 +514,7 @@ async fn a_config_that_is_no_regular_file_is_reported_and_hot_reload_lives_on() 
     let fifo = daemon.dir.path().join("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
     std::fs::rename(&fifo, &path).unwrap();
-    let message = config_error(&daemon).await;
-    assert!(message.contains("FIFO"), "{message}");
+    config_error(&daemon, "FIFO").await;
     wait_servers(&daemon, &["a"]).await;
     let good = json!({"mcpServers": {"b": py_stdio_entry()}}).to_string();
     let replacement = daemon.dir.path().join("new.json");
@@ -510,8 +527,7 @@ async fn a_config_that_is_no_regular_file_is_reported_and_hot_reload_lives_on() 
     // A link to /dev/zero: the same.
     std::fs::remove_file(&path).unwrap();
     std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
-    let message = config_error(&daemon).await;
-    assert!(message.contains("character device"), "{message}");
+    config_error(&daemon, "character device").await;
     wait_servers(&daemon, &["b"]).await;
 }
 
@@ -525,11 +541,7 @@ async fn a_config_over_the_size_limit_is_an_error() {
     wait_servers(&daemon, &["a"]).await;
     let big = json!({"mcpServers": {"b": py_stdio_entry()}, "pad": "x".repeat(3000)});
     std::fs::write(daemon.config_path(), big.to_string()).unwrap();
-    let message = config_error(&daemon).await;
-    assert!(
-        message.contains("over the config size limit of 2000 bytes"),
-        "{message}"
-    );
+    config_error(&daemon, "over the config size limit of 2000 bytes").await;
     wait_servers(&daemon, &["a"]).await;
 }
 
@@ -585,16 +597,13 @@ async fn a_config_without_mcp_servers_never_wipes_the_servers() {
     wait_servers(&daemon, &["a"]).await;
     // The same by hand in the file.
     std::fs::write(daemon.config_path(), r#"{"mcpservers": {}}"#).unwrap();
-    let message = config_error(&daemon).await;
-    assert!(message.contains("no \"mcpServers\""), "{message}");
+    config_error(&daemon, "no \"mcpServers\"").await;
     std::fs::write(
         daemon.config_path(),
         r#"{"mcpServers": {}, "mcpServers": {"a": {"command": "x"}}}"#,
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let message = config_error(&daemon).await;
-    assert!(message.contains("twice"), "{message}");
+    config_error(&daemon, "twice").await;
     wait_servers(&daemon, &["a"]).await;
 }
 
@@ -726,6 +735,53 @@ async fn slow_idle_and_oversized_requests_are_cut_off() {
         took < Duration::from_secs(40),
         "the slowloris connection lasted {took:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_and_overlong_bodies_are_refused() {
+    let daemon = Daemon::start(json!({}));
+    let addr = authority(&daemon.base).to_string();
+    // A chunked body (no Content-Length) over the limit: 413 once it passes it.
+    let limit = 4 * 1024 * 1024;
+    let mut tcp = TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(
+        b"POST /load_config HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+          Transfer-Encoding: chunked\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let chunk = vec![b' '; 64 * 1024];
+    let mut sent = 0;
+    while sent <= limit {
+        let head = format!("{:x}\r\n", chunk.len());
+        if tcp.write_all(head.as_bytes()).await.is_err()
+            || tcp.write_all(&chunk).await.is_err()
+            || tcp.write_all(b"\r\n").await.is_err()
+        {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("body_too_large"), "{answer}");
+
+    // A body that stops half-way: 408 once it has paused for 30 s, not a request held for
+    // good.
+    let (answer, _) = send_and_wait(
+        &addr,
+        b"POST /load_config HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"config\":",
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
