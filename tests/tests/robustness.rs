@@ -4,13 +4,11 @@
 //! whose endpoint points at another origin.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mag_tests::{
-    Daemon, Proc, alive, fixture, free_port, peers, py_stdio_entry, wait_for_port, wait_gone,
-    workspace_bin,
+    Daemon, Proc, alive, fixture, free_port, peers, py_stdio_entry, wait_for_port, workspace_bin,
 };
 use serde_json::{Value, json};
 
@@ -75,4 +73,51 @@ async fn a_second_daemon_on_a_recreated_log_dir_refuses_and_ends_nothing() {
     );
     let (status, answer) = daemon.call("first", "echo", json!({"message": "hi"})).await;
     assert_eq!(status, 200, "{answer}");
+}
+
+/// An `mcp.json` entry running `misbehaving_server.py MODE` over stdio.
+fn misbehaving(mode: &str) -> Value {
+    json!({
+        "command": peers().python(),
+        "args": [fixture("misbehaving_server.py"), mode],
+        "timeout": 30,
+    })
+}
+
+/// Starts `legacy_sse_server.py` with `args` after its port; ended when dropped.
+fn legacy_sse_server(port: u16, args: &[&str]) -> Proc {
+    let proc = Proc::spawn(
+        Command::new(peers().python())
+            .arg(fixture("legacy_sse_server.py"))
+            .arg(port.to_string())
+            .args(args)
+            .stdout(Stdio::null()),
+    );
+    wait_for_port(port, Duration::from_secs(30));
+    proc
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_with_a_string_code_fails_its_call_over_stdio_and_legacy_sse() {
+    let port = free_port();
+    let _sse = legacy_sse_server(port, &["string-code"]);
+    let daemon = Daemon::start(json!({
+        "stdio": misbehaving("serve"),
+        "sse": {"type": "sse", "url": format!("http://127.0.0.1:{port}/sse"), "timeout": 30},
+    }));
+    for server in ["stdio", "sse"] {
+        daemon.connect(server).await;
+        let (status, answer) = daemon.call(server, "oops", json!({})).await;
+        assert_eq!(status, 200, "{server}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert_eq!(answer["code"], "server_error", "{server}: {answer}");
+        assert!(
+            error.contains("malformed") && error.contains("bad"),
+            "{server}: the error does not say what the server sent: {answer}"
+        );
+        // The connection is still good.
+        let (status, answer) = daemon.call(server, "echo", json!({"message": "x"})).await;
+        assert_eq!(status, 200, "{server}: {answer}");
+        assert!(answer.get("error").is_none(), "{server}: {answer}");
+    }
 }

@@ -17,6 +17,7 @@ use rmcp::transport::Transport;
 use sse_stream::{Sse, SseStream};
 
 use crate::error::error_chain;
+use crate::transport::{ServerMessage, read_server_message};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Sse, sse_stream::Error>> + Send>>;
 
@@ -156,9 +157,18 @@ impl Transport<RoleClient> for SseTransport {
                 continue;
             }
             let Some(data) = event.data else { continue };
-            match serde_json::from_str(&data) {
-                Ok(message) => return Some(message),
-                Err(e) => tracing::warn!("skipping an SSE message that is not JSON-RPC: {e}"),
+            match read_server_message(data.as_bytes()) {
+                ServerMessage::Valid(message) => return Some(message),
+                ServerMessage::Repaired { message, why } => {
+                    tracing::warn!(
+                        "an SSE message is a malformed JSON-RPC response ({why}); its request \
+                         fails with that"
+                    );
+                    return Some(message);
+                }
+                ServerMessage::Invalid(e) => {
+                    tracing::warn!("skipping an SSE message that is not JSON-RPC: {e}")
+                }
             }
         }
     }

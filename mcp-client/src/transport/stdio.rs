@@ -24,6 +24,7 @@ use crate::config::{ServerEntry, expand_vars};
 use crate::connection::ConnectContext;
 use crate::ledger::Ledger;
 use crate::logs::ServerLog;
+use crate::transport::{ServerMessage, read_server_message};
 
 /// The variables of the daemon's environment an `ai_generated` server gets besides its
 /// entry's own `env` (see [`is_base_env`]): what a program needs to run and to reach the
@@ -364,9 +365,17 @@ impl Transport<RoleClient> for StdioTransport {
                 self.log.stdout_noise(line);
                 continue;
             }
-            match serde_json::from_slice(line) {
-                Ok(message) => return Some(message),
-                Err(e) => {
+            match read_server_message(line) {
+                ServerMessage::Valid(message) => return Some(message),
+                ServerMessage::Repaired { message, why } => {
+                    self.log.stdout_noise(line);
+                    self.log.note(&format!(
+                        "the line above is a malformed JSON-RPC response ({why}); its request \
+                         fails with that"
+                    ));
+                    return Some(message);
+                }
+                ServerMessage::Invalid(e) => {
                     self.log.stdout_noise(line);
                     self.log
                         .note(&format!("the line above is not a JSON-RPC message: {e}"));
