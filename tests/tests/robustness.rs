@@ -84,6 +84,10 @@ fn misbehaving(mode: &str) -> Value {
     })
 }
 
+fn detail(answer: &Value) -> &str {
+    answer["detail"].as_str().unwrap_or_default()
+}
+
 /// Starts `legacy_sse_server.py` with `args` after its port; ended when dropped.
 fn legacy_sse_server(port: u16, args: &[&str]) -> Proc {
     let proc = Proc::spawn(
@@ -119,5 +123,54 @@ async fn an_error_with_a_string_code_fails_its_call_over_stdio_and_legacy_sse() 
         let (status, answer) = daemon.call(server, "echo", json!({"message": "x"})).await;
         assert_eq!(status, 200, "{server}: {answer}");
         assert!(answer.get("error").is_none(), "{server}: {answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_legacy_sse_endpoint_on_another_origin_is_refused() {
+    let (port, other) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("requests.jsonl");
+    let _sse = legacy_sse_server(
+        port,
+        &[
+            "foreign-endpoint",
+            &other.to_string(),
+            record.to_str().unwrap(),
+        ],
+    );
+    wait_for_port(other, Duration::from_secs(30));
+    let daemon = Daemon::start(json!({
+        "sse": {
+            "type": "sse",
+            "url": format!("http://127.0.0.1:{port}/sse?key=URLKEY"),
+            "headers": {"Authorization": "Bearer HEADERKEY"},
+            "timeout": 10,
+        },
+    }));
+    let (status, answer) = daemon
+        .post("/connect_server", json!({"server_name": "sse"}))
+        .await;
+    let posted = std::fs::read_to_string(&record).unwrap_or_default();
+    assert!(
+        posted.is_empty(),
+        "mcp-client sent requests to the other origin: {posted}"
+    );
+    assert_eq!(status, 400, "{answer}");
+    let cause = detail(&answer);
+    for origin in [
+        format!("http://127.0.0.1:{port}"),
+        format!("http://127.0.0.1:{other}"),
+    ] {
+        assert!(
+            cause.contains(&origin),
+            "the cause lacks {origin}: {answer}"
+        );
+    }
+    for secret in ["URLKEY", "HEADERKEY", "SECRET"] {
+        assert!(
+            !cause.contains(secret),
+            "the cause shows {secret}: {answer}"
+        );
     }
 }
