@@ -4,11 +4,13 @@
 //! whose endpoint points at another origin.
 
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mag_tests::{
-    Daemon, Proc, alive, fixture, free_port, peers, py_stdio_entry, wait_for_port, workspace_bin,
+    Daemon, Proc, alive, fixture, free_port, peers, py_stdio_entry, wait_for_port, wait_gone,
+    workspace_bin,
 };
 use serde_json::{Value, json};
 
@@ -86,6 +88,93 @@ fn misbehaving(mode: &str) -> Value {
 
 fn detail(answer: &Value) -> &str {
     answer["detail"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_initialize_is_reported_in_the_servers_words() {
+    let daemon = Daemon::start(json!({
+        "error": misbehaving("init-error"),
+        "malformed": misbehaving("init-malformed"),
+        "wrong-id": misbehaving("init-wrong-id"),
+        "string-code": misbehaving("init-string-code"),
+    }));
+    let expect: [(&str, &[&str]); 4] = [
+        ("error", &["this server wants a sampling client", "-32602"]),
+        (
+            "malformed",
+            &["the initialize result is malformed", "protocolVersion"],
+        ),
+        ("wrong-id", &["4242"]),
+        ("string-code", &["malformed", "E_INIT", "no init today"]),
+    ];
+    for (server, words) in expect {
+        let (status, answer) = daemon
+            .post("/connect_server", json!({"server_name": server}))
+            .await;
+        assert_eq!(status, 400, "{server}: {answer}");
+        for word in words {
+            assert!(
+                detail(&answer).contains(word),
+                "{server}: the cause lacks {word:?}: {answer}"
+            );
+        }
+    }
+}
+
+/// Everything mcp-client logged to its own log file so far (`LOG_DIR/mcp-client.log.*`).
+fn daemon_log(log_dir: &Path) -> String {
+    let Ok(entries) = std::fs::read_dir(log_dir) else {
+        return String::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("mcp-client.log"))
+        })
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_tool_is_skipped_and_the_rest_of_every_page_is_listed() {
+    let daemon = Daemon::start(json!({"shaky": misbehaving("tools")}));
+    let answer = daemon.connect("shaky").await;
+    assert_eq!(
+        answer["tools"],
+        json!(["alpha", "echo", "oops", "crash"]),
+        "{answer}"
+    );
+    let (status, echoed) = daemon
+        .call("shaky", "echo", json!({"message": "still here"}))
+        .await;
+    assert_eq!(status, 200, "{echoed}");
+    assert_eq!(mag_tests::text(&echoed), "still here");
+    // The log is written by a background thread: wait for the warnings to land.
+    let logs = daemon.dir.path().join("logs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let wanted = ["no_schema", "string_schema", "without a name"];
+    loop {
+        let log = daemon_log(&logs);
+        let skipped: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("shaky") && l.contains("skipped"))
+            .collect();
+        let named = |word: &str| skipped.iter().any(|l| l.contains(word));
+        if wanted.iter().all(|w| named(w)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mcp-client's log does not name each skipped tool: {skipped:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Starts `legacy_sse_server.py` with `args` after its port; ended when dropped.
