@@ -223,21 +223,27 @@ pub fn is_stopped(pid: u32) -> bool {
     stat(pid).is_some_and(|s| matches!(s.state, 'T' | 't'))
 }
 
-/// What the ledger reads of `/proc/PID/stat`.
-struct Stat {
-    state: char,
-    pgid: u32,
-    start: u64,
+/// What mcp-client reads of `/proc/PID/stat` (proc(5)).
+pub(crate) struct Stat {
+    /// Field 3: `R`, `S`, `D`, `Z` (zombie), `T` (stopped), …
+    pub(crate) state: char,
+    /// Field 4: the parent's pid.
+    pub(crate) ppid: u32,
+    /// Field 5: the process group.
+    pub(crate) pgid: u32,
+    /// Field 22: the start time, in clock ticks after boot.
+    pub(crate) start: u64,
 }
 
 /// `pid`'s [`Stat`]; `None` if it is gone.
-fn stat(pid: u32) -> Option<Stat> {
+pub(crate) fn stat(pid: u32) -> Option<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start at field 3 (state).
     let rest = text.rsplit_once(") ")?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     Some(Stat {
         state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
         pgid: fields.get(2)?.parse().ok()?,
         start: fields.get(19)?.parse().ok()?,
     })

@@ -14,6 +14,7 @@ pub mod http_edge;
 pub mod ledger;
 pub mod logs;
 pub mod metrics;
+pub mod subreaper;
 pub mod supervisor;
 pub mod transport;
 pub mod watch;
@@ -71,6 +72,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    subreaper::start();
     // Ending a crashed run's leftovers waits for them: off the async threads.
     let log_dir = options.log_dir.clone();
     let (ledger, leftovers) = tokio::task::spawn_blocking(move || ledger::Ledger::open(&log_dir))
@@ -142,6 +144,7 @@ pub async fn run(
         server.await
     })
     .await;
+    subreaper::end_all(transport::stdio::STOP_GRACE).await;
     match drained {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => {

@@ -263,3 +263,147 @@ async fn a_legacy_sse_endpoint_on_another_origin_is_refused() {
         );
     }
 }
+
+/// Processes a test must not leave behind whatever happens: SIGKILLed when dropped, if each
+/// is still the process it was (same start time).
+struct KillOnDrop(Vec<(u32, u64)>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for (pid, start) in &self.0 {
+            if mcp_client::ledger::running_since(*pid) == Some(*start) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// What `misbehaving_server.py escape PIDFILE` left outside its group.
+struct Escapees {
+    /// Sleeps for good.
+    long: u32,
+    /// Exits by itself after a second.
+    short: u32,
+    /// Sleeps for good with an empty environment (no marker: no server can claim it).
+    bare: u32,
+    /// Kills the long-lived ones if the test fails.
+    _guard: KillOnDrop,
+}
+
+/// Reads the pids the fixture wrote (waiting for the file).
+fn escapees(pidfile: &Path) -> Escapees {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        if let Ok(text) = std::fs::read_to_string(pidfile) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never written",
+            pidfile.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let pids: Vec<u32> = text.lines().map(|l| l.parse().unwrap()).collect();
+    let (long, short, bare) = (pids[0], pids[1], pids[2]);
+    let guard = KillOnDrop(
+        [long, bare]
+            .into_iter()
+            .filter_map(|pid| Some((pid, mcp_client::ledger::running_since(pid)?)))
+            .collect(),
+    );
+    Escapees {
+        long,
+        short,
+        bare,
+        _guard: guard,
+    }
+}
+
+/// An `mcp.json` entry for a server that leaves two processes outside its group.
+fn escaping(pidfile: &Path) -> Value {
+    let mut entry = misbehaving("escape");
+    entry["args"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!(pidfile.to_str().unwrap()));
+    entry
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn processes_that_escape_a_servers_group_end_with_it_and_are_reaped() {
+    let files = tempfile::tempdir().unwrap();
+    let (on_disconnect, on_exit) = (files.path().join("a.pids"), files.path().join("b.pids"));
+    let daemon = Daemon::start(json!({
+        "disconnected": escaping(&on_disconnect),
+        "crashing": escaping(&on_exit),
+    }));
+    daemon.connect("disconnected").await;
+    let escaped = escapees(&on_disconnect);
+    let (long, short) = (escaped.long, escaped.short);
+    let leader = server_pid(&daemon, "disconnected").await;
+    assert!(alive(long), "the escaped process is not running");
+    assert_ne!(
+        nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(long as i32))).ok(),
+        nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(leader as i32))).ok(),
+        "the fixture did not leave its group"
+    );
+    // The short-lived one exits by itself: reaped, not left a zombie (its /proc entry goes).
+    let reaped = Instant::now() + Duration::from_secs(30);
+    while Path::new(&format!("/proc/{short}")).exists() {
+        assert!(Instant::now() < reaped, "{short} was left a zombie");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, answer) = daemon
+        .post("/disconnect_server", json!({"server_name": "disconnected"}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        wait_gone(long, Duration::from_secs(15)),
+        "{long} escaped its server's group and outlived the disconnect"
+    );
+
+    // A server that exits by itself takes its escaped processes along too.
+    daemon.connect("crashing").await;
+    let escaped = escapees(&on_exit);
+    let long = escaped.long;
+    assert!(alive(long), "the escaped process is not running");
+    let _ = daemon.call("crashing", "crash", json!({})).await;
+    assert!(
+        wait_gone(long, Duration::from_secs(15)),
+        "{long} escaped its server's group and outlived the server's exit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_a_server_started_outlives_mcp_client() {
+    let files = tempfile::tempdir().unwrap();
+    let pidfile = files.path().join("pids");
+    let mut daemon = Daemon::start(json!({"escaping": escaping(&pidfile)}));
+    daemon.connect("escaping").await;
+    let leader = server_pid(&daemon, "escaping").await;
+    let escaped = escapees(&pidfile);
+    assert!(
+        alive(escaped.long) && alive(escaped.bare),
+        "the escaped processes are not running"
+    );
+    daemon.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    let exit = daemon
+        .proc
+        .wait_timeout(Duration::from_secs(30))
+        .expect("mcp-client exited");
+    assert_eq!(exit.code(), Some(0));
+    assert!(
+        wait_gone(leader, Duration::from_secs(5)),
+        "{leader} outlived mcp-client"
+    );
+    for (pid, what) in [(escaped.long, "marked"), (escaped.bare, "unmarked")] {
+        assert!(
+            wait_gone(pid, Duration::from_secs(5)),
+            "{pid} ({what}) escaped its server's group and outlived mcp-client"
+        );
+    }
+}
