@@ -191,14 +191,22 @@ fn legacy_sse_server(port: u16, args: &[&str]) -> Proc {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_error_with_a_string_code_fails_its_call_over_stdio_and_legacy_sse() {
-    let port = free_port();
-    let _sse = legacy_sse_server(port, &["string-code"]);
+async fn an_error_with_a_string_code_fails_its_call_over_every_transport() {
+    let (sse_port, http_port) = (free_port(), free_port());
+    let _sse = legacy_sse_server(sse_port, &["string-code"]);
+    let _http = Proc::spawn(
+        Command::new(peers().python())
+            .arg(fixture("streamable_http_server.py"))
+            .arg(http_port.to_string())
+            .stdout(Stdio::null()),
+    );
+    wait_for_port(http_port, Duration::from_secs(30));
     let daemon = Daemon::start(json!({
         "stdio": misbehaving("serve"),
-        "sse": {"type": "sse", "url": format!("http://127.0.0.1:{port}/sse"), "timeout": 30},
+        "sse": {"type": "sse", "url": format!("http://127.0.0.1:{sse_port}/sse"), "timeout": 30},
+        "http": {"url": format!("http://127.0.0.1:{http_port}/mcp"), "timeout": 30},
     }));
-    for server in ["stdio", "sse"] {
+    for server in ["stdio", "sse", "http"] {
         daemon.connect(server).await;
         let (status, answer) = daemon.call(server, "oops", json!({})).await;
         assert_eq!(status, 200, "{server}: {answer}");

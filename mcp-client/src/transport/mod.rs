@@ -1,8 +1,12 @@
 //! The three ways to reach an MCP server (SPEC §4 Transports), each an rmcp
 //! [`Transport`](rmcp::transport::Transport): stdio ([`stdio`], ours, for process groups and
 //! stdout hygiene), legacy HTTP+SSE ([`sse`], ours: rmcp has no SSE client) and streamable
-//! HTTP (rmcp's own client).
+//! HTTP (rmcp's own client, on our HTTP backend [`http`]).
+//!
+//! All three fail a request at once when the server answers it with a malformed response
+//! ([`read_server_message`]).
 
+pub mod http;
 pub mod sse;
 pub mod stdio;
 
@@ -32,7 +36,7 @@ pub enum Opened {
     /// An open legacy SSE session.
     Sse(sse::SseTransport),
     /// A streamable HTTP client (it makes its first request during the handshake).
-    StreamableHttp(StreamableHttpClientTransport<reqwest::Client>),
+    StreamableHttp(StreamableHttpClientTransport<http::RepairingClient>),
 }
 
 /// Opens the transport `entry` names. `log` receives a stdio server's stderr; `ctx` gives
@@ -66,8 +70,10 @@ pub async fn open(
                 .custom_headers(headers)
                 .max_sse_event_size(MAX_HTTP_MESSAGE)
                 .max_concurrent_requests(max_concurrent);
+            let client = http::RepairingClient::new()
+                .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
             Ok(Opened::StreamableHttp(
-                StreamableHttpClientTransport::from_config(config),
+                StreamableHttpClientTransport::with_client(client, config),
             ))
         }
     }
