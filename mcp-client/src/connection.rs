@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, ClientConfig,
-    ClientRequest, Implementation, JsonObject, PingRequest, ProtocolVersion, Tool,
+    ClientRequest, CustomRequest, ErrorData, Implementation, JsonObject, PingRequest,
+    ProtocolVersion, ServerResult, Tool,
 };
 use rmcp::service::{
     ClientLifecycleMode, ClientServiceExt, NotificationContext, Peer, RunningService,
@@ -21,11 +22,12 @@ use rmcp::service::{
 };
 use rmcp::transport::Transport;
 use rmcp::{ClientHandler, RoleClient};
+use serde_json::Value;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerEntry;
-use crate::error::{describe_initialize_error, describe_service_error};
+use crate::error::{describe_initialize_error, describe_service_error, initialize_answer};
 use crate::ledger::Ledger;
 use crate::logs::ServerLog;
 use crate::transport::stdio::{ProcessGroup, STOP_GRACE, describe_exit};
@@ -85,6 +87,8 @@ pub struct ConnectContext {
 
 /// A live session with one server. Cheap to share (`Arc`); [`Connection::close`] ends it.
 pub struct Connection {
+    /// The server's name in the config (for log lines).
+    server: String,
     peer: Peer<RoleClient>,
     group: Option<ProcessGroup>,
     tools: RwLock<Arc<Vec<Tool>>>,
@@ -200,15 +204,11 @@ impl Connection {
             return fail(running, abandoned.0.take(), e).await;
         }
         let peer = running.peer().clone();
-        let tools = match tokio::time::timeout(timeout, peer.list_all_tools()).await {
+        let tools = match tokio::time::timeout(timeout, list_all_tools(&peer, name)).await {
             Ok(Ok(tools)) => tools,
             Ok(Err(e)) => {
-                return fail(
-                    running,
-                    abandoned.0.take(),
-                    format!("tools/list failed: {e}"),
-                )
-                .await;
+                let e = format!("tools/list failed: {}", describe_service_error(&e));
+                return fail(running, abandoned.0.take(), e).await;
             }
             Err(_) => {
                 let e = format!("tools/list was not answered within {timeout:?}");
@@ -216,6 +216,7 @@ impl Connection {
             }
         };
         let connection = Arc::new(Self {
+            server: name.to_string(),
             peer,
             group,
             tools: RwLock::new(Arc::new(tools)),
@@ -246,7 +247,7 @@ impl Connection {
     /// The session ended, or the server did not answer within the timeout.
     pub async fn refresh_tools(&self) -> Result<Arc<Vec<Tool>>, CallError> {
         let tools = self
-            .bounded(self.timeout, self.peer.list_all_tools())
+            .bounded(self.timeout, list_all_tools(&self.peer, &self.server))
             .await?;
         let tools = Arc::new(tools);
         *self.tools.write().unwrap_or_else(|p| p.into_inner()) = tools.clone();
@@ -415,33 +416,192 @@ async fn handshake<T>(
 where
     T: Transport<RoleClient> + 'static,
 {
-    let serve = handler.serve_with_lifecycle(transport, ClientLifecycleMode::Initialize);
+    let serve = tokio::time::timeout(
+        timeout,
+        handler.serve_with_lifecycle(transport, ClientLifecycleMode::Initialize),
+    );
+    tokio::pin!(serve);
     let exited = async {
         match group {
             Some(group) => group.exited().await,
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        result = tokio::time::timeout(timeout, serve) => match result {
-            Ok(Ok(running)) => Ok(running),
-            Ok(Err(e)) => {
-                // A process that died makes the handshake fail with "connection closed":
-                // report the exit instead, which is the cause.
-                if let Some(group) = group
-                    && let Ok(Some(status)) = tokio::time::timeout(Duration::from_millis(500), group.exited()).await
-                {
-                    return Err(exit_message(status, log).await);
-                }
-                Err(format!("initialize failed: {}", describe_initialize_error(&e)))
+    let result = tokio::select! {
+        result = &mut serve => result,
+        Some(status) = exited => {
+            // A server that refuses and exits at once may have its answer still in the
+            // pipe: let the handshake read it, and report it if it is one.
+            match tokio::time::timeout(EXIT_ANSWER_WAIT, &mut serve).await {
+                Ok(Ok(Err(e))) if initialize_answer(&e).is_some() => Ok(Err(e)),
+                _ => return Err(exit_message(status, log).await),
             }
-            Err(_) => Err(with_stderr(
-                format!("the server did not answer initialize within {timeout:?}"),
-                log,
-            )
-            .await),
+        }
+    };
+    match result {
+        Ok(Ok(running)) => Ok(running),
+        Ok(Err(e)) => {
+            // A process that died makes the handshake fail with "connection closed": then
+            // the exit is the cause. When the server did answer (an error, a malformed
+            // result, another id), its words are the cause, with the exit if it exited.
+            let status = match group {
+                Some(group) => tokio::time::timeout(EXIT_ANSWER_WAIT, group.exited())
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
+            match (initialize_answer(&e), status) {
+                (Some(answer), Some(status)) => Err(with_stderr(
+                    format!(
+                        "initialize failed: {answer}; the process then exited ({})",
+                        describe_exit(status)
+                    ),
+                    log,
+                )
+                .await),
+                (Some(answer), None) => Err(format!("initialize failed: {answer}")),
+                (None, Some(status)) => Err(exit_message(status, log).await),
+                (None, None) => Err(format!(
+                    "initialize failed: {}",
+                    describe_initialize_error(&e)
+                )),
+            }
+        }
+        Err(_) => Err(with_stderr(
+            format!("the server did not answer initialize within {timeout:?}"),
+            log,
+        )
+        .await),
+    }
+}
+
+/// How long a failed handshake waits for the process's exit, or an exited process for its
+/// last answer to be read, to tell which is the cause.
+const EXIT_ANSWER_WAIT: Duration = Duration::from_millis(500);
+
+/// Lists every tool of the server: `tools/list` page by page, following `nextCursor` (MCP
+/// spec 2025-11-25, Server Features § Tools, and Utilities § Pagination).
+///
+/// A tool entry that does not parse (no `name`, no `inputSchema`, a schema that is not an
+/// object, …) is skipped with a warning in mcp-client's log naming the server, the tool's
+/// name if it has one, and why; the other tools are kept. rmcp's own `list_all_tools` fails
+/// the whole list for one bad tool, so the request goes out as a custom `tools/list` and its
+/// result is read here: rmcp's untagged `ServerResult` keeps a result it cannot type as a
+/// `CustomResult` holding the raw JSON.
+///
+/// # Errors
+/// The request failed, a page is not a `{"tools": [..]}` object, its `nextCursor` is not a
+/// string, or a cursor came back twice (the listing would never end); the last three as a
+/// JSON-RPC error -32603 naming what was wrong.
+async fn list_all_tools(
+    peer: &Peer<RoleClient>,
+    server: &str,
+) -> Result<Vec<Tool>, rmcp::ServiceError> {
+    let mut tools = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let params = cursor.as_ref().map(|c| serde_json::json!({"cursor": c}));
+        let request = ClientRequest::CustomRequest(CustomRequest::new("tools/list", params));
+        let page = read_tools_page(peer.send_request(request).await?).map_err(|why| {
+            rmcp::ServiceError::McpError(ErrorData::internal_error(
+                format!("the tools/list result is malformed: {why}"),
+                None,
+            ))
+        })?;
+        for (name, why) in &page.skipped {
+            match name {
+                Some(name) => tracing::warn!(
+                    server,
+                    tool = %name,
+                    "tools/list: skipped the tool {name:?} of server {server:?}: {why}"
+                ),
+                None => tracing::warn!(
+                    server,
+                    "tools/list: skipped a tool without a name of server {server:?}: {why}"
+                ),
+            }
+        }
+        tools.extend(page.tools);
+        match page.next_cursor {
+            None => return Ok(tools),
+            Some(next) if !seen.insert(next.clone()) => {
+                return Err(rmcp::ServiceError::McpError(ErrorData::internal_error(
+                    format!("tools/list sent the cursor {next:?} twice"),
+                    None,
+                )));
+            }
+            Some(next) => cursor = Some(next),
+        }
+    }
+}
+
+/// One page of `tools/list`, as [`read_tools_page`] reads it.
+#[derive(Debug)]
+struct ToolsPage {
+    tools: Vec<Tool>,
+    /// The tools left out: name (if any) and why.
+    skipped: Vec<(Option<String>, String)>,
+    next_cursor: Option<String>,
+}
+
+/// Reads a `tools/list` result, skipping the tool entries that do not parse.
+///
+/// # Errors
+/// Why the page itself is unusable.
+fn read_tools_page(result: ServerResult) -> Result<ToolsPage, String> {
+    if let ServerResult::ListToolsResult(page) = result {
+        return Ok(ToolsPage {
+            tools: page.tools,
+            skipped: Vec::new(),
+            next_cursor: page.next_cursor,
+        });
+    }
+    let value = serde_json::to_value(&result).map_err(|e| e.to_string())?;
+    let Some(entries) = value.get("tools").and_then(Value::as_array) else {
+        return Err("it has no tools array".into());
+    };
+    let next_cursor = match value.get("nextCursor") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(cursor)) => Some(cursor.clone()),
+        Some(_) => return Err("its nextCursor is not a string".into()),
+    };
+    let mut page = ToolsPage {
+        tools: Vec::with_capacity(entries.len()),
+        skipped: Vec::new(),
+        next_cursor,
+    };
+    for entry in entries {
+        match serde_json::from_value::<Tool>(entry.clone()) {
+            Ok(tool) => page.tools.push(tool),
+            Err(e) => {
+                let name = entry.get("name").and_then(Value::as_str).map(String::from);
+                page.skipped.push((name, why_not_a_tool(entry, &e)));
+            }
+        }
+    }
+    Ok(page)
+}
+
+/// Why a `tools/list` entry is not a tool (MCP spec 2025-11-25, Server Features § Tools,
+/// Tool: `name` a string, `inputSchema` a JSON Schema object): the field at fault when
+/// serde's reason does not name it.
+fn why_not_a_tool(entry: &Value, error: &serde_json::Error) -> String {
+    let Some(entry) = entry.as_object() else {
+        return "it is not a JSON object".into();
+    };
+    match (entry.get("name"), entry.get("inputSchema")) {
+        (None, _) => "it has no name".into(),
+        (Some(name), _) if !name.is_string() => "its name is not a string".into(),
+        (_, None) => "it has no inputSchema".into(),
+        (_, Some(schema)) if !schema.is_object() => "its inputSchema is not a JSON object".into(),
+        _ => match entry.get("outputSchema") {
+            Some(schema) if !schema.is_object() && !schema.is_null() => {
+                "its outputSchema is not a JSON object".into()
+            }
+            _ => error.to_string(),
         },
-        Some(status) = exited => Err(exit_message(status, log).await),
     }
 }
 
@@ -529,4 +689,79 @@ async fn watch(
         .set("the server closed the connection".into());
     connection.closed.cancel();
     connection.ended.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(json: Value) -> Result<ToolsPage, String> {
+        // As rmcp types a result it receives (untagged).
+        read_tools_page(serde_json::from_value::<ServerResult>(json).unwrap())
+    }
+
+    #[test]
+    fn a_good_page_is_read_whole() {
+        let read = page(serde_json::json!({
+            "tools": [{"name": "a", "inputSchema": {"type": "object"}}],
+            "nextCursor": "2",
+        }))
+        .unwrap();
+        assert_eq!(read.tools.len(), 1);
+        assert!(read.skipped.is_empty());
+        assert_eq!(read.next_cursor.as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn malformed_tools_are_skipped_with_the_reason() {
+        let read = page(serde_json::json!({
+            "tools": [
+                {"name": "good", "inputSchema": {"type": "object"}},
+                {"name": "no_schema"},
+                {"name": "string_schema", "inputSchema": "object"},
+                {"name": "bad_output", "inputSchema": {}, "outputSchema": 5},
+                {"inputSchema": {}},
+                {"name": 7, "inputSchema": {}},
+                "not a tool",
+                {"name": "also_good", "inputSchema": {}, "outputSchema": null},
+            ],
+        }))
+        .unwrap();
+        let names: Vec<&str> = read.tools.iter().map(|t| t.name.as_ref()).collect();
+        assert_eq!(names, ["good", "also_good"]);
+        let skipped: Vec<(Option<&str>, &str)> = read
+            .skipped
+            .iter()
+            .map(|(name, why)| (name.as_deref(), why.as_str()))
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                (Some("no_schema"), "it has no inputSchema"),
+                (
+                    Some("string_schema"),
+                    "its inputSchema is not a JSON object"
+                ),
+                (Some("bad_output"), "its outputSchema is not a JSON object"),
+                (None, "it has no name"),
+                (None, "its name is not a string"),
+                (None, "it is not a JSON object"),
+            ]
+        );
+        assert_eq!(read.next_cursor, None);
+    }
+
+    #[test]
+    fn an_unusable_page_is_an_error() {
+        for (json, why) in [
+            (serde_json::json!({}), "it has no tools array"),
+            (serde_json::json!({"tools": {}}), "it has no tools array"),
+            (
+                serde_json::json!({"tools": [], "nextCursor": 2}),
+                "its nextCursor is not a string",
+            ),
+        ] {
+            assert_eq!(page(json).unwrap_err(), why);
+        }
+    }
 }

@@ -132,14 +132,90 @@ pub fn describe_service_error(error: &rmcp::ServiceError) -> String {
     }
 }
 
-/// A readable sentence for a failed MCP handshake (see [`describe_service_error`]).
+/// A readable sentence for a failed MCP handshake (see [`describe_service_error`]): what
+/// the server answered when the handshake failed on its answer ([`initialize_answer`]), else
+/// the transport's cause.
 pub fn describe_initialize_error(error: &rmcp::service::ClientInitializeError) -> String {
+    if let Some(answer) = initialize_answer(error) {
+        return answer;
+    }
     match error {
         rmcp::service::ClientInitializeError::TransportError { error, context } => {
             format!("{context}: {}", transport_cause(&*error.error))
         }
         other => error_chain(other),
     }
+}
+
+/// What the server answered `initialize` with, when the handshake failed on that answer
+/// rather than on the transport (MCP spec 2025-11-25, Lifecycle § Initialization): a
+/// JSON-RPC error (its code and message), a result that is not an `InitializeResult` ("the
+/// initialize result is malformed: …", naming the field when serde does not), or an answer
+/// under another id. `None` when the handshake failed otherwise (the connection closed, a
+/// send failed, it was cancelled): then the transport or the process holds the cause.
+pub fn initialize_answer(error: &rmcp::service::ClientInitializeError) -> Option<String> {
+    use rmcp::service::ClientInitializeError as Failed;
+    Some(match error {
+        Failed::JsonRpcError(e) => format!(
+            "the server answered initialize with JSON-RPC error {}: {}",
+            e.code.0, e.message
+        ),
+        Failed::ExpectedInitResult(Some(result)) => format!(
+            "the initialize result is malformed: {}",
+            why_not_initialize_result(result)
+        ),
+        Failed::ExpectedInitResult(None) => "the server answered initialize with no result".into(),
+        Failed::ConflictInitResponseId(expected, got) => {
+            format!("the server answered initialize under id {got}; the request's id is {expected}")
+        }
+        Failed::UncorrelatedErrorResponse { expected, received } => format!(
+            "the server answered with an error for id {received}; the initialize request's \
+             id is {expected}"
+        ),
+        Failed::ExpectedInitResponse(Some(_)) => {
+            "the server sent another message where the initialize response belongs".into()
+        }
+        Failed::LegacyFallbackFailed { fallback, .. } => return initialize_answer(fallback),
+        _ => return None,
+    })
+}
+
+/// Why `result` is not an `InitializeResult`: serde's reason, prefixed with the field when
+/// serde names none (a field of the wrong type).
+fn why_not_initialize_result(result: &rmcp::model::ServerResult) -> String {
+    use rmcp::model::{Implementation, InitializeResult, ProtocolVersion, ServerCapabilities};
+    use serde_json::Value;
+    type Check = fn(Value) -> Result<(), serde_json::Error>;
+    let value = match serde_json::to_value(result) {
+        Ok(value) => value,
+        Err(e) => return e.to_string(),
+    };
+    let whole = match serde_json::from_value::<InitializeResult>(value.clone()) {
+        Ok(_) => return "it is not an initialize result".into(),
+        Err(e) => e,
+    };
+    if !value.is_object() {
+        return "it is not a JSON object".into();
+    }
+    let fields: [(&str, Check); 3] = [
+        ("protocolVersion", |v| {
+            serde_json::from_value::<ProtocolVersion>(v).map(drop)
+        }),
+        ("capabilities", |v| {
+            serde_json::from_value::<ServerCapabilities>(v).map(drop)
+        }),
+        ("serverInfo", |v| {
+            serde_json::from_value::<Implementation>(v).map(drop)
+        }),
+    ];
+    for (field, check) in fields {
+        if let Some(v) = value.get(field)
+            && let Err(e) = check(v.clone())
+        {
+            return format!("{field}: {e}");
+        }
+    }
+    whole.to_string()
 }
 
 /// The cause of a transport error. rmcp's streamable HTTP errors do not chain to reqwest's
@@ -161,5 +237,45 @@ fn transport_cause(error: &(dyn std::error::Error + Send + Sync + 'static)) -> S
             None => "HTTP request failed".to_string(),
         },
         _ => error_chain(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rmcp::model::ServerResult;
+    use rmcp::service::ClientInitializeError;
+
+    use super::*;
+
+    fn malformed(json: serde_json::Value) -> String {
+        let result = serde_json::from_value::<ServerResult>(json).unwrap();
+        initialize_answer(&ClientInitializeError::ExpectedInitResult(Some(result))).unwrap()
+    }
+
+    #[test]
+    fn a_malformed_initialize_result_names_the_field() {
+        let why = malformed(serde_json::json!({
+            "protocolVersion": 2025,
+            "capabilities": {},
+            "serverInfo": {"name": "s", "version": "1"},
+        }));
+        assert!(
+            why.starts_with("the initialize result is malformed: protocolVersion: "),
+            "{why}"
+        );
+        let why = malformed(serde_json::json!({"protocolVersion": "2025-11-25"}));
+        assert!(why.contains("missing field `capabilities`"), "{why}");
+    }
+
+    #[test]
+    fn an_initialize_error_keeps_code_and_message() {
+        let error = rmcp::model::ErrorData::invalid_params("needs sampling", None);
+        let said = initialize_answer(&ClientInitializeError::JsonRpcError(error)).unwrap();
+        assert_eq!(
+            said,
+            "the server answered initialize with JSON-RPC error -32602: needs sampling"
+        );
+        let closed = ClientInitializeError::ConnectionClosed("initialize response".into());
+        assert_eq!(initialize_answer(&closed), None);
     }
 }

@@ -1,18 +1,34 @@
 //! The ledger of live server process groups, so that no server outlives the daemon even when
 //! the daemon is SIGKILLed: the next start ends what the crashed run left.
 //!
-//! `LOG_DIR/mcp-client.pgroups` holds one line per live group, `PGID STARTTIME`, where
-//! STARTTIME is the leader's start time in clock ticks since boot (`/proc/PID/stat` field
-//! 22). It is replaced by rename (never half-written) whenever a group starts or ends.
+//! `LOG_DIR/mcp-client.pgroups` is text, one record a line:
 //!
-//! On start, the groups a previous run listed are ended (SIGTERM, SIGKILL after 2 s) when
-//! they are still that run's: the leader is alive with the recorded start time, or the leader
-//! is gone and members that started after it remain (Linux keeps a group id from being reused
-//! while any member lives). A listed id whose leader is alive with another start time belongs
-//! to someone else now and is left alone.
+//! ```text
+//! owner 4242 1234567
+//! 5150 1234890
+//! 5203 1235001
+//! ```
+//!
+//! The first line, `owner PID STARTTIME`, names the daemon that writes the file; each other
+//! line is one live group, `PGID STARTTIME`, the leader's pid and start time. A STARTTIME is
+//! in clock ticks since boot (`/proc/PID/stat` field 22, see [`running_since`]): with the pid
+//! it names one process for good. The file is replaced by rename (never half-written)
+//! whenever a group starts or ends. A file without an owner line (written before the owner
+//! was recorded) is read as one whose owner is gone; older daemons skip the owner line.
+//!
+//! On start, if the recorded owner is alive (same pid and start time) and is not this
+//! process, the daemon refuses to start ([`LedgerError::InUseBy`]) and signals nothing: the
+//! groups are that daemon's live servers. This holds even when the lock file below is gone
+//! (someone deleted the log dir while the owner ran, and the owner's next write recreated
+//! the ledger). Otherwise the groups the previous run listed are ended (SIGTERM, SIGKILL
+//! after 2 s) when they are still that run's: the leader is alive with the recorded start
+//! time, or the leader is gone and members that started after it remain (Linux keeps a group
+//! id from being reused while any member lives). A listed id whose leader is alive with
+//! another start time belongs to someone else now and is left alone.
 //!
 //! `LOG_DIR/mcp-client.lock` is held (`flock`) for the daemon's life, so two daemons never
-//! share a ledger and never end each other's servers.
+//! share a ledger and never end each other's servers; the owner line covers the case where
+//! the lock file itself was removed.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -28,6 +44,8 @@ use nix::unistd::Pid;
 #[derive(Debug)]
 pub struct Ledger {
     path: PathBuf,
+    /// This daemon's pid and start time (the owner line); `None` if /proc could not tell.
+    owner: Option<(u32, u64)>,
     groups: Mutex<BTreeMap<u32, u64>>,
     _lock: File,
 }
@@ -38,6 +56,20 @@ pub enum LedgerError {
     /// Another live mcp-client holds the lock on this log dir.
     #[error("another mcp-client is running with the log dir {0} (its lock file is held)")]
     InUse(PathBuf),
+    /// The ledger's recorded owner, another mcp-client, is alive (though the lock file was
+    /// not held: the log dir was deleted and recreated under it). Its groups are left alone.
+    #[error(
+        "another mcp-client (pid {pid}) is running with the log dir {log_dir}: it owns \
+         {ledger} (its lock file was removed; stop it, or use another --log-dir)"
+    )]
+    InUseBy {
+        /// The log dir.
+        log_dir: PathBuf,
+        /// The ledger file naming the owner.
+        ledger: PathBuf,
+        /// The live owner's pid.
+        pid: u32,
+    },
     /// The lock or ledger file could not be opened or read.
     #[error("cannot use {path}: {source}")]
     Io {
@@ -53,7 +85,9 @@ impl Ledger {
     /// Returns the ledger and how many leftover processes were ended.
     ///
     /// # Errors
-    /// [`LedgerError::InUse`] when another daemon holds it; [`LedgerError::Io`].
+    /// [`LedgerError::InUse`] when another daemon holds the lock, [`LedgerError::InUseBy`]
+    /// when the ledger's recorded owner is another live daemon (nothing is signalled then);
+    /// [`LedgerError::Io`].
     pub fn open(log_dir: &Path) -> Result<(Self, usize), LedgerError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -68,12 +102,24 @@ impl Ledger {
         let path = log_dir.join("mcp-client.pgroups");
         let previous = match std::fs::read_to_string(&path) {
             Ok(text) => parse(&text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Recorded::default(),
             Err(e) => return Err(io(&path)(e)),
         };
-        let ended = end_leftovers(&previous);
+        let me = std::process::id();
+        if let Some((pid, start)) = previous.owner
+            && pid != me
+            && running_since(pid) == Some(start)
+        {
+            return Err(LedgerError::InUseBy {
+                log_dir: log_dir.to_path_buf(),
+                ledger: path,
+                pid,
+            });
+        }
+        let ended = end_leftovers(&previous.groups);
         let ledger = Self {
             path,
+            owner: running_since(me).map(|start| (me, start)),
             groups: Mutex::new(BTreeMap::new()),
             _lock: lock,
         };
@@ -100,9 +146,16 @@ impl Ledger {
     }
 
     fn save(&self, groups: &BTreeMap<u32, u64>) {
-        let text: String = groups
-            .iter()
-            .map(|(pgid, start)| format!("{pgid} {start}\n"))
+        let owner = self
+            .owner
+            .map(|(pid, start)| format!("{OWNER} {pid} {start}\n"));
+        let text: String = owner
+            .into_iter()
+            .chain(
+                groups
+                    .iter()
+                    .map(|(pgid, start)| format!("{pgid} {start}\n")),
+            )
             .collect();
         let temp = self.path.with_extension("pgroups.tmp");
         // No fsync: the ledger must survive the daemon's death, not the machine's (after a
@@ -116,13 +169,40 @@ impl Ledger {
     }
 }
 
-fn parse(text: &str) -> BTreeMap<u32, u64> {
-    text.lines()
-        .filter_map(|line| {
-            let (pgid, start) = line.split_once(' ')?;
-            Some((pgid.parse().ok()?, start.trim().parse().ok()?))
-        })
-        .collect()
+/// The first word of the owner line.
+const OWNER: &str = "owner";
+
+/// What a ledger file records (see the module docs).
+#[derive(Debug, Default, PartialEq)]
+struct Recorded {
+    /// The daemon that wrote it: pid and start time. `None` in a file of the old format.
+    owner: Option<(u32, u64)>,
+    /// Live groups: leader pid (the group id) to the leader's start time.
+    groups: BTreeMap<u32, u64>,
+}
+
+/// Reads a ledger file; lines that are not records (a torn or foreign file) are skipped.
+fn parse(text: &str) -> Recorded {
+    let mut recorded = Recorded::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next();
+        let owner = first == Some(OWNER);
+        let first = if owner { words.next() } else { first };
+        let (Some(Ok(pid)), Some(Ok(start)), None) = (
+            first.map(str::parse::<u32>),
+            words.next().map(str::parse::<u64>),
+            words.next(),
+        ) else {
+            continue;
+        };
+        if owner {
+            recorded.owner = Some((pid, start));
+        } else {
+            recorded.groups.insert(pid, start);
+        }
+    }
+    recorded
 }
 
 /// When the running process `pid` started, in clock ticks after boot (`/proc/PID/stat`
@@ -143,21 +223,27 @@ pub fn is_stopped(pid: u32) -> bool {
     stat(pid).is_some_and(|s| matches!(s.state, 'T' | 't'))
 }
 
-/// What the ledger reads of `/proc/PID/stat`.
-struct Stat {
-    state: char,
-    pgid: u32,
-    start: u64,
+/// What mcp-client reads of `/proc/PID/stat` (proc(5)).
+pub(crate) struct Stat {
+    /// Field 3: `R`, `S`, `D`, `Z` (zombie), `T` (stopped), …
+    pub(crate) state: char,
+    /// Field 4: the parent's pid.
+    pub(crate) ppid: u32,
+    /// Field 5: the process group.
+    pub(crate) pgid: u32,
+    /// Field 22: the start time, in clock ticks after boot.
+    pub(crate) start: u64,
 }
 
 /// `pid`'s [`Stat`]; `None` if it is gone.
-fn stat(pid: u32) -> Option<Stat> {
+pub(crate) fn stat(pid: u32) -> Option<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start at field 3 (state).
     let rest = text.rsplit_once(") ")?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     Some(Stat {
         state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
         pgid: fields.get(2)?.parse().ok()?,
         start: fields.get(19)?.parse().ok()?,
     })
@@ -260,10 +346,86 @@ mod tests {
         let me = std::process::id();
         ledger.add(me);
         let text = std::fs::read_to_string(dir.path().join("mcp-client.pgroups")).unwrap();
-        assert_eq!(parse(&text).get(&me), start_time(me).as_ref());
+        let recorded = parse(&text);
+        assert_eq!(recorded.groups.get(&me), start_time(me).as_ref());
+        assert_eq!(recorded.owner, Some((me, start_time(me).unwrap())));
+        assert!(text.starts_with(&format!("owner {me} ")), "{text}");
         ledger.remove(me);
         let text = std::fs::read_to_string(dir.path().join("mcp-client.pgroups")).unwrap();
-        assert!(text.is_empty());
+        assert_eq!(parse(&text).groups, BTreeMap::new());
+    }
+
+    #[test]
+    fn parses_both_formats_and_skips_junk() {
+        let old = parse("12 345\n13 346\n");
+        assert_eq!(old.owner, None);
+        assert_eq!(old.groups, BTreeMap::from([(12, 345), (13, 346)]));
+        let new = parse("owner 7 70\n12 345\nowner x 1\n14\n1 2 3\n\n");
+        assert_eq!(new.owner, Some((7, 70)));
+        assert_eq!(new.groups, BTreeMap::from([(12, 345)]));
+    }
+
+    /// A `sleep` leading its own process group, as a server would.
+    fn group_leader() -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
+    fn end(mut child: std::process::Child) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn a_live_recorded_owner_is_refused_and_its_groups_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        // Another live process stands in for the owning daemon (its lock file is gone).
+        let owner = group_leader();
+        let server = group_leader();
+        let (owner_pid, server_pid) = (owner.id(), server.id());
+        let text = format!(
+            "owner {owner_pid} {}\n{server_pid} {}\n",
+            start_time(owner_pid).unwrap(),
+            start_time(server_pid).unwrap()
+        );
+        std::fs::write(dir.path().join("mcp-client.pgroups"), &text).unwrap();
+        let refused = Ledger::open(dir.path());
+        let alive = running_since(server_pid).is_some();
+        end(owner);
+        end(server);
+        match refused {
+            Err(LedgerError::InUseBy { pid, .. }) => assert_eq!(pid, owner_pid),
+            other => panic!("expected InUseBy, got {other:?}"),
+        }
+        assert!(alive, "the live owner's server was ended");
+    }
+
+    #[test]
+    fn groups_of_a_gone_owner_and_of_an_old_file_are_ended() {
+        for with_owner in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut server = group_leader();
+            let server_pid = server.id();
+            let server_start = start_time(server_pid).unwrap();
+            // Reaped as soon as it exits, so the sweep does not wait for a zombie.
+            let reaper = std::thread::spawn(move || server.wait());
+            // An owner that is gone (a pid above any pid_max).
+            let owner = if with_owner {
+                "owner 4000000000 1\n"
+            } else {
+                ""
+            };
+            let text = format!("{owner}{server_pid} {server_start}\n");
+            std::fs::write(dir.path().join("mcp-client.pgroups"), &text).unwrap();
+            let opened = Ledger::open(dir.path());
+            let _ = reaper.join();
+            let (_ledger, ended) = opened.unwrap();
+            assert_eq!(ended, 1, "owner line: {with_owner}");
+        }
     }
 
     #[test]

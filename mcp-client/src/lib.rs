@@ -17,6 +17,7 @@ pub mod ledger;
 pub mod logs;
 pub mod metrics;
 pub mod secrets;
+pub mod subreaper;
 pub mod supervisor;
 pub mod transport;
 pub mod watch;
@@ -82,6 +83,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    subreaper::start();
     // Ending a crashed run's leftovers waits for them: off the async threads.
     let log_dir = options.log_dir.clone();
     let (ledger, leftovers) = tokio::task::spawn_blocking(move || ledger::Ledger::open(&log_dir))
@@ -168,6 +170,7 @@ pub async fn run(
         server.await
     })
     .await;
+    subreaper::end_all(transport::stdio::STOP_GRACE).await;
     match drained {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!("the HTTP server task failed: {e}"),

@@ -17,6 +17,7 @@ use rmcp::transport::Transport;
 use sse_stream::{Sse, SseStream};
 
 use crate::error::error_chain;
+use crate::transport::{ServerMessage, read_server_message};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Sse, sse_stream::Error>> + Send>>;
 
@@ -93,9 +94,11 @@ impl SseTransport {
             match events.next().await {
                 Some(Ok(event)) if event.event.as_deref() == Some("endpoint") => {
                     let data = event.data.unwrap_or_default();
-                    break base
-                        .join(data.trim())
-                        .map_err(|e| format!("invalid endpoint event {data:?}: {e}"))?;
+                    let endpoint = base.join(data.trim()).map_err(|e| {
+                        format!("invalid endpoint event {}: {e}", cut_query(data.trim()))
+                    })?;
+                    check_origin(&base, &endpoint)?;
+                    break endpoint;
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(format!("reading the event stream: {e}")),
@@ -156,9 +159,18 @@ impl Transport<RoleClient> for SseTransport {
                 continue;
             }
             let Some(data) = event.data else { continue };
-            match serde_json::from_str(&data) {
-                Ok(message) => return Some(message),
-                Err(e) => tracing::warn!("skipping an SSE message that is not JSON-RPC: {e}"),
+            match read_server_message(data.as_bytes()) {
+                ServerMessage::Valid(message) => return Some(message),
+                ServerMessage::Repaired { message, why } => {
+                    tracing::warn!(
+                        "an SSE message is a malformed JSON-RPC response ({why}); its request \
+                         fails with that"
+                    );
+                    return Some(message);
+                }
+                ServerMessage::Invalid(e) => {
+                    tracing::warn!("skipping an SSE message that is not JSON-RPC: {e}")
+                }
             }
         }
     }
@@ -169,10 +181,80 @@ impl Transport<RoleClient> for SseTransport {
     }
 }
 
+/// Refuses an endpoint on another origin (scheme, host, port; RFC 6454) than the SSE URL:
+/// mcp-client would POST the entry's `headers` (often a key) there. The official TypeScript
+/// and Python SDKs refuse it too ("Endpoint origin does not match connection origin").
+///
+/// # Errors
+/// A sentence naming both origins (never a path or query).
+fn check_origin(sse: &Url, endpoint: &Url) -> Result<(), String> {
+    // (An opaque origin, of a URL such as `data:`, equals no other.)
+    let (sse, endpoint) = (sse.origin(), endpoint.origin());
+    if sse != endpoint {
+        return Err(format!(
+            "refused the SSE endpoint event: it points at origin {}, not at the SSE URL's \
+             origin {}; mcp-client only posts to the origin it connected to",
+            endpoint.ascii_serialization(),
+            sse.ascii_serialization()
+        ));
+    }
+    Ok(())
+}
+
+/// What an `endpoint` event said, without its query and fragment (they may hold a key).
+fn cut_query(data: &str) -> String {
+    let end = data.find(['?', '#']).unwrap_or(data.len());
+    format!("{:?}", &data[..end])
+}
+
 /// The URL without query and fragment, for messages (a query may carry a key).
 pub fn without_query(url: &Url) -> String {
     let mut url = url.clone();
     url.set_query(None);
     url.set_fragment(None);
     url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(sse: &str, data: &str) -> Result<(), String> {
+        let base = Url::parse(sse).unwrap();
+        check_origin(&base, &base.join(data).unwrap())
+    }
+
+    #[test]
+    fn an_endpoint_on_the_same_origin_is_taken() {
+        assert_eq!(check("http://127.0.0.1:3000/sse", "/messages?s=1"), Ok(()));
+        assert_eq!(
+            check("http://127.0.0.1:3000/a/sse", "http://127.0.0.1:3000/m"),
+            Ok(())
+        );
+        // The default port, written or not, is the same origin.
+        assert_eq!(check("http://h/sse", "http://h:80/m"), Ok(()));
+    }
+
+    #[test]
+    fn an_endpoint_on_another_origin_is_refused_without_its_query() {
+        for data in [
+            "http://127.0.0.1:3001/m?key=SECRET",
+            "https://127.0.0.1:3000/m?key=SECRET",
+            "http://evil.example:3000/m?key=SECRET",
+            "//evil.example/m?key=SECRET",
+            "data:text/plain,SECRET",
+        ] {
+            let e = check("http://127.0.0.1:3000/sse?key=SECRET", data).unwrap_err();
+            assert!(e.contains("http://127.0.0.1:3000"), "{e}");
+            assert!(!e.contains("SECRET"), "{e}");
+        }
+        let e = check("http://127.0.0.1:3000/sse", "http://127.0.0.1:3001/m").unwrap_err();
+        assert!(e.contains("origin http://127.0.0.1:3001,"), "{e}");
+    }
+
+    #[test]
+    fn an_endpoint_is_quoted_without_its_query() {
+        assert_eq!(cut_query("/m?key=SECRET#f"), "\"/m\"");
+        assert_eq!(cut_query("/m#f?x"), "\"/m\"");
+    }
 }

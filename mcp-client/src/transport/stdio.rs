@@ -6,6 +6,10 @@
 //! grandchildren too (wrappers such as `sh -c` or `npx`), lines on stdout that are not JSON
 //! are logged to the server's log and skipped instead of silently dropped, and a line may be
 //! as long as [`MAX_LINE`] (rmcp's default stops at 16 MiB).
+//!
+//! A process that leaves the group (a daemon: fork, `setsid`, fork) is found through the
+//! environment marker every server starts with and ended with its group (see
+//! [`crate::subreaper`]).
 
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -24,6 +28,8 @@ use crate::config::{ServerEntry, expand_vars};
 use crate::connection::ConnectContext;
 use crate::ledger::Ledger;
 use crate::logs::ServerLog;
+use crate::subreaper;
+use crate::transport::{ServerMessage, read_server_message};
 
 /// The variables of the daemon's environment an `ai_generated` server gets besides its
 /// entry's own `env` (see [`is_base_env`]): what a program needs to run and to reach the
@@ -72,7 +78,8 @@ pub struct Spawned {
 /// in `args` and `env`, the variables in `ctx.scrub_env` removed (an `ai_generated` entry
 /// keeps only [`is_base_env`] ones), stderr copied to `log`.
 /// The group is recorded in the daemon's [`Ledger`] until it has ended, and the child gets
-/// SIGTERM if the daemon dies (`PR_SET_PDEATHSIG`).
+/// SIGTERM if the daemon dies (`PR_SET_PDEATHSIG`). The child's environment gets
+/// [`subreaper::MARKER_VAR`], so processes that escape its group are ended with it.
 ///
 /// # Errors
 /// A sentence naming the cause: a variable that is not set, a `cwd` that does not exist, a
@@ -123,6 +130,10 @@ pub fn spawn(
             nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
         });
     }
+    // Recorded before the reaper can see it exit (see `subreaper::spawning`); set last, so
+    // an entry's own `env` cannot take it away.
+    let spawning = subreaper::spawning();
+    command.env(subreaper::MARKER_VAR, spawning.marker());
     let mut child = command.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => format!("command {program:?} not found"),
         std::io::ErrorKind::PermissionDenied => format!("command {program:?} is not executable"),
@@ -131,6 +142,7 @@ pub fn spawn(
     let pid = child
         .id()
         .ok_or("the child exited before it could be watched")?;
+    let marker = spawning.spawned(pid);
     log.note(&format!("started {program} (pid {pid})"));
     let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
     let (Some(stdin), Some(stdout), Some(stderr)) = (stdin, stdout, stderr) else {
@@ -154,7 +166,7 @@ pub fn spawn(
         stderr_log.stderr_closed();
     });
     ctx.ledger.add(pid);
-    let group = ProcessGroup::watch(child, pid, log.clone(), ctx.ledger.clone());
+    let group = ProcessGroup::watch(child, pid, marker.into(), log.clone(), ctx.ledger.clone());
     Ok(Spawned {
         transport: StdioTransport {
             reader: BufReader::with_capacity(64 * 1024, stdout),
@@ -170,10 +182,13 @@ pub fn spawn(
 ///
 /// A task owns the child: when it exits (by itself or by a signal) the status is published
 /// and whatever is left of its group (a wrapper's background children) gets SIGTERM, then
-/// SIGKILL after the grace period.
+/// SIGKILL after the grace period; so do the processes that escaped the group
+/// ([`subreaper::end_escaped`]).
 #[derive(Debug, Clone)]
 pub struct ProcessGroup {
     pid: u32,
+    /// The value of [`subreaper::MARKER_VAR`] the leader started with.
+    marker: Arc<str>,
     exit: watch::Receiver<Option<ExitStatus>>,
 }
 
@@ -181,26 +196,36 @@ pub struct ProcessGroup {
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
 
 impl ProcessGroup {
-    fn watch(mut child: Child, pid: u32, log: Arc<ServerLog>, ledger: Arc<Ledger>) -> Self {
+    fn watch(
+        mut child: Child,
+        pid: u32,
+        marker: Arc<str>,
+        log: Arc<ServerLog>,
+        ledger: Arc<Ledger>,
+    ) -> Self {
         let (tx, exit) = watch::channel(None);
+        let escaped = marker.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
+            subreaper::waited(pid);
             let status = match status {
                 Ok(status) => status,
                 Err(e) => {
                     tracing::warn!(pid, "cannot wait for server process: {e}");
                     end_group(pid, Duration::ZERO).await;
+                    end_escaped(&escaped, Duration::ZERO, &log).await;
                     ledger.remove(pid);
                     return;
                 }
             };
             log.note(&format!("process {pid} exited: {}", describe_exit(status)));
             let _ = tx.send(Some(status));
-            // The leader is gone; end what it left in its group.
+            // The leader is gone; end what it left in its group, and what left the group.
             end_group(pid, STOP_GRACE).await;
+            end_escaped(&escaped, STOP_GRACE, &log).await;
             ledger.remove(pid);
         });
-        Self { pid, exit }
+        Self { pid, marker, exit }
     }
 
     /// The group leader's pid (also the group id).
@@ -225,8 +250,9 @@ impl ProcessGroup {
         signal_group(self.pid, Signal::SIGKILL);
     }
 
-    /// Ends the group: SIGTERM to every member, SIGKILL after `grace` to whatever is left.
-    /// Returns once the leader has exited (at most `grace` plus a moment).
+    /// Ends the group: SIGTERM to every member, SIGKILL after `grace` to whatever is left;
+    /// then the same to the processes that escaped the group. Returns once the leader has
+    /// exited and the rest are gone or killed (each step at most `grace` plus a moment).
     pub async fn stop(&self, grace: Duration) {
         if self.exit_status().is_none() {
             signal_group(self.pid, Signal::SIGTERM);
@@ -236,6 +262,7 @@ impl ProcessGroup {
             }
         }
         end_group(self.pid, grace).await;
+        subreaper::end_escaped(&self.marker, grace).await;
     }
 }
 
@@ -246,20 +273,51 @@ fn signal_group(pid: u32, signal: Signal) -> bool {
     killpg(Pid::from_raw(pid), signal).is_ok()
 }
 
-/// SIGTERM to what is left of a group, SIGKILL after `grace` if any member remains.
+/// SIGTERM to what is left of a group, SIGKILL after `grace` if any member remains; then
+/// up to a second for the killed to be gone (so that what they had started has been
+/// re-parented to mcp-client when [`subreaper::end_escaped`] looks).
 async fn end_group(pid: u32, grace: Duration) {
     if !signal_group(pid, Signal::SIGTERM) {
         return;
     }
-    let deadline = tokio::time::Instant::now() + grace;
-    while tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let Ok(raw) = i32::try_from(pid) else { return };
-        if killpg(Pid::from_raw(raw), None).is_err() {
-            return;
-        }
+    if group_gone_within(pid, grace).await {
+        return;
     }
     signal_group(pid, Signal::SIGKILL);
+    group_gone_within(pid, Duration::from_secs(1)).await;
+}
+
+/// Waits up to `limit` for the group `pid` to have no member (zombies count until reaped);
+/// whether it has none.
+async fn group_gone_within(pid: u32, limit: Duration) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return true;
+    };
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if killpg(Pid::from_raw(raw), None).is_err() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// [`subreaper::end_escaped`], noted in the server's log when it found any.
+async fn end_escaped(marker: &str, grace: Duration, log: &ServerLog) {
+    let ended = subreaper::end_escaped(marker, grace).await;
+    if !ended.is_empty() {
+        log.note(&format!(
+            "ended {} process(es) that had left the server's process group: {ended:?}",
+            ended.len()
+        ));
+        tracing::info!(
+            count = ended.len(),
+            "ended processes that had left a server's process group"
+        );
+    }
 }
 
 /// "exit status 3", "killed by signal 9 (SIGKILL)".
@@ -364,9 +422,17 @@ impl Transport<RoleClient> for StdioTransport {
                 self.log.stdout_noise(line);
                 continue;
             }
-            match serde_json::from_slice(line) {
-                Ok(message) => return Some(message),
-                Err(e) => {
+            match read_server_message(line) {
+                ServerMessage::Valid(message) => return Some(message),
+                ServerMessage::Repaired { message, why } => {
+                    self.log.stdout_noise(line);
+                    self.log.note(&format!(
+                        "the line above is a malformed JSON-RPC response ({why}); its request \
+                         fails with that"
+                    ));
+                    return Some(message);
+                }
+                ServerMessage::Invalid(e) => {
                     self.log.stdout_noise(line);
                     self.log
                         .note(&format!("the line above is not a JSON-RPC message: {e}"));
