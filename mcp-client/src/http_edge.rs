@@ -327,19 +327,11 @@ pub fn finish(router: Router, edge: Edge) -> Router {
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             BODY_TIMEOUT,
         ))
+        // Bodies of unknown length (chunked) are cut at the limit as they arrive.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))
-        // tower-http answers an over-long `Content-Length` in plain text: say it as we do.
-        .layer(axum::middleware::map_response(
-            move |response: Response| async move {
-                let ours = response
-                    .headers()
-                    .get(header::CONTENT_TYPE)
-                    .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-                if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !ours {
-                    EdgeError::BodyTooLarge(limit).into_response()
-                } else {
-                    response
-                }
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: axum::middleware::Next| async move {
+                refuse_overlong(request, next, limit).await
             },
         ))
         .layer(axum::middleware::from_fn(
@@ -374,6 +366,39 @@ pub fn finish(router: Router, edge: Edge) -> Router {
                 }
             },
         ))
+}
+
+/// How long, and for how many bytes at most, the rest of a body refused as too large is
+/// read and thrown away after the 413 is sent, so a client still sending it reads the 413
+/// instead of a reset connection (a "lingering close", as nginx does).
+const LINGER: (Duration, usize) = (Duration::from_secs(5), 64 * 1024 * 1024);
+
+/// Answers 413 at once to a request whose `Content-Length` is over `limit`, before reading
+/// any of its body (which is then drained in the background, see [`LINGER`]); passes the
+/// others on.
+async fn refuse_overlong(request: Request, next: axum::middleware::Next, limit: usize) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    if declared.is_none_or(|length| length <= limit as u64) {
+        return next.run(request).await;
+    }
+    let mut body = request.into_body().into_data_stream();
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        let mut drained = 0;
+        let _ = tokio::time::timeout(LINGER.0, async {
+            while let Some(Ok(chunk)) = body.next().await {
+                drained += chunk.len();
+                if drained > LINGER.1 {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+    EdgeError::BodyTooLarge(limit).into_response()
 }
 
 /// Reads `request`'s body (within the body limit of [`finish`], `limit` bytes, and
