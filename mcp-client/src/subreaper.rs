@@ -345,7 +345,13 @@ mod tests {
             .env(MARKER_VAR, "123-4")
             .spawn()
             .unwrap();
-        let marker = marker_of(child.id());
+        // Until the child has exec'd, its environment is a copy of ours: wait for it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut marker = marker_of(child.id());
+        while marker.is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            marker = marker_of(child.id());
+        }
         let mine = marker_of(std::process::id());
         let _ = child.kill();
         let _ = child.wait();
