@@ -76,7 +76,7 @@ struct Api {
 
 impl Api {
     fn new(daemon: &Daemon) -> Self {
-        mcp_client::install_tls_provider();
+        mag_common::install_tls_provider();
         Self {
             http: reqwest::Client::builder()
                 .no_proxy()

@@ -40,13 +40,14 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use mcp_client::http_edge::{Authorized, Edge, EdgeError, read_body, read_json};
+use mag_common::http_edge::{Authorized, Edge, EdgeError, read_body, read_json};
 
 use crate::control::{ControlPlane, ToolTest};
 use crate::error::{Error, Result};
 use crate::generation::install::ToolFiles;
 use crate::generation::{GenerateRequest, Generator};
 use crate::store::ListQuery;
+use mag_common::wire::Servers;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -82,7 +83,7 @@ pub fn router(state: AppState, edge: Edge) -> Router {
         .route("/api/mcp/register-tool", post(register_tool))
         .route("/api/mcp/ai-tools", get(ai_tools))
         .with_state(Arc::new(state));
-    mcp_client::http_edge::finish(routes, edge)
+    mag_common::http_edge::finish(routes, edge)
 }
 
 /// A JSON request body: read within the body limit, then parsed into `T`.
@@ -199,7 +200,7 @@ async fn remove(State(state): St, Body(body): Body<Value>) -> AppResult {
     state.plane.remove(names, version).await.map(Json)
 }
 
-async fn status(State(state): St) -> AppResult {
+async fn status(State(state): St) -> Result<Json<Servers>> {
     state.plane.status().await.map(Json)
 }
 
@@ -211,7 +212,11 @@ async fn connect(
     if name.eq_ignore_ascii_case("all") {
         state.plane.connect_all().await.map(Json)
     } else {
-        state.plane.connect(&name).await.map(Json)
+        state
+            .plane
+            .connect(&name)
+            .await
+            .map(|answer| Json(json!(answer)))
     }
 }
 
@@ -219,7 +224,11 @@ async fn disconnect(
     State(state): St,
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> AppResult {
-    state.plane.disconnect(&name(path)?).await.map(Json)
+    state
+        .plane
+        .disconnect(&name(path)?)
+        .await
+        .map(|answer| Json(json!(answer)))
 }
 
 async fn tools(State(state): St) -> AppResult {

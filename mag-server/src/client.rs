@@ -2,7 +2,9 @@
 //!
 //! Failures map onto [`Error`]: a refused or dropped connection is
 //! [`Error::Unavailable`] (503) naming the address and the cause, a request over its bound
-//! is [`Error::Timeout`] (504), a 401 means mcp-client holds another token (503), and any
+//! is [`Error::Timeout`] (504), a 401 means mcp-client holds another token (503), a 2xx
+//! answer that is not the wire type ([`mag_common::wire`]) is [`Error::BadAnswer`] (502,
+//! naming the request and the field), and any
 //! other non-2xx answer is passed on as [`Error::Upstream`] with mcp-client's own status,
 //! `code` and `detail`.
 
@@ -11,9 +13,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use mcp_client::error::error_chain;
+use mag_common::error_chain;
+use mag_common::wire::{
+    ConnectAnswer, DisconnectAnswer, ErrorBody, LoadConfigAnswer, RootAnswer as WireRoot, SERVICE,
+    ServerName, Servers, ShutdownAnswer, ToolCall, ToolCallAnswer, ToolView,
+};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
 use crate::settings::Secret;
@@ -63,7 +70,7 @@ impl McpClient {
     /// # Errors
     /// [`Error::Io`] when the HTTP client cannot be built.
     pub fn new(addr: SocketAddr) -> Result<Self> {
-        mcp_client::install_tls_provider();
+        mag_common::install_tls_provider();
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(3))
@@ -92,7 +99,7 @@ impl McpClient {
         let shown = token
             .iter()
             .map(|t| (t.expose().to_string(), "***".to_string()));
-        mcp_client::secrets::global().set("client-token", shown);
+        mag_common::secrets::global().set("client-token", shown);
         *self.token.write().unwrap_or_else(|p| p.into_inner()) = token;
     }
 
@@ -110,12 +117,11 @@ impl McpClient {
             .map_err(|e| error_chain(&e))?;
         let status = response.status();
         let body = read_capped(response, 64 * 1024, within).await;
-        let json: Option<Value> = serde_json::from_slice(&body).ok();
-        match json {
-            Some(root) if status.is_success() && root["service"] == "mcp-client" => {
+        match serde_json::from_slice::<WireRoot>(&body) {
+            Ok(root) if status.is_success() && root.service == SERVICE => {
                 Ok(RootAnswer::McpClient(ClientRoot {
-                    pid: root["pid"].as_u64().and_then(|p| u32::try_from(p).ok()),
-                    config_path: root["config"]["path"].as_str().map(Into::into),
+                    pid: Some(root.pid),
+                    config_path: Some(root.config.path.display().to_string()),
                 }))
             }
             _ => {
@@ -144,62 +150,109 @@ impl McpClient {
             .is_ok_and(|r| r.status() == reqwest::StatusCode::UNAUTHORIZED)
     }
 
-    /// `GET path` with the token; the JSON answer.
+    /// `GET /servers`: every server of mcp-client's live config.
     ///
     /// # Errors
     /// See the module docs.
-    pub async fn get(&self, path: &str, within: Duration) -> Result<Value> {
-        self.send(
-            self.http.get(format!("{}{path}", self.base)),
-            "GET",
-            path,
-            within,
-        )
-        .await
+    pub async fn servers(&self, within: Duration) -> Result<Servers> {
+        self.send(self.http.get(self.url("/servers")), "GET /servers", within)
+            .await
     }
 
-    /// `POST path` with a JSON body and the token; the JSON answer.
+    /// `GET /tools`: every tool of every connected server.
     ///
     /// # Errors
     /// See the module docs.
-    pub async fn post(&self, path: &str, body: &Value, within: Duration) -> Result<Value> {
-        let request = self.http.post(format!("{}{path}", self.base)).json(body);
-        self.send(request, "POST", path, within).await
+    pub async fn tools(&self, within: Duration) -> Result<Vec<ToolView>> {
+        self.send(self.http.get(self.url("/tools")), "GET /tools", within)
+            .await
     }
 
     /// `POST /connect_server`, bounded by `within`.
     ///
     /// # Errors
     /// See the module docs; mcp-client answers 404 (unknown), 409 (disabled), 400 (failed).
-    pub async fn connect(&self, server: &str, within: Duration) -> Result<Value> {
-        self.post("/connect_server", &json!({"server_name": server}), within)
-            .await
+    pub async fn connect(&self, server: &str, within: Duration) -> Result<ConnectAnswer> {
+        let body = ServerName {
+            server_name: server.to_string(),
+        };
+        let request = self.http.post(self.url("/connect_server")).json(&body);
+        self.send(request, "POST /connect_server", within).await
     }
 
-    async fn send(
+    /// `POST /disconnect_server`, bounded by `within`.
+    ///
+    /// # Errors
+    /// See the module docs; mcp-client answers 404 for an unknown server.
+    pub async fn disconnect(&self, server: &str, within: Duration) -> Result<DisconnectAnswer> {
+        let body = ServerName {
+            server_name: server.to_string(),
+        };
+        let request = self.http.post(self.url("/disconnect_server")).json(&body);
+        self.send(request, "POST /disconnect_server", within).await
+    }
+
+    /// `POST /tool_call`, bounded by `within`.
+    ///
+    /// # Errors
+    /// See the module docs; a tool's own failure is in the answer's `error`, not an `Err`.
+    pub async fn tool_call(&self, call: &ToolCall, within: Duration) -> Result<ToolCallAnswer> {
+        let request = self.http.post(self.url("/tool_call")).json(call);
+        self.send(request, "POST /tool_call", within).await
+    }
+
+    /// `POST /load_config` with `{"config": document}`.
+    ///
+    /// # Errors
+    /// See the module docs; mcp-client answers 422 for a config it refuses.
+    pub async fn load_config(
+        &self,
+        document: &Map<String, Value>,
+        within: Duration,
+    ) -> Result<LoadConfigAnswer> {
+        let request = self
+            .http
+            .post(self.url("/load_config"))
+            .json(&json!({"config": document}));
+        self.send(request, "POST /load_config", within).await
+    }
+
+    /// `POST /shutdown`: mcp-client ends its servers and exits.
+    ///
+    /// # Errors
+    /// See the module docs.
+    pub async fn shutdown(&self, within: Duration) -> Result<ShutdownAnswer> {
+        let request = self.http.post(self.url("/shutdown"));
+        self.send(request, "POST /shutdown", within).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends `request` (`what`, e.g. `GET /servers`) with the token within `within`, and
+    /// decodes a 2xx answer as `T`.
+    async fn send<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
-        method: &str,
-        path: &str,
+        what: &str,
         within: Duration,
-    ) -> Result<Value> {
+    ) -> Result<T> {
         let token = self.token.read().unwrap_or_else(|p| p.into_inner()).clone();
         let request = match token {
             Some(token) => request.bearer_auth(token.expose()),
             None => request,
         };
-        let what = || format!("{method} {path}");
         let failed = |e: reqwest::Error| {
             if e.is_timeout() {
                 Error::Timeout {
-                    what: what(),
+                    what: what.to_string(),
                     secs: within.as_secs_f64(),
                 }
             } else {
                 Error::Unavailable(format!(
-                    "cannot reach mcp-client at {} ({}): {}",
+                    "cannot reach mcp-client at {} ({what}): {}",
                     self.addr,
-                    what(),
                     error_chain(&e)
                 ))
             }
@@ -210,30 +263,22 @@ impl McpClient {
         if status == StatusCode::UNAUTHORIZED {
             return Err(Error::TokenRefused(self.addr));
         }
-        let body: Option<Value> = serde_json::from_slice(&bytes).ok();
         if status.is_success() {
-            return body.ok_or_else(|| {
-                Error::Unavailable(format!(
-                    "mcp-client at {} answered {} with a body that is not JSON",
-                    self.addr,
-                    what()
-                ))
+            return serde_json::from_slice(&bytes).map_err(|e| Error::BadAnswer {
+                what: what.to_string(),
+                detail: e.to_string(),
             });
         }
-        let detail = body
-            .as_ref()
-            .and_then(|b| b["detail"].as_str().map(str::to_string))
-            .unwrap_or_else(|| {
+        let (detail, code) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => (body.detail, body.code),
+            Err(_) => (
                 format!(
-                    "mcp-client answered {} with HTTP {status}: {}",
-                    what(),
+                    "mcp-client answered {what} with HTTP {status}: {}",
                     String::from_utf8_lossy(&bytes[..bytes.len().min(500)])
-                )
-            });
-        let code = body
-            .as_ref()
-            .and_then(|b| b["code"].as_str().map(str::to_string))
-            .unwrap_or_else(|| "mcp_client_error".into());
+                ),
+                "mcp_client_error".into(),
+            ),
+        };
         Err(Error::Upstream {
             status,
             code,
@@ -248,7 +293,7 @@ pub async fn connect_many(
     client: &McpClient,
     servers: Vec<(String, Duration)>,
     concurrency: usize,
-) -> Vec<(String, Result<Value>)> {
+) -> Vec<(String, Result<ConnectAnswer>)> {
     futures::stream::iter(servers)
         .map(|(name, within)| async move {
             let result = client.connect(&name, within).await;

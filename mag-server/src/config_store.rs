@@ -15,7 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mcp_client::config::{
+use mag_common::config::{
     CONFIG_READ_BOUND, ConfigError, DEFAULT_TIMEOUT, McpConfig, read_regular_file, revision,
 };
 use serde_json::{Map, Value};
@@ -79,7 +79,7 @@ impl ConfigStore {
         let before = known.len();
         known.extend(config.secret_values(|name| std::env::var(name).ok()));
         if known.len() != before {
-            mcp_client::secrets::global().set("config", known.clone());
+            mag_common::secrets::global().set("config", known.clone());
         }
     }
 
@@ -309,7 +309,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const LIMIT: u64 = mcp_client::config::DEFAULT_CONFIG_LIMIT;
+    const LIMIT: u64 = mag_common::config::DEFAULT_CONFIG_LIMIT;
 
     fn doc(value: Value) -> Map<String, Value> {
         value.as_object().unwrap().clone()

@@ -5,7 +5,7 @@
 //! `not_found_servers`, …; a config write answers `{"status": {"message"|"warning",
 //! "version"}}`; test-tool answers `{"status", "server_name", "tool_name", "params",
 //! "result", "error", "execution_time"}`. Versions are opaque strings (the file's
-//! [`revision`](mcp_client::config::revision)), not MAG's counters.
+//! [`revision`](mag_common::config::revision)), not MAG's counters.
 //!
 //! Forwarded operations wait up to [`READY_WAIT`] for the first mcp-client mag-server
 //! starts, and fail at once with 503 when it is down otherwise (restarting, crash loop,
@@ -15,13 +15,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mcp_client::config::{McpConfig, ServerEntry, validate_server_name};
+use mag_common::config::{McpConfig, ServerEntry, validate_server_name};
 use serde_json::{Map, Value, json};
 
 use crate::client::{DISCONNECT_TIMEOUT, GENERAL_TIMEOUT, McpClient, TIMEOUT_MARGIN};
 use crate::config_store::{ConfigGuard, ConfigStore};
 use crate::error::{Error, Result};
 use crate::supervisor::Supervisor;
+use mag_common::wire::{ConnectAnswer, DisconnectAnswer, Servers, Status, ToolCall};
 
 /// How long a forwarded request waits for the first mcp-client while it starts.
 pub const READY_WAIT: Duration = Duration::from_secs(5);
@@ -372,9 +373,9 @@ impl ControlPlane {
     ///
     /// # Errors
     /// [`Error::Unavailable`] (503), [`Error::Timeout`] (504).
-    pub async fn status(&self) -> Result<Value> {
+    pub async fn status(&self) -> Result<Servers> {
         self.ready().await?;
-        self.inner.client.get("/servers", GENERAL_TIMEOUT).await
+        self.inner.client.servers(GENERAL_TIMEOUT).await
     }
 
     /// `POST /api/mcp/connect/{name}`: mcp-client's answer, `{"status": "connected",
@@ -382,7 +383,7 @@ impl ControlPlane {
     ///
     /// # Errors
     /// 404 unknown, 409 disabled, 400 failed (mcp-client's), 503, 504.
-    pub async fn connect(&self, name: &str) -> Result<Value> {
+    pub async fn connect(&self, name: &str) -> Result<ConnectAnswer> {
         let within = self.ready_for(name).await?;
         let answer = self.inner.client.connect(name, within).await?;
         self.inner.supervisor.note_connected(name, true);
@@ -400,25 +401,24 @@ impl ControlPlane {
     /// 503, 504 (reading `/servers`); a failed connect is reported per server.
     pub async fn connect_all(&self) -> Result<Value> {
         self.ready().await?;
-        let servers = self.inner.client.get("/servers", GENERAL_TIMEOUT).await?;
-        let servers = servers.as_object().cloned().unwrap_or_default();
+        let servers = self.inner.client.servers(GENERAL_TIMEOUT).await?;
         let timeouts = self.inner.store.timeouts().await;
         let mut results = BTreeMap::new();
         let mut tools = BTreeMap::new();
         let mut todo = Vec::new();
         let (mut total, mut already) = (0, 0);
         for (name, view) in &servers {
-            if view["status"] == "disabled" {
+            if view.status == Status::Disabled {
                 continue;
             }
             total += 1;
-            if view["connected"] == true {
+            if view.connected {
                 already += 1;
                 results.insert(
                     name.clone(),
-                    json!({"status": "already_connected", "tools": view["tools"]}),
+                    json!({"status": "already_connected", "tools": view.tools}),
                 );
-                tools.insert(name.clone(), view["tools"].clone());
+                tools.insert(name.clone(), json!(view.tools));
             } else {
                 todo.push((name.clone(), timeouts.of(name) + TIMEOUT_MARGIN));
             }
@@ -432,7 +432,7 @@ impl ControlPlane {
                 Ok(answer) => {
                     connected += 1;
                     self.inner.supervisor.note_connected(&name, true);
-                    let names = answer["tools"].clone();
+                    let names = json!(answer.tools);
                     results.insert(name.clone(), json!({"status": "connected", "tools": names}));
                     tools.insert(name, names);
                 }
@@ -463,17 +463,13 @@ impl ControlPlane {
     ///
     /// # Errors
     /// 404 unknown (mcp-client's), 503, 504.
-    pub async fn disconnect(&self, name: &str) -> Result<Value> {
+    pub async fn disconnect(&self, name: &str) -> Result<DisconnectAnswer> {
         validate_server_name(name).map_err(Error::InvalidServerName)?;
         self.ready().await?;
         let answer = self
             .inner
             .client
-            .post(
-                "/disconnect_server",
-                &json!({"server_name": name}),
-                DISCONNECT_TIMEOUT,
-            )
+            .disconnect(name, DISCONNECT_TIMEOUT)
             .await?;
         self.inner.supervisor.note_connected(name, false);
         Ok(answer)
@@ -486,20 +482,17 @@ impl ControlPlane {
     /// 503, 504.
     pub async fn tools(&self) -> Result<Value> {
         self.ready().await?;
-        let tools = self.inner.client.get("/tools", GENERAL_TIMEOUT).await?;
+        let tools = self.inner.client.tools(GENERAL_TIMEOUT).await?;
         let mut by_server: Map<String, Value> = Map::new();
-        for tool in tools.as_array().into_iter().flatten() {
-            let Some(server) = tool["server_name"].as_str() else {
-                continue;
-            };
+        for tool in tools {
             let entry = by_server
-                .entry(server)
+                .entry(tool.server_name)
                 .or_insert_with(|| Value::Array(Vec::new()));
             if let Value::Array(list) = entry {
                 list.push(json!({
-                    "name": tool["name"],
-                    "description": tool["description"],
-                    "input_schema": tool["input_schema"],
+                    "name": tool.name,
+                    "description": tool.description,
+                    "input_schema": tool.input_schema,
                 }));
             }
         }
@@ -516,19 +509,12 @@ impl ControlPlane {
     pub async fn test_tool(&self, test: ToolTest) -> Result<Value> {
         let within = self.ready_for(&test.server_name).await?;
         let started = Instant::now();
-        let answer = self
-            .inner
-            .client
-            .post(
-                "/tool_call",
-                &json!({
-                    "server_name": test.server_name,
-                    "tool_name": test.tool_name,
-                    "params": test.params,
-                }),
-                within,
-            )
-            .await?;
+        let call = ToolCall {
+            server_name: test.server_name.clone(),
+            tool_name: test.tool_name.clone(),
+            params: Some(Value::Object(test.params.clone())),
+        };
+        let answer = self.inner.client.tool_call(&call, within).await?;
         let execution_time = started.elapsed().as_secs_f64();
         let mut result = json!({
             "server_name": test.server_name,
@@ -536,19 +522,19 @@ impl ControlPlane {
             "params": test.params,
             "execution_time": execution_time,
         });
-        match answer.get("error") {
-            Some(error) if !error.is_null() => {
+        match answer.error {
+            Some(error) => {
                 result["status"] = json!("error");
                 result["result"] = Value::Null;
-                result["error"] = error.clone();
-                result["code"] = answer["code"].clone();
+                result["error"] = json!(error);
+                result["code"] = json!(answer.code);
             }
-            _ => {
+            None => {
                 result["status"] = json!("success");
-                result["result"] = answer["content"].clone();
+                result["result"] = json!(answer.content);
                 result["error"] = Value::Null;
-                if let Some(structured) = answer.get("structured_content") {
-                    result["structured_content"] = structured.clone();
+                if let Some(structured) = answer.structured_content {
+                    result["structured_content"] = structured;
                 }
             }
         }
@@ -589,10 +575,9 @@ impl ControlPlane {
         tracing::info!(%version, "wrote {}", self.inner.store.path().display());
         let loaded = match self.inner.supervisor.ready(Duration::ZERO).await {
             Ok(()) => {
-                let body = json!({"config": Value::Object(document.clone())});
                 self.inner
                     .client
-                    .post("/load_config", &body, GENERAL_TIMEOUT)
+                    .load_config(document, GENERAL_TIMEOUT)
                     .await
             }
             Err(e) => Err(e),
@@ -601,11 +586,7 @@ impl ControlPlane {
             Ok(report) => (
                 json!({"message": "config saved and applied by mcp-client", "version": version}),
                 version,
-                json!({
-                    "added": report["added"],
-                    "updated": report["updated"],
-                    "removed": report["removed"],
-                }),
+                json!(report.report),
             ),
             Err(e) => {
                 tracing::warn!("config saved but not loaded into mcp-client: {e}");

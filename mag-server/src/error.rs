@@ -7,8 +7,8 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use mcp_client::config::ConfigError;
-use mcp_client::http_edge::EdgeError;
+use mag_common::config::ConfigError;
+use mag_common::http_edge::EdgeError;
 use serde_json::json;
 
 use crate::llm::LlmError;
@@ -38,6 +38,16 @@ pub enum Error {
         what: String,
         /// The bound, in seconds.
         secs: f64,
+    },
+    /// mcp-client answered 2xx with a body that is not what its API says (502): another
+    /// program, or another version of mcp-client. Names the field (missing, or of the
+    /// wrong type).
+    #[error("mcp-client answered {what} with something mag-server cannot read: {detail}")]
+    BadAnswer {
+        /// The request, e.g. `GET /servers`.
+        what: String,
+        /// What is wrong with the answer, naming the field.
+        detail: String,
     },
     /// mcp-client refused the request; its status, code and detail are passed on.
     #[error("{detail}")]
@@ -143,6 +153,7 @@ impl Error {
         match self {
             Self::Unavailable(_) | Self::TokenRefused(_) => "mcp_client_unavailable",
             Self::Timeout { .. } => "mcp_client_timeout",
+            Self::BadAnswer { .. } => "mcp_client_bad_answer",
             Self::Upstream { code, .. } => code,
             Self::StaleRevision { .. } => "stale_revision",
             Self::InvalidConfig(_) => "invalid_config",
@@ -176,6 +187,7 @@ impl Error {
         match self {
             Self::Unavailable(_) | Self::TokenRefused(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::BadAnswer { .. } => StatusCode::BAD_GATEWAY,
             Self::Upstream { status, .. } => *status,
             Self::StaleRevision { .. } | Self::ClientState(_) => StatusCode::CONFLICT,
             Self::InvalidConfig(_) | Self::InvalidServerName(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -199,7 +211,7 @@ impl Error {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let detail = mcp_client::secrets::redact(&self.to_string());
+        let detail = mag_common::secrets::redact(&self.to_string());
         let mut body = json!({"detail": detail, "code": self.code()});
         match &self {
             Self::StaleRevision { expected, current } => {

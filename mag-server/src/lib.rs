@@ -106,7 +106,7 @@ pub async fn run(
         context: "cannot read the bound address".into(),
         source,
     })?;
-    let edge = mcp_client::http_edge::Edge {
+    let edge = mag_common::http_edge::Edge {
         listen: addr,
         token: settings.api_token.as_ref().map(|t| t.expose().into()),
         open_path: "/health",
@@ -135,7 +135,7 @@ pub async fn run(
         client = %settings.client_listen,
         "mag-server listening"
     );
-    let mut server = tokio::spawn(mcp_client::http_edge::serve(
+    let mut server = tokio::spawn(mag_common::http_edge::serve(
         listener,
         app,
         max_connections,
@@ -169,7 +169,7 @@ pub async fn run(
     Ok(())
 }
 
-/// Makes mag-server's secrets unprintable ([`mcp_client::secrets`]): the API token, the
+/// Makes mag-server's secrets unprintable ([`mag_common::secrets`]): the API token, the
 /// store's URL (it may hold a password), the JWT secret and the models' keys, as they are
 /// in the environment.
 fn register_secrets(settings: &Settings) {
@@ -191,7 +191,7 @@ fn register_secrets(settings: &Settings) {
         values.extend([password, decoded]);
     }
     let values = values.into_iter().map(|value| (value, "***".to_string()));
-    mcp_client::secrets::global().set("mag-server", values);
+    mag_common::secrets::global().set("mag-server", values);
 }
 
 /// The data dir's lock file, held (`flock`) for mag-server's life: one mag-server per data

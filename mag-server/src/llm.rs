@@ -327,7 +327,7 @@ async fn stream_answer(
     let response = tokio::time::timeout(idle, request.send())
         .await
         .map_err(|_| idle_error())?
-        .map_err(|e| transport(mcp_client::error::error_chain(&e)))?;
+        .map_err(|e| transport(mag_common::error_chain(&e)))?;
     let status = response.status();
     if !status.is_success() {
         // Bounded in time like a chunk (an endpoint that sends error headers and stalls

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let _flush_on_exit =
-        mcp_client::http_edge::init_tracing(&settings.log_dir, "mag-server.log", "info");
+        mag_common::logging::init_tracing(&settings.log_dir, "mag-server.log", "info");
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -409,11 +409,11 @@ impl Settings {
             max_connections: cli
                 .max_connections
                 .or(file.max_connections)
-                .unwrap_or(mcp_client::http_edge::DEFAULT_MAX_CONNECTIONS),
+                .unwrap_or(mag_common::http_edge::DEFAULT_MAX_CONNECTIONS),
             config_limit: cli
                 .config_limit
                 .or(file.config_limit)
-                .unwrap_or(mcp_client::config::DEFAULT_CONFIG_LIMIT),
+                .unwrap_or(mag_common::config::DEFAULT_CONFIG_LIMIT),
         };
         settings.check()?;
         Ok(settings)

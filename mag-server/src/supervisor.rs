@@ -38,7 +38,6 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::Serialize;
-use serde_json::{Map, Value, json};
 use tokio::process::{Child, Command};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -47,6 +46,7 @@ use crate::client::{ClientRoot, GENERAL_TIMEOUT, McpClient, RootAnswer, TIMEOUT_
 use crate::config_store::ConfigStore;
 use crate::error::{Error, Result};
 use crate::settings::{Secret, Settings, Supervision};
+use mag_common::wire::{Servers, Status};
 
 /// The environment variable that carries the token to mcp-client (`--token-env`).
 pub const CLIENT_TOKEN_ENV: &str = "MAG_CLIENT_TOKEN";
@@ -190,7 +190,7 @@ impl Wanted {
     /// Applies a `/servers` answer asked for at `since`: connected servers are wanted;
     /// `disconnected` or `disabled` ones and those no longer listed are not; `failed` or
     /// `connecting` ones keep their place.
-    pub fn apply_poll(&mut self, since: u64, servers: &Map<String, Value>) {
+    pub fn apply_poll(&mut self, since: u64, servers: &Servers) {
         let newer: BTreeSet<String> = self
             .changed_at
             .iter()
@@ -201,9 +201,9 @@ impl Wanted {
             if newer.contains(name) {
                 continue;
             }
-            if view["connected"] == true {
+            if view.connected {
                 self.names.insert(name.clone());
-            } else if matches!(view["status"].as_str(), Some("disconnected" | "disabled")) {
+            } else if matches!(view.status, Status::Disconnected | Status::Disabled) {
                 self.names.remove(name);
             }
         }
@@ -752,7 +752,7 @@ impl Supervisor {
         // the data dir's lock (held for mag-server's life) says its mag-server has died.
         // Pid and start time name the process for the stop.
         let taken_back = if from_file && inner.client.requires_token(GENERAL_TIMEOUT).await {
-            pid.and_then(|pid| Some((pid, mcp_client::ledger::running_since(pid)?)))
+            pid.and_then(|pid| Some((pid, mag_common::procfs::running_since(pid)?)))
         } else {
             None
         };
@@ -851,18 +851,14 @@ impl Supervisor {
             ours.display()
         );
         tracing::warn!("{warning}");
-        if let Ok(file) = self.inner.store.read().await {
-            let config = json!({"config": Value::Object(file.document)});
-            if let Err(e) = self
+        if let Ok(file) = self.inner.store.read().await
+            && let Err(e) = self
                 .inner
                 .client
-                .post("/load_config", &config, GENERAL_TIMEOUT)
+                .load_config(&file.document, GENERAL_TIMEOUT)
                 .await
-            {
-                tracing::warn!(
-                    "could not load mag-server's config into the adopted mcp-client: {e}"
-                );
-            }
+        {
+            tracing::warn!("could not load mag-server's config into the adopted mcp-client: {e}");
         }
         Some(warning)
     }
@@ -870,14 +866,8 @@ impl Supervisor {
     /// Asks `/servers` and updates the wanted servers.
     async fn poll(&self) -> Result<()> {
         let since = lock(&self.inner.wanted).begin_poll();
-        let servers = self
-            .inner
-            .client
-            .get("/servers", Duration::from_secs(5))
-            .await?;
-        if let Value::Object(servers) = servers {
-            lock(&self.inner.wanted).apply_poll(since, &servers);
-        }
+        let servers = self.inner.client.servers(Duration::from_secs(5)).await?;
+        lock(&self.inner.wanted).apply_poll(since, &servers);
         Ok(())
     }
 
@@ -888,9 +878,8 @@ impl Supervisor {
             return None;
         }
         let mut report = ReconnectReport::default();
-        let servers = match self.inner.client.get("/servers", GENERAL_TIMEOUT).await {
-            Ok(Value::Object(servers)) => servers,
-            Ok(_) => Map::new(),
+        let servers = match self.inner.client.servers(GENERAL_TIMEOUT).await {
+            Ok(servers) => servers,
             Err(e) => {
                 for name in wanted {
                     report.failed.insert(name, e.to_string());
@@ -903,7 +892,7 @@ impl Supervisor {
         for name in wanted {
             match servers.get(&name) {
                 None => self.note_connected(&name, false),
-                Some(view) if view["connected"] == true => report.connected.push(name),
+                Some(view) if view.connected => report.connected.push(name),
                 Some(_) => {
                     let within = timeouts.of(&name) + TIMEOUT_MARGIN;
                     todo.push((name, within));
@@ -976,10 +965,10 @@ impl Supervisor {
     /// another grace period).
     async fn stop_taken_back(&self, (pid, start): (u32, u64)) {
         let grace = self.inner.cfg.stop_grace;
-        let same = || mcp_client::ledger::running_since(pid) == Some(start);
+        let same = || mag_common::procfs::running_since(pid) == Some(start);
         match self.inner.client.root(grace).await {
             Ok(RootAnswer::McpClient(root)) if root.pid == Some(pid) => {
-                if let Err(e) = self.inner.client.post("/shutdown", &json!({}), grace).await {
+                if let Err(e) = self.inner.client.shutdown(grace).await {
                     tracing::warn!(pid, "mcp-client did not take POST /shutdown: {e}");
                 }
             }
@@ -1182,7 +1171,7 @@ fn stderr_tail(path: &Path, from: u64) -> Option<String> {
     } else {
         &text
     };
-    let text = mcp_client::secrets::redact(text.trim());
+    let text = mag_common::secrets::redact(text.trim());
     (!text.is_empty()).then_some(text)
 }
 
@@ -1211,8 +1200,26 @@ fn strip_ansi(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn servers(value: Value) -> Map<String, Value> {
-        value.as_object().unwrap().clone()
+    use serde_json::{Value, json};
+
+    /// `/servers` with just `connected` and `status` given per server.
+    fn servers(value: Value) -> Servers {
+        value
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(name, view)| {
+                let mut full = json!({
+                    "init_attempted": true, "tools": [], "error": null,
+                    "transport_type": "stdio", "pid": null, "connected_since": null,
+                    "reconnects": 0, "attempts": 0, "protocol_version": null,
+                    "auto_approve": [],
+                });
+                full["connected"] = view["connected"].clone();
+                full["status"] = view["status"].clone();
+                (name.clone(), serde_json::from_value(full).unwrap())
+            })
+            .collect()
     }
 
     #[test]

@@ -9,14 +9,18 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, McpConfig, revision};
 use crate::error::Error;
-use crate::http_edge::{Edge, EdgeError, read_body, read_json};
-use crate::secrets::redact;
 use crate::supervisor::{CallOutcome, Supervisor};
+use mag_common::config::{ConfigError, McpConfig, revision};
+use mag_common::http_edge::{Edge, EdgeError, read_body, read_json};
+use mag_common::secrets::redact;
+use mag_common::wire::{
+    ConnectAnswer, DisconnectAnswer, DisconnectStatus, ErrorBody, LoadConfigAnswer, RootAnswer,
+    SERVICE, ServerName, Servers, ShutdownAnswer, ToolCall, ToolCallAnswer, ToolView,
+};
 
 /// Default limit on a request body, in bytes (4 MiB, SPEC §6).
 pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
@@ -46,13 +50,16 @@ pub fn router(state: AppState, edge: Edge) -> Router {
         .route("/shutdown", post(shutdown))
         .route("/metrics", get(metrics))
         .with_state(state);
-    crate::http_edge::finish(routes, edge)
+    mag_common::http_edge::finish(routes, edge)
 }
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let detail = redact(&self.to_string());
-        let body = json!({"detail": detail, "code": self.code()});
+        let body = ErrorBody {
+            detail,
+            code: self.code().to_string(),
+        };
         (self.status(), Json(body)).into_response()
     }
 }
@@ -71,16 +78,16 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
     }
 }
 
-async fn root(State(state): State<AppState>) -> Json<Value> {
+async fn root(State(state): State<AppState>) -> Json<RootAnswer> {
     let supervisor = &state.supervisor;
-    Json(json!({
-        "status": "running",
-        "servers_connected": supervisor.connected_count(),
-        "service": "mcp-client",
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "config": supervisor.config_status(),
-    }))
+    Json(RootAnswer {
+        status: "running".into(),
+        servers_connected: supervisor.connected_count(),
+        service: SERVICE.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        config: supervisor.config_status(),
+    })
 }
 
 /// `{"config": {"mcpServers": {...}}}`, read from the text itself so that a key given twice
@@ -94,7 +101,7 @@ struct LoadConfig<'a> {
 async fn load_config(
     State(state): State<AppState>,
     request: Request,
-) -> Result<Json<Value>, Error> {
+) -> Result<Json<LoadConfigAnswer>, Error> {
     let bytes = read_body(request, &state, state.body_limit).await?;
     if bytes.trim_ascii_start().first() != Some(&b'{')
         && serde_json::from_slice::<Value>(&bytes).is_ok()
@@ -112,75 +119,63 @@ async fn load_config(
         Error::Config(ConfigError::whole(e.message))
     })?;
     let report = state.supervisor.apply(config, revision).await;
-    Ok(Json(json!({
-        "status": "accepted",
-        "added": report.added,
-        "updated": report.updated,
-        "removed": report.removed,
-    })))
+    Ok(Json(LoadConfigAnswer {
+        status: "accepted".into(),
+        report,
+    }))
 }
 
-async fn servers(State(state): State<AppState>) -> Json<Value> {
+async fn servers(State(state): State<AppState>) -> Json<Servers> {
     let mut servers = state.supervisor.servers();
     for view in servers.values_mut() {
         view.error = view.error.as_deref().map(redact);
     }
-    Json(json!(servers))
-}
-
-#[derive(Deserialize)]
-struct ServerName {
-    server_name: String,
+    Json(servers)
 }
 
 async fn connect_server(
     State(state): State<AppState>,
     Body(body): Body<ServerName>,
-) -> Result<Json<Value>, Error> {
+) -> Result<Json<ConnectAnswer>, Error> {
     let tools = state.supervisor.connect(&body.server_name).await?;
-    Ok(Json(json!({
-        "status": "connected",
-        "server": body.server_name,
-        "tools": tools,
-    })))
+    Ok(Json(ConnectAnswer {
+        status: "connected".into(),
+        server: body.server_name,
+        tools,
+    }))
 }
 
 async fn disconnect_server(
     State(state): State<AppState>,
     Body(body): Body<ServerName>,
-) -> Result<Json<Value>, Error> {
+) -> Result<Json<DisconnectAnswer>, Error> {
     let was_connected = state.supervisor.disconnect(&body.server_name).await?;
     let (status, message) = if was_connected {
         (
-            "disconnected",
+            DisconnectStatus::Disconnected,
             "the server was disconnected and its processes ended",
         )
     } else {
-        ("not_connected", "the server was not connected")
+        (
+            DisconnectStatus::NotConnected,
+            "the server was not connected",
+        )
     };
-    Ok(Json(json!({
-        "status": status,
-        "server": body.server_name,
-        "message": message,
-    })))
+    Ok(Json(DisconnectAnswer {
+        status,
+        server: body.server_name,
+        message: message.into(),
+    }))
 }
 
-async fn tools(State(state): State<AppState>) -> Json<Value> {
-    Json(json!(state.supervisor.tools()))
-}
-
-#[derive(Deserialize)]
-struct ToolCall {
-    server_name: String,
-    tool_name: String,
-    #[serde(default)]
-    params: Option<Value>,
+async fn tools(State(state): State<AppState>) -> Json<Vec<ToolView>> {
+    Json(state.supervisor.tools())
 }
 
 async fn tool_call(
     State(state): State<AppState>,
     Body(body): Body<ToolCall>,
-) -> Result<Json<Value>, Error> {
+) -> Result<Json<ToolCallAnswer>, Error> {
     let arguments = match body.params {
         None | Some(Value::Null) => Default::default(),
         Some(Value::Object(arguments)) => arguments,
@@ -200,29 +195,30 @@ async fn tool_call(
         )
         .await?
     };
-    let mut answer = json!({
-        "tool_name": body.tool_name,
-        "server_name": body.server_name,
-    });
+    let mut answer = ToolCallAnswer {
+        tool_name: body.tool_name,
+        server_name: body.server_name,
+        content: Vec::new(),
+        structured_content: None,
+        error: None,
+        code: None,
+    };
     match outcome {
         Ok(result) => {
-            let error = result
-                .is_error
-                .unwrap_or(false)
-                .then(|| tool_error_text(&result));
-            answer["content"] = json!(result.content);
-            if let Some(structured) = result.structured_content {
-                answer["structured_content"] = structured;
+            if result.is_error.unwrap_or(false) {
+                answer.error = Some(tool_error_text(&result));
+                answer.code = Some("tool_error".into());
             }
-            if let Some(error) = error {
-                answer["error"] = json!(error);
-                answer["code"] = json!("tool_error");
-            }
+            answer.content = result
+                .content
+                .iter()
+                .map(|block| serde_json::to_value(block).unwrap_or(Value::Null))
+                .collect();
+            answer.structured_content = result.structured_content;
         }
         Err(e) => {
-            answer["content"] = json!([]);
-            answer["error"] = json!(redact(&e.to_string()));
-            answer["code"] = json!(e.code());
+            answer.error = Some(redact(&e.to_string()));
+            answer.code = Some(e.code().into());
         }
     }
     Ok(Json(answer))
@@ -279,8 +275,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
     ([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
-async fn shutdown(State(state): State<AppState>) -> Json<Value> {
+async fn shutdown(State(state): State<AppState>) -> Json<ShutdownAnswer> {
     tracing::info!("shutdown requested over HTTP");
     state.shutdown.cancel();
-    Json(json!({"status": "shutdown_initiated"}))
+    Json(ShutdownAnswer {
+        status: "shutdown_initiated".into(),
+    })
 }

@@ -26,12 +26,12 @@ use serde_json::Value;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServerEntry;
 use crate::error::{describe_initialize_error, describe_service_error, initialize_answer};
 use crate::ledger::Ledger;
 use crate::logs::ServerLog;
 use crate::transport::stdio::{ProcessGroup, STOP_GRACE, describe_exit};
 use crate::transport::{self, Opened};
+use mag_common::config::ServerEntry;
 
 /// The protocol version mcp-client asks for in `initialize`: the newest revision that has an
 /// `initialize` handshake (MCP spec 2025-11-25, Lifecycle § Version Negotiation).

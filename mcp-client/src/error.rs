@@ -2,8 +2,9 @@
 
 use axum::http::StatusCode;
 
-use crate::config::ConfigError;
-use crate::http_edge::EdgeError;
+use mag_common::config::ConfigError;
+use mag_common::error_chain;
+use mag_common::http_edge::EdgeError;
 
 /// Everything an operation of mcp-client can fail with.
 ///
@@ -106,21 +107,6 @@ impl Error {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// An error and its sources, joined by `: ` (reqwest's own text hides the cause).
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
 
 /// A readable sentence for an rmcp request error: a transport error shows its cause chain,
 /// not the transport's type name.

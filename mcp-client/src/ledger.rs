@@ -37,8 +37,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use mag_common::procfs::{self, running_since, start_time, stat};
+use nix::sys::signal::Signal;
 
 /// The ledger of one daemon; see the module docs.
 #[derive(Debug)]
@@ -205,54 +205,6 @@ fn parse(text: &str) -> Recorded {
     recorded
 }
 
-/// When the running process `pid` started, in clock ticks after boot (`/proc/PID/stat`
-/// field 22); `None` when it is gone or a zombie (state `Z` or `X`), so a process that
-/// exited counts as gone even while no one has reaped it (an orphan under a PID 1 that does
-/// not reap). With the pid it names one process for good: a reused pid has another start
-/// time.
-pub fn running_since(pid: u32) -> Option<u64> {
-    stat(pid)
-        .filter(|s| !matches!(s.state, 'Z' | 'X'))
-        .map(|s| s.start)
-}
-
-/// Whether `pid` (a process, or one thread of it by its thread id) is stopped: state `T`
-/// (by a signal such as SIGSTOP) or `t` (by a tracer) in `/proc/PID/stat`. `false` when it
-/// is gone. `kill(SIGSTOP)` only queues the signal; this tells when it has taken effect.
-pub fn is_stopped(pid: u32) -> bool {
-    stat(pid).is_some_and(|s| matches!(s.state, 'T' | 't'))
-}
-
-/// What mcp-client reads of `/proc/PID/stat` (proc(5)).
-pub(crate) struct Stat {
-    /// Field 3: `R`, `S`, `D`, `Z` (zombie), `T` (stopped), …
-    pub(crate) state: char,
-    /// Field 4: the parent's pid.
-    pub(crate) ppid: u32,
-    /// Field 5: the process group.
-    pub(crate) pgid: u32,
-    /// Field 22: the start time, in clock ticks after boot.
-    pub(crate) start: u64,
-}
-
-/// `pid`'s [`Stat`]; `None` if it is gone.
-pub(crate) fn stat(pid: u32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start at field 3 (state).
-    let rest = text.rsplit_once(") ")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(Stat {
-        state: fields.first()?.chars().next()?,
-        ppid: fields.get(1)?.parse().ok()?,
-        pgid: fields.get(2)?.parse().ok()?,
-        start: fields.get(19)?.parse().ok()?,
-    })
-}
-
-fn start_time(pid: u32) -> Option<u64> {
-    stat(pid).map(|s| s.start)
-}
-
 /// The processes of the group `pgid` whose leader started at `leader_start`, if it is still
 /// that group (see the module docs).
 fn members(pgid: u32, leader_start: u64) -> Vec<u32> {
@@ -261,11 +213,8 @@ fn members(pgid: u32, leader_start: u64) -> Vec<u32> {
     {
         return Vec::new();
     }
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    procfs::pids()
+        .into_iter()
         .filter(|pid| stat(*pid).is_some_and(|s| s.pgid == pgid && s.start >= leader_start))
         .collect()
 }
@@ -305,9 +254,7 @@ fn end_leftovers(groups: &BTreeMap<u32, u64>) -> usize {
 }
 
 fn signal(pgid: u32, signal: Signal) {
-    if let Ok(pgid) = i32::try_from(pgid) {
-        let _ = killpg(Pid::from_raw(pgid), signal);
-    }
+    mag_common::process_group::signal(pgid, signal);
 }
 
 #[cfg(test)]
@@ -426,27 +373,5 @@ mod tests {
             let (_ledger, ended) = opened.unwrap();
             assert_eq!(ended, 1, "owner line: {with_owner}");
         }
-    }
-
-    #[test]
-    fn a_stopped_process_is_seen_stopped() {
-        use nix::sys::signal::{Signal, kill};
-        use nix::unistd::Pid;
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        assert!(!is_stopped(pid));
-        kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
-        let mut polls = 0;
-        while !is_stopped(pid) {
-            polls += 1;
-            assert!(polls < 1_000, "SIGSTOP never took effect");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
-        child.wait().unwrap();
-        assert!(!is_stopped(pid));
     }
 }

@@ -1,22 +1,19 @@
 //! mcp-client: the daemon that owns connections to MCP servers and serves them over a local
 //! HTTP API (SPEC §4).
 //!
-//! Modules by concern: [`config`] (`mcp.json`), [`watch`] (hot reload), [`transport`] (stdio,
+//! The `mcp.json` types, the HTTP edge, secret redaction and the process-group helper are
+//! in `mag_common`, shared with mag-server. Modules by concern: [`watch`] (hot reload), [`transport`] (stdio,
 //! legacy SSE, streamable HTTP), [`connection`] (one MCP session), [`supervisor`] (the servers
 //! and their state; the core), [`ledger`] (process groups that must not outlive us), [`api`]
-//! (thin HTTP handlers), [`http_edge`] (what every request passes: Host, Origin, token,
-//! limits), [`secrets`] (redaction), [`metrics`], [`logs`] (per-server log files),
+//! (thin HTTP handlers), [`metrics`], [`logs`] (per-server log files),
 //! [`error`].
 
 pub mod api;
-pub mod config;
 pub mod connection;
 pub mod error;
-pub mod http_edge;
 pub mod ledger;
 pub mod logs;
 pub mod metrics;
-pub mod secrets;
 pub mod subreaper;
 pub mod supervisor;
 pub mod transport;
@@ -30,6 +27,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
+
+use mag_common::{http_edge, secrets};
 
 use crate::api::AppState;
 use crate::connection::ConnectContext;
@@ -103,7 +102,7 @@ pub async fn run(
     if let Some(token) = &options.token {
         secrets::global().set("token", [(token.clone(), "***".to_string())]);
     }
-    install_tls_provider();
+    mag_common::install_tls_provider();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .build()
@@ -178,12 +177,6 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Installs ring as the process's TLS provider (reqwest is built without a default one).
-/// Idempotent; call before building any `reqwest::Client`.
-pub fn install_tls_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Binds the API's listener, with a message that names the address on failure.

@@ -5,7 +5,7 @@
 //! would take it past the cap it is renamed to `NAME.stderr.log.1` (replacing the previous
 //! one) and a new file is started, so a server that spams costs at most twice the cap on disk.
 //! The last few stderr lines are also kept in memory, so a server that fails to start is
-//! reported with what it said. Secret values ([`crate::secrets`]) are redacted from both.
+//! reported with what it said. Secret values ([`mag_common::secrets`]) are redacted from both.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -42,7 +42,7 @@ struct LogState {
 
 impl ServerLog {
     /// Opens (appending) `dir/servers/NAME.stderr.log`, creating the folders. `name` must have
-    /// passed [`crate::config::validate_server_name`].
+    /// passed [`mag_common::config::validate_server_name`].
     ///
     /// # Errors
     /// The folder or file cannot be created.
@@ -76,7 +76,7 @@ impl ServerLog {
             state.tail.pop_front();
         }
         let text = String::from_utf8_lossy(line);
-        let text = crate::secrets::global().redact(text.trim_end());
+        let text = mag_common::secrets::global().redact(text.trim_end());
         let mut kept = text.into_owned();
         if kept.len() > TAIL_LINE_MAX {
             let mut end = TAIL_LINE_MAX;
@@ -132,7 +132,7 @@ impl ServerLog {
     fn write(&self, state: &mut LogState, prefix: &[u8], line: &[u8]) {
         // A server may print a key it was given: the log never shows it.
         let text = String::from_utf8_lossy(line);
-        let redacted = crate::secrets::global().redact(&text);
+        let redacted = mag_common::secrets::global().redact(&text);
         let line = match &redacted {
             std::borrow::Cow::Owned(redacted) => redacted.as_bytes(),
             std::borrow::Cow::Borrowed(_) => line,

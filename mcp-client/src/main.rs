@@ -24,7 +24,7 @@ struct Cli {
     #[arg(long, default_value_t = mcp_client::api::DEFAULT_BODY_LIMIT)]
     body_limit: usize,
     /// Largest config file read, in bytes; a larger one is a config error.
-    #[arg(long, default_value_t = mcp_client::config::DEFAULT_CONFIG_LIMIT, value_name = "BYTES")]
+    #[arg(long, default_value_t = mag_common::config::DEFAULT_CONFIG_LIMIT, value_name = "BYTES")]
     config_limit: u64,
     /// Web origins (scheme://host[:port], comma-separated) whose requests are taken, besides
     /// loopback ones (no CORS: for pages served through the same proxy); a request with any
@@ -36,7 +36,7 @@ struct Cli {
     #[arg(long, value_delimiter = ',', value_name = "HOSTS")]
     allowed_hosts: Vec<String>,
     /// At most this many open connections; the next ones are answered 503 and closed.
-    #[arg(long, default_value_t = mcp_client::http_edge::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    #[arg(long, default_value_t = mag_common::http_edge::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
     max_connections: usize,
     /// Name of an environment variable holding an API token: every endpoint but GET / then
     /// wants `Authorization: Bearer TOKEN`. The variable is kept from server processes.
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let _flush_on_exit =
-        mcp_client::http_edge::init_tracing(&cli.log_dir, "mcp-client.log", "info,rmcp=warn");
+        mag_common::logging::init_tracing(&cli.log_dir, "mcp-client.log", "info,rmcp=warn");
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

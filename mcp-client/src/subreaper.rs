@@ -47,7 +47,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 
-use crate::ledger::{running_since, stat};
+use mag_common::procfs::{running_since, stat};
 
 /// The environment variable that marks a server's processes: `<mcp-client pid>-<n>`.
 pub const MARKER_VAR: &str = "MCP_CLIENT_GROUP";

@@ -10,16 +10,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rmcp::model::{CallToolResult, JsonObject};
-use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{
-    CONFIG_READ_BOUND, ConfigError, McpConfig, ServerEntry, read_regular_file, revision,
-};
 use crate::connection::{CallError, ConnectContext, Connection};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use mag_common::config::{
+    CONFIG_READ_BOUND, ConfigError, McpConfig, ServerEntry, read_regular_file, revision,
+};
 
 /// At most this many connects of wanted servers (`autoConnect`, reconnects) run at once, as
 /// mag-server's `connect/all` does; explicit `/connect_server` calls are not held back.
@@ -38,88 +37,7 @@ pub fn backoff(attempt: u32) -> Duration {
         .mul_f64(rand::random_range(0.5..=1.0))
 }
 
-/// A server's state as `/servers` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// Not connected, and nothing went wrong (never tried, or disconnected on purpose).
-    Disconnected,
-    /// A connect is under way.
-    Connecting,
-    /// Connected: calls go through.
-    Connected,
-    /// The last connect failed or the connection was lost; `error` says why.
-    Failed,
-    /// The connection was lost (or an `autoConnect` failed) and a new attempt is scheduled
-    /// with backoff; `attempts` counts them, `error` holds the last cause.
-    Reconnecting,
-    /// `disabled` in the config.
-    Disabled,
-}
-
-/// One server in `/servers`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ServerView {
-    /// Whether calls can go through now.
-    pub connected: bool,
-    /// Whether a connect was ever attempted.
-    pub init_attempted: bool,
-    /// Tool names, as last listed (empty when not connected).
-    pub tools: Vec<String>,
-    /// Why the last connect failed or the connection was lost.
-    pub error: Option<String>,
-    /// `stdio`, `sse` or `streamable_http`.
-    pub transport_type: &'static str,
-    /// The state.
-    pub status: Status,
-    /// The stdio server's pid (leader of its process group).
-    pub pid: Option<u32>,
-    /// When the current connection was made (RFC 3339, UTC).
-    pub connected_since: Option<String>,
-    /// How many times the connection was made again after being lost.
-    pub reconnects: u64,
-    /// Failed attempts in the current outage (0 when connected or not wanted).
-    pub attempts: u32,
-    /// The protocol version the server answered `initialize` with.
-    pub protocol_version: Option<String>,
-    /// `autoApprove` from the config.
-    pub auto_approve: Vec<String>,
-}
-
-/// One tool in `/tools`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ToolView {
-    /// The server it belongs to.
-    pub server_name: String,
-    /// The tool name.
-    pub name: String,
-    /// Its description.
-    pub description: Option<String>,
-    /// Its JSON Schema for arguments.
-    pub input_schema: Value,
-}
-
-/// The live config's origin and health, as `GET /` reports it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ConfigStatus {
-    /// The file watched.
-    pub path: PathBuf,
-    /// Revision of the live config ([`revision`]); `None` until one was applied.
-    pub revision: Option<String>,
-    /// Why the newest file was not applied; `None` when it was.
-    pub error: Option<ConfigError>,
-}
-
-/// What applying a config changed, by server name (sorted).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ApplyReport {
-    /// Servers that were not in the live config.
-    pub added: Vec<String>,
-    /// Servers whose entry changed (reconnected if they were connected).
-    pub updated: Vec<String>,
-    /// Servers that are gone (disconnected, processes ended).
-    pub removed: Vec<String>,
-}
+pub use mag_common::wire::{ApplyReport, ConfigStatus, ServerView, Status, ToolView};
 
 /// The outcome of a tool call that reached the server.
 pub type CallOutcome = std::result::Result<CallToolResult, CallError>;
@@ -278,7 +196,7 @@ impl Supervisor {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             known.extend(config.secret_values(|name| std::env::var(name).ok()));
-            crate::secrets::global().set("config", known.clone());
+            mag_common::secrets::global().set("config", known.clone());
         }
         let mut report = ApplyReport::default();
         let mut removed = Vec::new();
@@ -487,7 +405,7 @@ impl Supervisor {
                         .map(|c| c.tools().iter().map(|t| t.name.to_string()).collect())
                         .unwrap_or_default(),
                     error: state.error.clone(),
-                    transport_type: state.entry.transport.as_str(),
+                    transport_type: state.entry.transport,
                     status: match (connection, state.status) {
                         (None, Status::Connected) => Status::Failed,
                         (_, status) => status,

@@ -306,7 +306,7 @@ pub fn wait_for_port(port: u16, within: Duration) {
 
 /// Whether `pid` is a live process (a zombie counts as gone).
 pub fn alive(pid: u32) -> bool {
-    mcp_client::ledger::running_since(pid).is_some()
+    mag_common::procfs::running_since(pid).is_some()
 }
 
 /// The pids of every live process in process group `pgid`.
@@ -496,7 +496,7 @@ impl Daemon {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let (proc, base) = launch(dir.path(), &args, &env);
-        mcp_client::install_tls_provider();
+        mag_common::install_tls_provider();
         // No pooled connections: a daemon closes a connection after refusing a body it did
         // not read (413), and a reused one would fail the next request.
         let http = reqwest::Client::builder()

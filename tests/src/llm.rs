@@ -152,7 +152,7 @@ impl ScriptedLlm {
                     let listener =
                         tokio::net::TcpListener::from_std(listener).expect("scripted LLM listener");
                     // As a real endpoint's server would, it sends each chunk at once.
-                    let listener = mcp_client::http_edge::no_delay(listener);
+                    let listener = mag_common::http_edge::no_delay(listener);
                     let serve = std::future::IntoFuture::into_future(axum::serve(listener, app));
                     tokio::select! {
                         _ = serve => {}

@@ -135,7 +135,7 @@ impl MagServer {
         };
         let client_port = options.client_port.unwrap_or_else(free_port);
         let (proc, base) = launch(dir.path(), &config, client_port, &options);
-        mcp_client::install_tls_provider();
+        mag_common::install_tls_provider();
         Self {
             proc,
             base,

@@ -76,7 +76,7 @@ async fn real_mongodb_when_set() {
 }
 
 fn http() -> reqwest::Client {
-    mcp_client::install_tls_provider();
+    mag_common::install_tls_provider();
     reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)

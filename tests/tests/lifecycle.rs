@@ -173,7 +173,7 @@ async fn disconnect_ends_the_process_group() {
 fn the_default_config_is_valid() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/mcp.json");
     let text = std::fs::read_to_string(path).unwrap();
-    let config = mcp_client::config::McpConfig::parse(&text).unwrap();
+    let config = mag_common::config::McpConfig::parse(&text).unwrap();
     assert!(config.servers["everything"].auto_connect);
 }
 

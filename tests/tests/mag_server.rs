@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use mag_common::config::revision;
 use mag_tests::mag::{MagOptions, MagServer, script};
 use mag_tests::{Daemon, alive, assert_gone, py_stdio_entry, wait_gone};
-use mcp_client::config::revision;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 

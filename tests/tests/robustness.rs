@@ -279,7 +279,7 @@ struct KillOnDrop(Vec<(u32, u64)>);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         for (pid, start) in &self.0 {
-            if mcp_client::ledger::running_since(*pid) == Some(*start) {
+            if mag_common::procfs::running_since(*pid) == Some(*start) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(*pid as i32),
                     nix::sys::signal::Signal::SIGKILL,
@@ -320,7 +320,7 @@ fn escapees(pidfile: &Path) -> Escapees {
     let guard = KillOnDrop(
         [long, bare]
             .into_iter()
-            .filter_map(|pid| Some((pid, mcp_client::ledger::running_since(pid)?)))
+            .filter_map(|pid| Some((pid, mag_common::procfs::running_since(pid)?)))
             .collect(),
     );
     Escapees {

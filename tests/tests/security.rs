@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn http() -> reqwest::Client {
-    mcp_client::install_tls_provider();
+    mag_common::install_tls_provider();
     reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)

@@ -1114,7 +1114,7 @@ fn all_threads_stopped(pid: u32) -> bool {
         task.file_name()
             .to_str()
             .and_then(|tid| tid.parse().ok())
-            .is_some_and(mcp_client::ledger::is_stopped)
+            .is_some_and(mag_common::procfs::is_stopped)
     })
 }
 

@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use mcp_client::transport::stdio::is_base_env;
+use mag_common::process_group::is_base_env;
 
 use crate::error::{Error, Result};
 
@@ -78,7 +78,7 @@ pub struct BuiltTool {
 /// [`Error::InvalidTool`], naming the rule.
 pub fn validate_folder_name(name: &str) -> Result<()> {
     // The folder name is also the server name in mcp.json: its rules (128 bytes) apply.
-    let ok = mcp_client::config::validate_server_name(name).is_ok()
+    let ok = mag_common::config::validate_server_name(name).is_ok()
         && name.chars().count() <= 64
         && !name.starts_with('.')
         && !name.contains("..")
@@ -340,7 +340,7 @@ impl Toolsmith {
             };
             // `NAME_N` may pass mcp.json's 128-byte limit where `NAME` did not: said now,
             // not after pip. (Only that rule: the suffix may take it past 64 characters.)
-            mcp_client::config::validate_server_name(&name).map_err(Error::InvalidTool)?;
+            mag_common::config::validate_server_name(&name).map_err(Error::InvalidTool)?;
             if taken.contains(&name) {
                 if unique {
                     continue;

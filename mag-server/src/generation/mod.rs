@@ -181,7 +181,7 @@ impl Generator {
         plane: ControlPlane,
         smith: Toolsmith,
     ) -> Result<Self> {
-        mcp_client::install_tls_provider();
+        mag_common::install_tls_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(llm::CONNECT_TIMEOUT)
             .build()
@@ -227,7 +227,7 @@ impl Generator {
             "state": if state.is_ok() { "ok" } else { "unavailable" },
         });
         if let Err(e) = state {
-            answer["error"] = json!(mcp_client::secrets::redact(&e));
+            answer["error"] = json!(mag_common::secrets::redact(&e));
         }
         answer
     }

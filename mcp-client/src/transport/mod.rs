@@ -22,9 +22,9 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::Value;
 
-use crate::config::{ServerEntry, TransportType, expand_vars};
 use crate::connection::ConnectContext;
 use crate::logs::ServerLog;
+use mag_common::config::{ServerEntry, TransportType, expand_vars};
 
 /// The largest single SSE event (one JSON-RPC message) accepted over HTTP, in bytes (256 MiB).
 pub const MAX_HTTP_MESSAGE: usize = 256 * 1024 * 1024;

@@ -24,12 +24,12 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Mutex, watch};
 
-use crate::config::{ServerEntry, expand_vars};
 use crate::connection::ConnectContext;
 use crate::ledger::Ledger;
 use crate::logs::ServerLog;
 use crate::subreaper;
 use crate::transport::{ServerMessage, read_server_message};
+use mag_common::config::{ServerEntry, expand_vars};
 
 /// The variables of the daemon's environment an `ai_generated` server gets besides its
 /// entry's own `env` (see [`is_base_env`]): what a program needs to run and to reach the

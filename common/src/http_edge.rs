@@ -1,6 +1,6 @@
 //! The HTTP edge that mcp-client and mag-server share (SPEC §6): serving with bounded
 //! connections, the checks every request passes (Host, Origin, Content-Type, bearer token,
-//! body size and time), reading a JSON body, and setting up the daemon's log.
+//! body size and time), and reading a JSON body.
 //!
 //! Loopback is no wall: any page the operator's browser opens can send requests to
 //! 127.0.0.1. So, on every endpoint, before the token is looked at:
@@ -31,7 +31,6 @@
 //! when even that backlog is full.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,11 +45,6 @@ use hyper_util::service::TowerToHyperService;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-
-use crate::secrets::Redacting;
 
 /// The longest a client may take to send a request's head, and the longest a kept-alive
 /// connection may sit idle before its next request (10 s).
@@ -258,7 +252,7 @@ impl Edge {
         };
         let origin = origin.to_str().unwrap_or("(not text)").trim();
         let normalized = origin.trim_end_matches('/').to_ascii_lowercase();
-        let loopback = reqwest::Url::parse(origin).is_ok_and(|url| {
+        let loopback = url::Url::parse(origin).is_ok_and(|url| {
             matches!(url.scheme(), "http" | "https")
                 && url.host_str().is_some_and(|host| {
                     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -277,7 +271,7 @@ impl Edge {
         // A page served under the very name and port it calls (a frontend behind the same
         // proxy) is same-origin: no cross-site request, whatever its content type.
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        let same_origin = reqwest::Url::parse(origin).is_ok_and(|url| {
+        let same_origin = url::Url::parse(origin).is_ok_and(|url| {
             let authority = match (url.host_str(), url.port()) {
                 (Some(name), Some(port)) => format!("{name}:{port}"),
                 (Some(name), None) => name.to_string(),
@@ -585,29 +579,6 @@ impl LogEvery {
             self.count = 0;
         }
     }
-}
-
-/// Logs to stderr and to `LOG_DIR/FILE_PREFIX.YYYY-MM-DD` (rolling daily), filtered by
-/// `RUST_LOG` or else `default_filter`, every line passed through
-/// [`crate::secrets::global`]'s redaction. Keep the returned guard alive: dropping it
-/// flushes.
-pub fn init_tracing(
-    log_dir: &Path,
-    file_prefix: &str,
-    default_filter: &str,
-) -> tracing_appender::non_blocking::WorkerGuard {
-    let file = tracing_appender::rolling::daily(log_dir, file_prefix);
-    let (file, guard) = tracing_appender::non_blocking(file);
-    tracing_subscriber::registry()
-        .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)))
-        .with(tracing_subscriber::fmt::layer().with_writer(Redacting(std::io::stderr)))
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(Redacting(file)),
-        )
-        .init();
-    guard
 }
 
 #[cfg(test)]

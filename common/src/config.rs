@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How mcp-client reaches a server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TransportType {
     /// A child process speaking newline-delimited JSON-RPC on stdin/stdout
@@ -116,7 +116,7 @@ pub struct McpConfig {
 
 /// Why a config was refused: the message and, when it came from text, where (1-based;
 /// `line` and `column` are 0 when the config did not come from text, e.g. `/load_config`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}{}", position(*.line, *.column))]
 pub struct ConfigError {
     /// What is wrong, naming the server and field where there is one.
