@@ -1,10 +1,6 @@
-//! The control plane's core: every `/api/mcp` operation and `/health`, without HTTP.
-//!
-//! Answers keep MAG's shapes (`mag/app/api/mcp_routes.py`): add and remove report
-//! `added_servers`, `duplicate_servers`, `skipped_servers`, `removed_servers`,
-//! `not_found_servers`, …; a config write answers `{"status": {"message"|"warning",
-//! "version"}}`; test-tool answers `{"status", "server_name", "tool_name", "params",
-//! "result", "error", "execution_time"}`. Versions are opaque strings (the file's
+//! The control plane's core: every `/api/mcp` operation and `/health`, without HTTP and
+//! without MAG's JSON shapes. Each operation answers a domain type; `api` turns them into
+//! MAG's answers. Versions are opaque strings (the file's
 //! [`revision`](mag_common::config::revision)), not MAG's counters.
 //!
 //! Forwarded operations wait up to [`READY_WAIT`] for the first mcp-client mag-server
@@ -16,13 +12,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mag_common::config::{McpConfig, ServerEntry, validate_server_name};
-use serde_json::{Map, Value, json};
+use mag_common::wire::{
+    ApplyReport, ConnectAnswer, DisconnectAnswer, Servers, Status, ToolCall, ToolCallAnswer,
+    ToolView,
+};
+use serde_json::{Map, Value};
 
 use crate::client::{DISCONNECT_TIMEOUT, GENERAL_TIMEOUT, McpClient, TIMEOUT_MARGIN};
 use crate::config_store::{ConfigGuard, ConfigStore};
 use crate::error::{Error, Result};
-use crate::supervisor::Supervisor;
-use mag_common::wire::{ConnectAnswer, DisconnectAnswer, Servers, Status, ToolCall};
+use crate::supervisor::{ClientStatus, Supervisor};
 
 /// How long a forwarded request waits for the first mcp-client while it starts.
 pub const READY_WAIT: Duration = Duration::from_secs(5);
@@ -52,6 +51,96 @@ pub struct ToolTest {
     pub params: Map<String, Value>,
 }
 
+/// `mcp.json` as read: its servers, its other top-level fields and its revision.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    /// `mcpServers`, entries as written (empty when the file is missing).
+    pub servers: Map<String, Value>,
+    /// The file's other top-level fields, in file order (`version` left out: it is the
+    /// answer's own).
+    pub extra: Map<String, Value>,
+    /// The file's revision.
+    pub version: String,
+}
+
+/// How a config write went: the file's new revision, and what mcp-client made of it.
+#[derive(Debug, Clone)]
+pub struct Saved {
+    /// The file's new revision.
+    pub version: String,
+    /// What mcp-client changed, or why it could not apply the file now (it reads the
+    /// file when it starts).
+    pub applied: std::result::Result<ApplyReport, String>,
+}
+
+/// A generated tool's folder that could not be removed with its server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderLeft {
+    /// The server.
+    pub server: String,
+    /// Why, naming the folder.
+    pub error: String,
+}
+
+/// [`ControlPlane::set_config`]'s outcome.
+#[derive(Debug, Clone)]
+pub struct ConfigReplaced {
+    /// The write.
+    pub saved: Saved,
+    /// Folders of the generated tools it dropped that stay.
+    pub folders_left: Vec<FolderLeft>,
+}
+
+/// [`ControlPlane::add`]'s outcome.
+#[derive(Debug, Clone)]
+pub struct Added {
+    /// Servers written, in the order sent.
+    pub added: Vec<String>,
+    /// Servers that exist already (not written).
+    pub duplicates: Vec<String>,
+    /// The write, when something was added; else the file's unchanged revision.
+    pub saved: std::result::Result<Saved, String>,
+}
+
+/// [`ControlPlane::remove`]'s outcome.
+#[derive(Debug, Clone)]
+pub struct Removed {
+    /// How many names were asked for.
+    pub requested: usize,
+    /// Servers removed.
+    pub removed: Vec<String>,
+    /// Of those, how many were `ai_generated`.
+    pub ai_generated: usize,
+    /// Names that were not in the file.
+    pub not_found: Vec<String>,
+    /// Folders of removed generated tools that stay.
+    pub folders_left: Vec<FolderLeft>,
+    /// The write, when something was removed; else the file's unchanged revision.
+    pub saved: std::result::Result<Saved, String>,
+}
+
+/// One server's outcome in [`ControlPlane::connect_all`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connected {
+    /// Connected now; its tools.
+    Now(Vec<String>),
+    /// It was connected; its tools.
+    Already(Vec<String>),
+    /// The connect failed; why.
+    Failed(String),
+}
+
+/// [`ControlPlane::test_tool`]'s outcome.
+#[derive(Debug, Clone)]
+pub struct ToolTested {
+    /// The call as made.
+    pub test: ToolTest,
+    /// mcp-client's answer (a tool's failure is in its `error`).
+    pub answer: ToolCallAnswer,
+    /// How long it took.
+    pub took: Duration,
+}
+
 impl ControlPlane {
     /// The core over the config file, mcp-client's API and its supervisor; `tools_dir`
     /// holds generated tools, whose folders go when their server is removed.
@@ -73,61 +162,40 @@ impl ControlPlane {
         }
     }
 
-    /// `GET /health` without its `store` part: `{"status": "ok", "service": "mag-server",
-    /// "version", "pid", "mcp_client": {"state", "address", "pid", "managed", "restarts",
-    /// "since", "last_exit", "error", "last_reconnect"}}`. Without `detail` (a caller
-    /// without the token), liveness only: `{"status", "service", "version", "mcp_client":
-    /// {"state", "since"}}`, no pids, error texts or stderr.
-    pub fn health(&self, detail: bool) -> Value {
-        let client = self.inner.supervisor.status();
-        if !detail {
-            return json!({
-                "status": "ok",
-                "service": "mag-server",
-                "version": env!("CARGO_PKG_VERSION"),
-                "mcp_client": {"state": client.state, "since": client.since},
-            });
-        }
-        json!({
-            "status": "ok",
-            "service": "mag-server",
-            "version": env!("CARGO_PKG_VERSION"),
-            "pid": std::process::id(),
-            "mcp_client": client,
-        })
+    /// mcp-client's state, for `/health`.
+    pub fn client_status(&self) -> ClientStatus {
+        self.inner.supervisor.status()
     }
 
-    /// `GET /api/mcp/config`: the file's fields (`mcpServers` first, `{}` when absent) and
-    /// `"version"`, its revision.
+    /// `GET /api/mcp/config`: the file.
     ///
     /// # Errors
     /// [`Error::ConfigFileInvalid`] (with the revision, so the file can be replaced),
     /// [`Error::Io`].
-    pub async fn config(&self) -> Result<Value> {
+    pub async fn config(&self) -> Result<ConfigFile> {
         let file = self.inner.store.read().await?;
-        let mut answer = Map::new();
-        answer.insert("mcpServers".into(), Value::Object(file.servers()));
-        for (key, value) in file.document {
-            if key != "mcpServers" && key != "version" {
-                answer.insert(key, value);
-            }
-        }
-        answer.insert("version".into(), json!(file.version));
-        Ok(Value::Object(answer))
+        let servers = file.servers();
+        let extra = file
+            .document
+            .into_iter()
+            .filter(|(key, _)| key != "mcpServers" && key != "version")
+            .collect();
+        Ok(ConfigFile {
+            servers,
+            extra,
+            version: file.version,
+        })
     }
 
     /// `POST /api/mcp/config`: validates `config` (the JSON text of the new file's object:
     /// `mcpServers` required, no key twice), checks `version` (required: a whole-config
     /// write replaces every server), writes the file and loads it into mcp-client. The
-    /// folders of `ai_generated` servers it drops are deleted, as `remove` does. The answer:
-    /// `{"status": {"message"|"warning", "version"}, "version", "applied": {"added",
-    /// "updated", "removed"} | null, "failed_removals": [..]}`; a warning says mcp-client
-    /// could not load it now (it reads the file when it starts).
+    /// folders of `ai_generated` servers it drops are deleted, as `remove` does.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] (422), `version` missing (422), [`Error::StaleRevision`]
     /// (409), [`Error::Io`].
-    pub async fn set_config(&self, config: &str, version: Option<Value>) -> Result<Value> {
+    pub async fn set_config(&self, config: &str, version: Option<Value>) -> Result<ConfigReplaced> {
         McpConfig::parse(config).map_err(|e| Error::InvalidConfig(e.message))?;
         let Ok(Value::Object(document)) = serde_json::from_str::<Value>(config) else {
             return Err(Error::invalid_body(
@@ -144,83 +212,37 @@ impl ControlPlane {
         check_version(Some(&version), &guard.version().await?)?;
         // The generated tools this write drops: their folders go too (a broken file has
         // none to tell).
+        let kept = document["mcpServers"].as_object();
         let dropped: Vec<String> = match guard.read().await {
             Ok(file) => file
                 .servers()
                 .into_iter()
                 .filter(|(name, entry)| {
-                    entry["ai_generated"] == true
-                        && !document["mcpServers"]
-                            .as_object()
-                            .is_some_and(|servers| servers.contains_key(name))
+                    entry["ai_generated"] == true && !kept.is_some_and(|k| k.contains_key(name))
                 })
                 .map(|(name, _)| name)
                 .collect(),
             Err(_) => Vec::new(),
         };
-        let (status, version, applied) = self.write_and_load(&mut guard, &document).await?;
+        let saved = self.write_and_load(&mut guard, &document).await?;
         drop(guard);
         for name in &dropped {
             self.inner.supervisor.note_connected(name, false);
         }
-        let failed = self.remove_tool_folders(&dropped).await;
-        Ok(json!({
-            "status": status,
-            "version": version,
-            "applied": applied,
-            "failed_removals": failed,
-        }))
-    }
-
-    /// Deletes the tools-dir folders of the generated tools `names` (off the async
-    /// threads); each failure as `{"server", "error"}`.
-    async fn remove_tool_folders(&self, names: &[String]) -> Vec<Value> {
-        if names.is_empty() {
-            return Vec::new();
-        }
-        let dirs: Vec<(String, std::path::PathBuf)> = names
-            .iter()
-            .map(|name| (name.clone(), self.inner.tools_dir.join(name)))
-            .collect();
-        let removed = tokio::task::spawn_blocking(move || {
-            let mut failed = Vec::new();
-            for (name, dir) in dirs {
-                match std::fs::remove_dir_all(&dir) {
-                    Ok(()) => tracing::info!("removed the generated tool's folder {}", dir.display()),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        tracing::warn!("cannot remove {}: {e}", dir.display());
-                        failed.push(json!({"server": name, "error": format!("its folder {} stays: {e}", dir.display())}));
-                    }
-                }
-            }
-            failed
-        })
-        .await;
-        removed.unwrap_or_else(|e| {
-            vec![json!({"server": null, "error": format!("the removal task failed: {e}")})]
+        let folders_left = self.remove_tool_folders(&dropped).await;
+        Ok(ConfigReplaced {
+            saved,
+            folders_left,
         })
     }
 
     /// `POST /api/mcp/add`: adds the servers not yet in the file (entries written as sent);
-    /// the others are `duplicate_servers`. MAG's answer: `{"status": "success" |
-    /// "partial_success" | "no_changes" | "error", "message", "added_servers",
-    /// "duplicate_servers", "skipped_servers", "update_result", "new_version" |
-    /// "current_version"}`.
+    /// the others are duplicates. `version`, when given, must be the file's.
     ///
     /// # Errors
     /// [`Error::InvalidServerName`], [`Error::InvalidConfig`] (422, naming the server),
     /// [`Error::StaleRevision`], [`Error::ConfigFileInvalid`], [`Error::Io`].
-    pub async fn add(&self, servers: Map<String, Value>, version: Option<Value>) -> Result<Value> {
-        if servers.is_empty() {
-            return Ok(json!({
-                "status": "error",
-                "message": "no servers to add",
-                "added_servers": [],
-                "duplicate_servers": [],
-                "skipped_servers": [],
-            }));
-        }
+    pub async fn add(&self, servers: Map<String, Value>, version: Option<Value>) -> Result<Added> {
         for (name, entry) in &servers {
             validate_server_name(name).map_err(Error::InvalidServerName)?;
             serde_json::from_value::<ServerEntry>(entry.clone())
@@ -235,15 +257,11 @@ impl ControlPlane {
             .cloned()
             .partition(|name| current.contains_key(name));
         if added.is_empty() {
-            return Ok(json!({
-                "status": "no_changes",
-                "message": format!("all {} servers already exist; nothing was added", duplicates.len()),
-                "added_servers": [],
-                "duplicate_servers": duplicates,
-                "skipped_servers": duplicates,
-                "update_result": null,
-                "current_version": file.version,
-            }));
+            return Ok(Added {
+                added,
+                duplicates,
+                saved: Err(file.version),
+            });
         }
         for (name, entry) in servers {
             if added.contains(&name) {
@@ -252,50 +270,21 @@ impl ControlPlane {
         }
         let mut document = file.document;
         document.insert("mcpServers".into(), Value::Object(current));
-        let (status, version, _) = self.write_and_load(&mut guard, &document).await?;
-        let (state, message) = if duplicates.is_empty() {
-            ("success", format!("added {} servers", added.len()))
-        } else {
-            (
-                "partial_success",
-                format!(
-                    "added {} servers, skipped {} that already exist",
-                    added.len(),
-                    duplicates.len()
-                ),
-            )
-        };
-        Ok(json!({
-            "status": state,
-            "message": message,
-            "added_servers": added,
-            "duplicate_servers": duplicates,
-            "skipped_servers": duplicates,
-            "update_result": {"status": status},
-            "new_version": version,
-        }))
+        let saved = self.write_and_load(&mut guard, &document).await?;
+        Ok(Added {
+            added,
+            duplicates,
+            saved: Ok(saved),
+        })
     }
 
     /// `POST /api/mcp/remove`: removes the named servers from the file (mcp-client
-    /// disconnects them). MAG's answer: `{"status": "success" | "partial_success" |
-    /// "no_changes" | "error", "message", "removed_servers", "not_found_servers",
-    /// "failed_removals", "ai_generated_count", "traditional_count", "total_requested",
-    /// "update_result", "new_version" | "current_version"}`. An `ai_generated` server's
-    /// folder in the tools dir is deleted with it (as MAG does), after the file is written.
+    /// disconnects them). An `ai_generated` server's folder in the tools dir is deleted with
+    /// it (as MAG does), after the file is written.
     ///
     /// # Errors
     /// [`Error::StaleRevision`], [`Error::ConfigFileInvalid`], [`Error::Io`].
-    pub async fn remove(&self, names: Vec<String>, version: Option<Value>) -> Result<Value> {
-        if names.is_empty() {
-            return Ok(json!({
-                "status": "error",
-                "message": "no servers named to remove",
-                "removed_servers": [],
-                "not_found_servers": [],
-                "failed_removals": [],
-                "total_requested": 0,
-            }));
-        }
+    pub async fn remove(&self, names: Vec<String>, version: Option<Value>) -> Result<Removed> {
         let mut guard = self.inner.store.lock().await;
         let file = guard.read().await?;
         check_version(version.as_ref(), &file.version)?;
@@ -317,69 +306,39 @@ impl ControlPlane {
                 None => {}
             }
         }
-        let counts = json!({
-            "ai_generated_count": ai_generated.len(),
-            "traditional_count": removed.len() - ai_generated.len(),
-            "total_requested": names.len(),
-        });
-        if removed.is_empty() {
-            let mut answer = json!({
-                "status": "no_changes",
-                "message": format!("none of the {} servers exist; nothing was removed", not_found.len()),
-                "removed_servers": [],
-                "not_found_servers": not_found,
-                "failed_removals": [],
-                "update_result": null,
-                "current_version": file.version,
-            });
-            merge(&mut answer, counts);
-            return Ok(answer);
+        let mut outcome = Removed {
+            requested: names.len(),
+            removed,
+            ai_generated: ai_generated.len(),
+            not_found,
+            folders_left: Vec::new(),
+            saved: Err(file.version),
+        };
+        if outcome.removed.is_empty() {
+            return Ok(outcome);
         }
         let mut document = file.document;
         document.insert("mcpServers".into(), Value::Object(current));
-        let (status, version, _) = self.write_and_load(&mut guard, &document).await?;
+        outcome.saved = Ok(self.write_and_load(&mut guard, &document).await?);
         drop(guard);
-        for name in &removed {
+        for name in &outcome.removed {
             self.inner.supervisor.note_connected(name, false);
         }
-        let failed = self.remove_tool_folders(&ai_generated).await;
-        let (state, message) = if not_found.is_empty() {
-            ("success", format!("removed {} servers", removed.len()))
-        } else {
-            (
-                "partial_success",
-                format!(
-                    "removed {} servers; {} do not exist",
-                    removed.len(),
-                    not_found.len()
-                ),
-            )
-        };
-        let mut answer = json!({
-            "status": state,
-            "message": message,
-            "removed_servers": removed,
-            "not_found_servers": not_found,
-            "failed_removals": failed,
-            "update_result": {"status": status},
-            "new_version": version,
-        });
-        merge(&mut answer, counts);
-        Ok(answer)
+        outcome.folders_left = self.remove_tool_folders(&ai_generated).await;
+        Ok(outcome)
     }
 
-    /// `GET /api/mcp/status`: mcp-client's `/servers`, `{NAME: {"connected", "status",
-    /// "tools", "error", "pid", …}}`.
+    /// `GET /api/mcp/status`: mcp-client's `/servers`.
     ///
     /// # Errors
-    /// [`Error::Unavailable`] (503), [`Error::Timeout`] (504).
+    /// [`Error::Unavailable`] (503), [`Error::Timeout`] (504), [`Error::BadAnswer`] (502).
     pub async fn status(&self) -> Result<Servers> {
         self.ready().await?;
         self.inner.client.servers(GENERAL_TIMEOUT).await
     }
 
-    /// `POST /api/mcp/connect/{name}`: mcp-client's answer, `{"status": "connected",
-    /// "server", "tools"}`, bounded by the server's timeout plus a margin.
+    /// `POST /api/mcp/connect/{name}`: mcp-client's answer, bounded by the server's timeout
+    /// plus a margin.
     ///
     /// # Errors
     /// 404 unknown, 409 disabled, 400 failed (mcp-client's), 503, 504.
@@ -391,75 +350,44 @@ impl ControlPlane {
     }
 
     /// `POST /api/mcp/connect/all`: every enabled server that is not connected, at most
-    /// `connect_concurrency` at once. MAG's answer: `{"status": "completed", "summary":
-    /// {"total_servers", "successful_connections", "failed_connections",
-    /// "already_connected"}, "servers": {NAME: {"status": "connected" | "already_connected"
-    /// | "failed", "tools", "error"?}}, "tools": {NAME: [names]}}`; disabled servers are
-    /// left out.
+    /// `connect_concurrency` at once; each enabled server's outcome by name (disabled ones
+    /// are left out).
     ///
     /// # Errors
     /// 503, 504 (reading `/servers`); a failed connect is reported per server.
-    pub async fn connect_all(&self) -> Result<Value> {
+    pub async fn connect_all(&self) -> Result<BTreeMap<String, Connected>> {
         self.ready().await?;
         let servers = self.inner.client.servers(GENERAL_TIMEOUT).await?;
         let timeouts = self.inner.store.timeouts().await;
         let mut results = BTreeMap::new();
-        let mut tools = BTreeMap::new();
         let mut todo = Vec::new();
-        let (mut total, mut already) = (0, 0);
-        for (name, view) in &servers {
+        for (name, view) in servers {
             if view.status == Status::Disabled {
                 continue;
             }
-            total += 1;
             if view.connected {
-                already += 1;
-                results.insert(
-                    name.clone(),
-                    json!({"status": "already_connected", "tools": view.tools}),
-                );
-                tools.insert(name.clone(), json!(view.tools));
+                results.insert(name, Connected::Already(view.tools));
             } else {
-                todo.push((name.clone(), timeouts.of(name) + TIMEOUT_MARGIN));
+                todo.push((name.clone(), timeouts.of(&name) + TIMEOUT_MARGIN));
             }
         }
-        let (mut connected, mut failed) = (0, 0);
         let outcomes =
             crate::client::connect_many(&self.inner.client, todo, self.inner.connect_concurrency)
                 .await;
         for (name, outcome) in outcomes {
-            match outcome {
+            let connected = match outcome {
                 Ok(answer) => {
-                    connected += 1;
                     self.inner.supervisor.note_connected(&name, true);
-                    let names = json!(answer.tools);
-                    results.insert(name.clone(), json!({"status": "connected", "tools": names}));
-                    tools.insert(name, names);
+                    Connected::Now(answer.tools)
                 }
-                Err(e) => {
-                    failed += 1;
-                    results.insert(
-                        name,
-                        json!({"status": "failed", "error": e.to_string(), "tools": []}),
-                    );
-                }
-            }
+                Err(e) => Connected::Failed(e.to_string()),
+            };
+            results.insert(name, connected);
         }
-        Ok(json!({
-            "status": "completed",
-            "summary": {
-                "total_servers": total,
-                "successful_connections": connected,
-                "failed_connections": failed,
-                "already_connected": already,
-            },
-            "servers": results,
-            "tools": tools,
-        }))
+        Ok(results)
     }
 
-    /// `POST /api/mcp/disconnect/{name}`: mcp-client's answer, `{"status": "disconnected" |
-    /// "not_connected", "server", "message"}`.
+    /// `POST /api/mcp/disconnect/{name}`: mcp-client's answer.
     ///
     /// # Errors
     /// 404 unknown (mcp-client's), 503, 504.
@@ -475,38 +403,20 @@ impl ControlPlane {
         Ok(answer)
     }
 
-    /// `GET /api/mcp/tools`: `{SERVER: [{"name", "description", "input_schema"}]}` for the
-    /// connected servers.
+    /// `GET /api/mcp/tools`: every tool of every connected server.
     ///
     /// # Errors
     /// 503, 504.
-    pub async fn tools(&self) -> Result<Value> {
+    pub async fn tools(&self) -> Result<Vec<ToolView>> {
         self.ready().await?;
-        let tools = self.inner.client.tools(GENERAL_TIMEOUT).await?;
-        let mut by_server: Map<String, Value> = Map::new();
-        for tool in tools {
-            let entry = by_server
-                .entry(tool.server_name)
-                .or_insert_with(|| Value::Array(Vec::new()));
-            if let Value::Array(list) = entry {
-                list.push(json!({
-                    "name": tool.name,
-                    "description": tool.description,
-                    "input_schema": tool.input_schema,
-                }));
-            }
-        }
-        Ok(Value::Object(by_server))
+        self.inner.client.tools(GENERAL_TIMEOUT).await
     }
 
-    /// `POST /api/mcp/test-tool`: calls the tool. MAG's answer: `{"status": "success" |
-    /// "error", "server_name", "tool_name", "params", "result" (the content blocks),
-    /// "error", "execution_time" (seconds)}`; a tool error or timeout is `"status":
-    /// "error"` with mcp-client's `code`.
+    /// `POST /api/mcp/test-tool`: calls the tool.
     ///
     /// # Errors
     /// 404 unknown server or tool, 409 not connected (mcp-client's), 503, 504.
-    pub async fn test_tool(&self, test: ToolTest) -> Result<Value> {
+    pub async fn test_tool(&self, test: ToolTest) -> Result<ToolTested> {
         let within = self.ready_for(&test.server_name).await?;
         let started = Instant::now();
         let call = ToolCall {
@@ -515,41 +425,21 @@ impl ControlPlane {
             params: Some(Value::Object(test.params.clone())),
         };
         let answer = self.inner.client.tool_call(&call, within).await?;
-        let execution_time = started.elapsed().as_secs_f64();
-        let mut result = json!({
-            "server_name": test.server_name,
-            "tool_name": test.tool_name,
-            "params": test.params,
-            "execution_time": execution_time,
-        });
-        match answer.error {
-            Some(error) => {
-                result["status"] = json!("error");
-                result["result"] = Value::Null;
-                result["error"] = json!(error);
-                result["code"] = json!(answer.code);
-            }
-            None => {
-                result["status"] = json!("success");
-                result["result"] = json!(answer.content);
-                result["error"] = Value::Null;
-                if let Some(structured) = answer.structured_content {
-                    result["structured_content"] = structured;
-                }
-            }
-        }
-        Ok(result)
+        Ok(ToolTested {
+            test,
+            answer,
+            took: started.elapsed(),
+        })
     }
 
     /// `POST /api/mcp/client/restart`: leaves a crash loop or a held address and tries
     /// again now; a running spawned mcp-client is restarted (its connected servers are
-    /// connected again). `{"status": "restart_requested", "mcp_client": {..}}`.
+    /// connected again). mcp-client's state when asked.
     ///
     /// # Errors
     /// [`Error::ClientState`] (409) for an adopted mcp-client or while shutting down.
-    pub fn restart_client(&self) -> Result<Value> {
-        let status = self.inner.supervisor.request_restart()?;
-        Ok(json!({"status": "restart_requested", "mcp_client": status}))
+    pub fn restart_client(&self) -> Result<ClientStatus> {
+        self.inner.supervisor.request_restart()
     }
 
     async fn ready(&self) -> Result<()> {
@@ -564,13 +454,12 @@ impl ControlPlane {
         Ok(self.inner.store.timeouts().await.of(server) + TIMEOUT_MARGIN)
     }
 
-    /// Writes the document and, when mcp-client is up, loads it there; MAG's `status`
-    /// object, the new version and what mcp-client changed.
+    /// Writes the document and, when mcp-client is up, loads it there.
     async fn write_and_load(
         &self,
         guard: &mut ConfigGuard<'_>,
         document: &Map<String, Value>,
-    ) -> Result<(Value, String, Value)> {
+    ) -> Result<Saved> {
         let version = guard.write(document).await?;
         tracing::info!(%version, "wrote {}", self.inner.store.path().display());
         let loaded = match self.inner.supervisor.ready(Duration::ZERO).await {
@@ -582,26 +471,49 @@ impl ControlPlane {
             }
             Err(e) => Err(e),
         };
-        Ok(match loaded {
-            Ok(report) => (
-                json!({"message": "config saved and applied by mcp-client", "version": version}),
-                version,
-                json!(report.report),
-            ),
-            Err(e) => {
-                tracing::warn!("config saved but not loaded into mcp-client: {e}");
-                (
-                    json!({
-                        "warning": format!(
-                            "config saved, but mcp-client did not apply it now ({e}); it reads \
-                             the file when it starts"
-                        ),
-                        "version": version,
-                    }),
-                    version,
-                    Value::Null,
-                )
+        let applied = loaded.map(|answer| answer.report).map_err(|e| {
+            tracing::warn!("config saved but not loaded into mcp-client: {e}");
+            e.to_string()
+        });
+        Ok(Saved { version, applied })
+    }
+
+    /// Deletes the tools-dir folders of the generated tools `names` (off the async
+    /// threads); the ones that stay, with why.
+    async fn remove_tool_folders(&self, names: &[String]) -> Vec<FolderLeft> {
+        if names.is_empty() {
+            return Vec::new();
+        }
+        let dirs: Vec<(String, std::path::PathBuf)> = names
+            .iter()
+            .map(|name| (name.clone(), self.inner.tools_dir.join(name)))
+            .collect();
+        let removed = tokio::task::spawn_blocking(move || {
+            let mut left = Vec::new();
+            for (server, dir) in dirs {
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => {
+                        tracing::info!("removed the generated tool's folder {}", dir.display())
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!("cannot remove {}: {e}", dir.display());
+                        let error = format!("its folder {} stays: {e}", dir.display());
+                        left.push(FolderLeft { server, error });
+                    }
+                }
             }
+            left
+        })
+        .await;
+        removed.unwrap_or_else(|e| {
+            names
+                .iter()
+                .map(|server| FolderLeft {
+                    server: server.clone(),
+                    error: format!("the removal task failed: {e}"),
+                })
+                .collect()
         })
     }
 }
@@ -620,15 +532,10 @@ fn check_version(sent: Option<&Value>, current: &str) -> Result<()> {
     }
 }
 
-fn merge(target: &mut Value, extra: Value) {
-    if let (Value::Object(target), Value::Object(extra)) = (target, extra) {
-        target.extend(extra);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn versions_are_compared_as_opaque_strings() {

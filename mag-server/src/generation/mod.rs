@@ -23,6 +23,7 @@
 //! store failed), `assembly_error` (the end could not install the tool). The checks of step
 //! 1 answer HTTP errors before any event.
 
+pub mod events;
 pub mod install;
 pub mod parse;
 
@@ -33,6 +34,8 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::sync::mpsc::UnboundedSender;
+
+pub use events::{ErrorKind, Event, Incomplete, Installed, Outcome, SavedRound, StoreHealth};
 
 use crate::control::ControlPlane;
 use crate::error::{Error, Result};
@@ -212,24 +215,18 @@ impl Generator {
         &self.inner.smith
     }
 
-    /// `/health`'s `store`: `{"backend", "state": "ok" | "unavailable", "error"?}`,
-    /// checked within [`HEALTH_PING`].
-    pub async fn store_health(&self) -> Value {
+    /// The store's health for `/health`, checked within [`HEALTH_PING`].
+    pub async fn store_health(&self) -> StoreHealth {
         let store = &self.inner.store;
-        let state = match tokio::time::timeout(HEALTH_PING, store.ping()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {} s", HEALTH_PING.as_secs())),
+        let error = match tokio::time::timeout(HEALTH_PING, store.ping()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {} s", HEALTH_PING.as_secs())),
         };
-        // Not `location`: /health is open even with a token (it is in the log at start).
-        let mut answer = json!({
-            "backend": store.backend(),
-            "state": if state.is_ok() { "ok" } else { "unavailable" },
-        });
-        if let Err(e) = state {
-            answer["error"] = json!(mag_common::secrets::redact(&e));
+        StoreHealth {
+            backend: store.backend(),
+            error,
         }
-        answer
     }
 
     /// Checks a round and locks its conversation: everything that can fail before the
@@ -310,15 +307,12 @@ impl Generator {
         })
     }
 
-    /// `GET /api/mcp/conversations`: `{"conversations": [metadata], "total_count"}`, newest
-    /// first.
+    /// `GET /api/mcp/conversations`: the conversations' metadata, newest first.
     ///
     /// # Errors
     /// [`Error::Store`].
-    pub async fn conversations(&self, query: &ListQuery) -> Result<Value> {
-        let list = self.inner.store.list(query).await?;
-        let list: Vec<Value> = list.iter().map(crate::store::conversation_json).collect();
-        Ok(json!({"total_count": list.len(), "conversations": list}))
+    pub async fn conversations(&self, query: &ListQuery) -> Result<Vec<Conversation>> {
+        Ok(self.inner.store.list(query).await?)
     }
 
     /// `GET /api/mcp/conversations/{id}`: the conversation with its rounds and
@@ -326,29 +320,25 @@ impl Generator {
     ///
     /// # Errors
     /// [`Error::ConversationNotFound`], [`Error::Store`].
-    pub async fn conversation(&self, id: &str) -> Result<Value> {
+    pub async fn conversation(&self, id: &str) -> Result<ConversationRecord> {
         check_conversation_id(id)?;
-        match self.inner.store.get(id).await? {
-            Some(record) => Ok(record.to_json()),
-            None => Err(Error::ConversationNotFound(id.to_owned())),
-        }
+        self.inner
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::ConversationNotFound(id.to_owned()))
     }
 
-    /// `DELETE /api/mcp/conversations/{id}`: `{"status": "success", "message",
-    /// "conversation_id"}` (MAG's permanent delete).
+    /// `DELETE /api/mcp/conversations/{id}` (MAG's permanent delete).
     ///
     /// # Errors
     /// [`Error::ConversationNotFound`], [`Error::ConversationBusy`] (a round of it is
     /// running), [`Error::Store`].
-    pub async fn delete_conversation(&self, id: &str) -> Result<Value> {
+    pub async fn delete_conversation(&self, id: &str) -> Result<()> {
         check_conversation_id(id)?;
         let _lock = self.lock(id)?;
         if self.inner.store.delete(id).await? {
-            Ok(json!({
-                "status": "success",
-                "message": format!("conversation {id:?} was deleted"),
-                "conversation_id": id,
-            }))
+            Ok(())
         } else {
             Err(Error::ConversationNotFound(id.to_owned()))
         }
@@ -357,9 +347,7 @@ impl Generator {
     /// Installs a tool and registers it (`POST /api/mcp/register-tool`, and the end of a
     /// generation): reserves its folder, writes it, creates its venv, installs its
     /// dependencies, adds it to `mcp.json` as an `ai_generated` server through the config
-    /// API's writer and connects it. Installs run one at a time. The answer:
-    /// `{"status": "success", "message", "tool_name", "folder", "config_version",
-    /// "connected", "connect_error"?}`.
+    /// API's writer and connects it. Installs run one at a time.
     ///
     /// With an `origin` (the end of a generation) the folder is the first free `NAME`,
     /// `NAME_1`, …, and a tool already registered from the same origin is answered again
@@ -369,44 +357,39 @@ impl Generator {
     /// [`Error::InvalidTool`], [`Error::ToolExists`] (without `origin`),
     /// [`Error::ToolInstall`], and the config writer's errors; on any of them, and when the
     /// install is dropped half-way, no folder and no entry is left.
-    pub async fn install(&self, files: ToolFiles, origin: Option<ToolOrigin>) -> Result<Value> {
+    pub async fn install(&self, files: ToolFiles, origin: Option<ToolOrigin>) -> Result<Installed> {
         files.check()?;
         let plane = &self.inner.plane;
         let _one_at_a_time = self.inner.installing.lock().await;
         let config = plane.config().await?;
-        let no_servers = Map::new();
-        let servers = config["mcpServers"].as_object().unwrap_or(&no_servers);
         let found = origin
             .as_ref()
-            .and_then(|origin| servers.iter().find(|(_, entry)| origin.made(entry)));
-        let (name, dir, version, verb) = match found {
+            .and_then(|origin| config.servers.iter().find(|(_, entry)| origin.made(entry)));
+        let (name, folder, config_version, already) = match found {
             Some((name, entry)) => (
                 name.clone(),
-                entry["cwd"].clone(),
-                config["version"].clone(),
-                "was installed already",
+                entry["cwd"].as_str().unwrap_or_default().to_owned(),
+                config.version.clone(),
+                true,
             ),
             None => {
-                let taken: Vec<String> = servers.keys().cloned().collect();
+                let taken: Vec<String> = config.servers.keys().cloned().collect();
                 let (name, dir, version) = self.install_new(&files, origin, &taken).await?;
-                (name, dir, version, "was installed and registered")
+                (name, dir, version, false)
             }
         };
-        let mut answer = json!({
-            "status": "success",
-            "message": format!("MCP tool {name:?} {verb}"),
-            "tool_name": name,
-            "folder": dir,
-            "config_version": version,
-        });
-        match plane.connect(&name).await {
-            Ok(_) => answer["connected"] = json!(true),
-            Err(e) => {
-                answer["connected"] = json!(false);
-                answer["connect_error"] = json!(e.to_string());
-            }
-        }
-        Ok(answer)
+        let connected = plane
+            .connect(&name)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string());
+        Ok(Installed {
+            tool_name: name,
+            folder,
+            config_version,
+            already,
+            connected,
+        })
     }
 
     /// [`Self::install`] of a tool not installed yet, `taken` being `mcp.json`'s server
@@ -416,7 +399,7 @@ impl Generator {
         files: &ToolFiles,
         origin: Option<ToolOrigin>,
         taken: &[String],
-    ) -> Result<(String, Value, Value)> {
+    ) -> Result<(String, String, String)> {
         let smith = &self.inner.smith;
         let mut reservation = smith.reserve(&files.folder_name, origin.is_some(), taken)?;
         let name = reservation.name.clone();
@@ -428,40 +411,42 @@ impl Generator {
         servers.insert(name.clone(), built.entry);
         reservation.registering();
         let added = self.inner.plane.add(servers, None).await;
-        let registered = added.as_ref().is_ok_and(|added| {
-            added["added_servers"]
-                .as_array()
-                .is_some_and(|a| !a.is_empty())
-        });
+        let registered = added.as_ref().is_ok_and(|added| !added.added.is_empty());
         reservation.settle(registered);
-        let added = added?;
-        if !registered {
-            return Err(Error::ToolExists(name));
-        }
+        let version = match added?.saved {
+            Ok(saved) if registered => saved.version,
+            _ => return Err(Error::ToolExists(name)),
+        };
         tracing::info!(tool = %name, "generated tool installed and registered");
-        Ok((name, json!(built.dir), added["new_version"].clone()))
+        Ok((name, built.dir.display().to_string(), version))
     }
 
     /// The system prompt: the template with the servers mcp-client knows (and their
     /// tools) in place of `{EXISTING_TOOLS}`; "none" when mcp-client cannot say.
     async fn system_prompt(&self) -> String {
-        let tools =
-            match tokio::time::timeout(Duration::from_secs(3), self.inner.plane.tools()).await {
-                Ok(Ok(Value::Object(servers))) if !servers.is_empty() => {
-                    let mut text = String::new();
-                    for (server, tools) in servers {
-                        text.push_str(&format!("- {server}:"));
-                        for tool in tools.as_array().into_iter().flatten() {
-                            if let Some(name) = tool["name"].as_str() {
-                                text.push_str(&format!(" `{name}`"));
-                            }
-                        }
-                        text.push('\n');
-                    }
-                    text
+        let tools = match tokio::time::timeout(Duration::from_secs(3), self.inner.plane.tools())
+            .await
+        {
+            Ok(Ok(tools)) if !tools.is_empty() => {
+                let mut by_server: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+                for tool in &tools {
+                    by_server
+                        .entry(&tool.server_name)
+                        .or_default()
+                        .push(&tool.name);
                 }
-                _ => "None are connected now.".to_owned(),
-            };
+                let mut text = String::new();
+                for (server, names) in by_server {
+                    text.push_str(&format!("- {server}:"));
+                    for name in names {
+                        text.push_str(&format!(" `{name}`"));
+                    }
+                    text.push('\n');
+                }
+                text
+            }
+            _ => "None are connected now.".to_owned(),
+        };
         system_prompt(&tools)
     }
 }
@@ -500,25 +485,20 @@ fn title_of(requirement: &str) -> String {
     title
 }
 
-/// An SSE error payload (MAG's shape).
-pub fn error_event(message: &str, kind: &str) -> Value {
-    json!({"error": {"message": message, "type": kind}})
-}
-
 impl Prepared {
     /// The conversation's id (new or continued).
     pub fn conversation_id(&self) -> &str {
         &self.conversation_id
     }
 
-    /// Runs the round, sending each SSE payload to `events` (a closed receiver is fine:
-    /// the round still completes and is stored). The answer, for a non-streaming request:
-    /// the conversation after the round with `"model"`, or the end instruction's result.
+    /// Runs the round, sending each event to `events` (a closed receiver is fine: the
+    /// round still completes and is stored). The outcome, for a non-streaming request: the
+    /// conversation after the round, or the end instruction's result.
     ///
     /// # Errors
-    /// [`Error::Llm`], [`Error::Store`], an install's errors. The matching error payload
-    /// was already sent to `events`.
-    pub async fn run(self, events: UnboundedSender<Value>) -> Result<Value> {
+    /// [`Error::Llm`], [`Error::Store`], an install's errors. The matching
+    /// [`Event::Error`] was already sent to `events`.
+    pub async fn run(self, events: UnboundedSender<Event>) -> Result<Outcome> {
         let ending = matches!(self.step, Step::End { .. });
         let outcome = match self.step {
             Step::Llm {
@@ -542,11 +522,14 @@ impl Prepared {
         };
         if let Err(e) = &outcome {
             let kind = match e {
-                Error::Store(_) => "database_error",
-                _ if ending => "assembly_error",
-                _ => "api_error",
+                Error::Store(_) => ErrorKind::Database,
+                _ if ending => ErrorKind::Assembly,
+                _ => ErrorKind::Api,
             };
-            let _ = events.send(error_event(&e.to_string(), kind));
+            let _ = events.send(Event::Error {
+                message: e.to_string(),
+                kind,
+            });
         }
         outcome
     }
@@ -560,8 +543,8 @@ impl Generator {
         record: Option<ConversationRecord>,
         user_id: String,
         requirement: String,
-        events: &UnboundedSender<Value>,
-    ) -> Result<Value> {
+        events: &UnboundedSender<Event>,
+    ) -> Result<Outcome> {
         let mut history: Vec<Value> = record.as_ref().map(|r| r.messages()).unwrap_or_default();
         for message in &mut history {
             if let Some(m) = message.as_object_mut() {
@@ -576,7 +559,7 @@ impl Generator {
         history.extend(added.iter().cloned());
 
         let completion = llm::stream_chat(&self.inner.http, &model, &history, |chunk| {
-            let _ = events.send(chunk.clone());
+            let _ = events.send(Event::Chunk(chunk.clone()));
         })
         .await?;
         // MAG's assistant message: the reasoning, when the model sent one, is kept with the
@@ -632,13 +615,12 @@ impl Generator {
         };
         self.inner.store.save_round(&save).await?;
         rounds.push(round);
-        let _ = events.send(json!({"saved": {
-            "conversation_id": id,
-            "round": conversation.round_count,
-            "round_count": conversation.round_count,
-            "round_token_usage": usage,
-            "total_token_usage": conversation.total_token_usage,
-        }}));
+        let _ = events.send(Event::Saved(SavedRound {
+            conversation_id: id.to_owned(),
+            round: conversation.round_count,
+            round_token_usage: usage,
+            total_token_usage: conversation.total_token_usage,
+        }));
         let record = ConversationRecord {
             generation: McpGen {
                 id: id.to_owned(),
@@ -648,25 +630,29 @@ impl Generator {
             },
             conversation,
         };
-        let mut answer = record.to_json();
-        answer["model"] = json!(model.name);
-        Ok(answer)
+        Ok(Outcome::Round {
+            record: Box::new(record),
+            model: model.name,
+        })
     }
 
     async fn end(
         &self,
         record: ConversationRecord,
-        events: &UnboundedSender<Value>,
-    ) -> Result<Value> {
+        events: &UnboundedSender<Event>,
+    ) -> Result<Outcome> {
         let parsed = &record.generation.parsed_results;
         let missing = parse::missing_parts(parsed);
         if !missing.is_empty() {
-            let incomplete = json!({
-                "message": format!("the MCP tool's design is not complete yet; missing: {}", missing.join(", ")),
-                "missing_fields": missing,
-            });
-            let _ = events.send(json!({"incomplete": incomplete}));
-            return Ok(json!({"status": "incomplete", "incomplete": incomplete}));
+            let incomplete = Incomplete {
+                message: format!(
+                    "the MCP tool's design is not complete yet; missing: {}",
+                    missing.join(", ")
+                ),
+                missing_fields: missing.iter().map(|m| m.to_string()).collect(),
+            };
+            let _ = events.send(Event::Incomplete(incomplete.clone()));
+            return Ok(Outcome::Incomplete(incomplete));
         }
         let text = |field: &str| parsed[field].as_str().unwrap_or_default().to_owned();
         let files = ToolFiles {
@@ -684,12 +670,10 @@ impl Generator {
             created_at: crate::store::rfc3339(record.conversation.created_at),
         };
         let installed = self.install(files, Some(origin)).await?;
-        let mut completion = installed.clone();
-        if let Some(c) = completion.as_object_mut() {
-            c.shift_remove("status");
-            c.insert("conversation_id".into(), json!(record.conversation.id));
-        }
-        let _ = events.send(json!({"completion": completion}));
-        Ok(installed)
+        let _ = events.send(Event::Completion {
+            conversation_id: record.conversation.id.clone(),
+            installed: installed.clone(),
+        });
+        Ok(Outcome::Installed(installed))
     }
 }

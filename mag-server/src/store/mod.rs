@@ -130,34 +130,6 @@ impl ConversationRecord {
             .flat_map(|r| r.messages.iter().cloned())
             .collect()
     }
-
-    /// The API's shape: the conversation's fields with `_id` as both `_id` and
-    /// `conversation_id`, times as RFC 3339 strings, plus `rounds`, `parsed_results` and
-    /// `"generation_type": "mcp"` (MAG's detail answer).
-    pub fn to_json(&self) -> Value {
-        let mut answer = conversation_json(&self.conversation);
-        answer["generation_type"] = json!("mcp");
-        answer["rounds"] = json!(self.generation.rounds);
-        answer["parsed_results"] = Value::Object(self.generation.parsed_results.clone());
-        answer
-    }
-}
-
-/// A conversation's metadata in the API's shape (see [`ConversationRecord::to_json`]).
-pub fn conversation_json(c: &Conversation) -> Value {
-    json!({
-        "_id": c.id,
-        "conversation_id": c.id,
-        "user_id": c.user_id,
-        "type": c.kind,
-        "title": c.title,
-        "created_at": rfc3339(c.created_at),
-        "updated_at": rfc3339(c.updated_at),
-        "round_count": c.round_count,
-        "total_token_usage": c.total_token_usage,
-        "status": c.status,
-        "tags": c.tags,
-    })
 }
 
 /// A time as RFC 3339 with milliseconds, UTC.

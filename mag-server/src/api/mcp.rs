@@ -1,0 +1,378 @@
+//! The MCP management endpoints in MAG's shapes (`mag/app/api/mcp_routes.py`): add and
+//! remove report `added_servers`, `duplicate_servers`, `skipped_servers`,
+//! `removed_servers`, `not_found_servers`, …; a config write answers `{"status":
+//! {"message"|"warning", "version"}}`; test-tool answers `{"status", "server_name",
+//! "tool_name", "params", "result", "error", "execution_time"}`.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use mag_common::http_edge::{EdgeError, read_body};
+use mag_common::wire::Servers;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+
+use super::{AppResult, Body, Segment, St};
+use crate::control::{Connected, FolderLeft, Saved, ToolTest};
+use crate::error::{Error, Result};
+
+/// A server name from the path.
+fn name(path: Segment) -> Result<String> {
+    path.map(|Path(name)| name)
+        .map_err(|e| Error::InvalidServerName(e.body_text()))
+}
+
+/// MAG's `status` object of a config write: `{"message", "version"}` when mcp-client
+/// applied it, `{"warning", "version"}` when it could not now.
+fn status_of(saved: &Saved) -> Value {
+    match &saved.applied {
+        Ok(_) => {
+            json!({"message": "config saved and applied by mcp-client", "version": saved.version})
+        }
+        Err(e) => json!({
+            "warning": format!(
+                "config saved, but mcp-client did not apply it now ({e}); it reads the file \
+                 when it starts"
+            ),
+            "version": saved.version,
+        }),
+    }
+}
+
+fn folders_left(left: &[FolderLeft]) -> Value {
+    left.iter()
+        .map(|f| json!({"server": f.server, "error": f.error}))
+        .collect()
+}
+
+/// `GET /api/mcp/config`: the file's fields (`mcpServers` first) and `"version"`.
+pub(super) async fn get_config(State(state): St) -> AppResult {
+    let file = state.plane.config().await?;
+    let mut answer = Map::new();
+    answer.insert("mcpServers".into(), Value::Object(file.servers));
+    answer.extend(file.extra);
+    answer.insert("version".into(), json!(file.version));
+    Ok(Json(Value::Object(answer)))
+}
+
+/// MAG's `{"config": {"mcpServers": {...}}, "version": REV}`; the config is read from the
+/// text itself, so a key given twice (last-wins in a JSON object) is refused.
+#[derive(Deserialize)]
+pub(super) struct SetConfigBody<'a> {
+    #[serde(borrow)]
+    config: Option<&'a RawValue>,
+    #[serde(default)]
+    version: Option<Value>,
+}
+
+/// `POST /api/mcp/config`: `{"status": {"message"|"warning", "version"}, "version",
+/// "applied": {"added", "updated", "removed"} | null, "failed_removals": [{"server",
+/// "error"}]}`.
+pub(super) async fn set_config(State(state): St, request: Request) -> AppResult {
+    let bytes = read_body(request, &state, state.body_limit).await?;
+    if bytes.trim_ascii_start().first() != Some(&b'{')
+        && serde_json::from_slice::<Value>(&bytes).is_ok()
+    {
+        return Err(Error::invalid_body("the body must be a JSON object"));
+    }
+    let body: SetConfigBody = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Error::invalid_body(e.to_string()),
+        _ => Error::Edge(EdgeError::MalformedJson(e.to_string())),
+    })?;
+    let Some(config) = body.config else {
+        return Err(Error::invalid_body(
+            "expected {\"config\": {\"mcpServers\": {...}}, \"version\": VERSION} (VERSION \
+             from GET /api/mcp/config)",
+        ));
+    };
+    let replaced = state.plane.set_config(config.get(), body.version).await?;
+    let saved = &replaced.saved;
+    Ok(Json(json!({
+        "status": status_of(saved),
+        "version": saved.version,
+        "applied": saved.applied.as_ref().ok(),
+        "failed_removals": folders_left(&replaced.folders_left),
+    })))
+}
+
+#[derive(Deserialize)]
+pub(super) struct AddBody {
+    #[serde(rename = "mcpServers")]
+    servers: Map<String, Value>,
+    #[serde(default)]
+    version: Option<Value>,
+}
+
+/// `POST /api/mcp/add`: MAG's answer, `{"status": "success" | "partial_success" |
+/// "no_changes" | "error", "message", "added_servers", "duplicate_servers",
+/// "skipped_servers", "update_result", "new_version" | "current_version"}`.
+pub(super) async fn add(State(state): St, Body(body): Body<AddBody>) -> AppResult {
+    if body.servers.is_empty() {
+        return Ok(Json(json!({
+            "status": "error",
+            "message": "no servers to add",
+            "added_servers": [],
+            "duplicate_servers": [],
+            "skipped_servers": [],
+        })));
+    }
+    let added = state.plane.add(body.servers, body.version).await?;
+    let (added_servers, duplicates) = (&added.added, &added.duplicates);
+    let saved = match &added.saved {
+        Err(current_version) => {
+            return Ok(Json(json!({
+                "status": "no_changes",
+                "message": format!("all {} servers already exist; nothing was added", duplicates.len()),
+                "added_servers": [],
+                "duplicate_servers": duplicates,
+                "skipped_servers": duplicates,
+                "update_result": null,
+                "current_version": current_version,
+            })));
+        }
+        Ok(saved) => saved,
+    };
+    let (status, message) = if duplicates.is_empty() {
+        ("success", format!("added {} servers", added_servers.len()))
+    } else {
+        (
+            "partial_success",
+            format!(
+                "added {} servers, skipped {} that already exist",
+                added_servers.len(),
+                duplicates.len()
+            ),
+        )
+    };
+    Ok(Json(json!({
+        "status": status,
+        "message": message,
+        "added_servers": added_servers,
+        "duplicate_servers": duplicates,
+        "skipped_servers": duplicates,
+        "update_result": {"status": status_of(saved)},
+        "new_version": saved.version,
+    })))
+}
+
+/// MAG's two request shapes: `{"server_names": [..], "version": V}` and a bare `[..]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RemoveBody {
+    Names(Vec<String>),
+    Request {
+        server_names: Vec<String>,
+        #[serde(default)]
+        version: Option<Value>,
+    },
+}
+
+/// `POST /api/mcp/remove`: MAG's answer, `{"status": "success" | "partial_success" |
+/// "no_changes" | "error", "message", "removed_servers", "not_found_servers",
+/// "failed_removals", "ai_generated_count", "traditional_count", "total_requested",
+/// "update_result", "new_version" | "current_version"}`.
+pub(super) async fn remove(State(state): St, Body(body): Body<Value>) -> AppResult {
+    let body: RemoveBody = serde_json::from_value(body).map_err(|_| {
+        Error::invalid_body(
+            "expected {\"server_names\": [NAME, ...], \"version\": VERSION} or [NAME, ...]",
+        )
+    })?;
+    let (names, version) = match body {
+        RemoveBody::Names(names) => (names, None),
+        RemoveBody::Request {
+            server_names,
+            version,
+        } => (server_names, version),
+    };
+    if names.is_empty() {
+        return Ok(Json(json!({
+            "status": "error",
+            "message": "no servers named to remove",
+            "removed_servers": [],
+            "not_found_servers": [],
+            "failed_removals": [],
+            "total_requested": 0,
+        })));
+    }
+    let removed = state.plane.remove(names, version).await?;
+    let mut answer = match &removed.saved {
+        Err(current_version) => json!({
+            "status": "no_changes",
+            "message": format!("none of the {} servers exist; nothing was removed", removed.not_found.len()),
+            "removed_servers": [],
+            "not_found_servers": removed.not_found,
+            "failed_removals": [],
+            "update_result": null,
+            "current_version": current_version,
+        }),
+        Ok(saved) => {
+            let (status, message) = if removed.not_found.is_empty() {
+                (
+                    "success",
+                    format!("removed {} servers", removed.removed.len()),
+                )
+            } else {
+                (
+                    "partial_success",
+                    format!(
+                        "removed {} servers; {} do not exist",
+                        removed.removed.len(),
+                        removed.not_found.len()
+                    ),
+                )
+            };
+            json!({
+                "status": status,
+                "message": message,
+                "removed_servers": removed.removed,
+                "not_found_servers": removed.not_found,
+                "failed_removals": folders_left(&removed.folders_left),
+                "update_result": {"status": status_of(saved)},
+                "new_version": saved.version,
+            })
+        }
+    };
+    answer["ai_generated_count"] = json!(removed.ai_generated);
+    answer["traditional_count"] = json!(removed.removed.len() - removed.ai_generated);
+    answer["total_requested"] = json!(removed.requested);
+    Ok(Json(answer))
+}
+
+/// `GET /api/mcp/status`: mcp-client's `/servers`, `{NAME: {"connected", "status",
+/// "tools", "error", "pid", …}}`.
+pub(super) async fn status(State(state): St) -> Result<Json<Servers>> {
+    state.plane.status().await.map(Json)
+}
+
+/// `POST /api/mcp/connect/{name}`: mcp-client's answer, `{"status": "connected", "server",
+/// "tools"}`; for `all`, MAG's answer: `{"status": "completed", "summary":
+/// {"total_servers", "successful_connections", "failed_connections", "already_connected"},
+/// "servers": {NAME: {"status": "connected" | "already_connected" | "failed", "tools",
+/// "error"?}}, "tools": {NAME: [names]}}` (disabled servers left out).
+pub(super) async fn connect(State(state): St, path: Segment) -> AppResult {
+    let name = name(path)?;
+    if !name.eq_ignore_ascii_case("all") {
+        let answer = state.plane.connect(&name).await?;
+        return Ok(Json(json!(answer)));
+    }
+    let outcomes = state.plane.connect_all().await?;
+    let mut servers = BTreeMap::new();
+    let mut tools = BTreeMap::new();
+    let (mut connected, mut failed, mut already) = (0, 0, 0);
+    for (name, outcome) in &outcomes {
+        let view = match outcome {
+            Connected::Now(names) => {
+                connected += 1;
+                tools.insert(name, names);
+                json!({"status": "connected", "tools": names})
+            }
+            Connected::Already(names) => {
+                already += 1;
+                tools.insert(name, names);
+                json!({"status": "already_connected", "tools": names})
+            }
+            Connected::Failed(error) => {
+                failed += 1;
+                json!({"status": "failed", "error": error, "tools": []})
+            }
+        };
+        servers.insert(name, view);
+    }
+    Ok(Json(json!({
+        "status": "completed",
+        "summary": {
+            "total_servers": outcomes.len(),
+            "successful_connections": connected,
+            "failed_connections": failed,
+            "already_connected": already,
+        },
+        "servers": servers,
+        "tools": tools,
+    })))
+}
+
+/// `POST /api/mcp/disconnect/{name}`: mcp-client's answer, `{"status": "disconnected" |
+/// "not_connected", "server", "message"}`.
+pub(super) async fn disconnect(State(state): St, path: Segment) -> AppResult {
+    let answer = state.plane.disconnect(&name(path)?).await?;
+    Ok(Json(json!(answer)))
+}
+
+/// `GET /api/mcp/tools`: `{SERVER: [{"name", "description", "input_schema"}]}` for the
+/// connected servers.
+pub(super) async fn tools(State(state): St) -> AppResult {
+    let mut by_server: Map<String, Value> = Map::new();
+    for tool in state.plane.tools().await? {
+        let entry = by_server
+            .entry(tool.server_name)
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(list) = entry {
+            list.push(json!({
+                "name": tool.name,
+                "description": tool.description,
+                "input_schema": tool.input_schema,
+            }));
+        }
+    }
+    Ok(Json(Value::Object(by_server)))
+}
+
+#[derive(Deserialize)]
+pub(super) struct TestToolBody {
+    server_name: String,
+    tool_name: String,
+    #[serde(default)]
+    params: Option<Value>,
+}
+
+/// `POST /api/mcp/test-tool`: MAG's answer, `{"status": "success" | "error",
+/// "server_name", "tool_name", "params", "result" (the content blocks), "error",
+/// "execution_time" (seconds)}`; a tool error or timeout is `"status": "error"` with
+/// mcp-client's `code`.
+pub(super) async fn test_tool(State(state): St, Body(body): Body<TestToolBody>) -> AppResult {
+    let params = match body.params {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(params)) => params,
+        Some(_) => return Err(Error::invalid_body("params must be a JSON object")),
+    };
+    let test = ToolTest {
+        server_name: body.server_name,
+        tool_name: body.tool_name,
+        params,
+    };
+    let tested = state.plane.test_tool(test).await?;
+    let mut result = json!({
+        "server_name": tested.test.server_name,
+        "tool_name": tested.test.tool_name,
+        "params": tested.test.params,
+        "execution_time": tested.took.as_secs_f64(),
+    });
+    let answer = tested.answer;
+    match answer.error {
+        Some(error) => {
+            result["status"] = json!("error");
+            result["result"] = Value::Null;
+            result["error"] = json!(error);
+            result["code"] = json!(answer.code);
+        }
+        None => {
+            result["status"] = json!("success");
+            result["result"] = json!(answer.content);
+            result["error"] = Value::Null;
+            if let Some(structured) = answer.structured_content {
+                result["structured_content"] = structured;
+            }
+        }
+    }
+    Ok(Json(result))
+}
+
+/// `POST /api/mcp/client/restart`: `{"status": "restart_requested", "mcp_client": {..}}`.
+pub(super) async fn restart_client(State(state): St) -> AppResult {
+    let status = state.plane.restart_client()?;
+    Ok(Json(
+        json!({"status": "restart_requested", "mcp_client": status}),
+    ))
+}
