@@ -118,7 +118,11 @@ async fn one_store(report: &mut Report, runs: usize, label: &str, env: Vec<(Stri
         ..MagOptions::default()
     });
     mag.wait_running().await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(600))
+        .build()
+        .unwrap();
     let direct_url = format!("{}/chat/completions", llm.base_url());
     let direct_body = json!({
         "model": "m", "stream": true, "stream_options": {"include_usage": true},

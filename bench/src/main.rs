@@ -81,6 +81,7 @@ impl Api {
             http: reqwest::Client::builder()
                 .no_proxy()
                 .pool_max_idle_per_host(256)
+                .timeout(std::time::Duration::from_secs(120))
                 .build()
                 .unwrap(),
             base: daemon.base.clone(),
@@ -524,7 +525,11 @@ async fn cold_start() -> f64 {
     std::fs::write(dir.path().join("mcp.json"), "{}").unwrap();
     let port = mag_tests::free_port();
     let url = format!("http://127.0.0.1:{port}/");
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(600))
+        .build()
+        .unwrap();
     let start = Instant::now();
     let mut child = tokio::process::Command::new(sibling("mcp-client"))
         .arg("--config")

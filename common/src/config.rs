@@ -188,7 +188,7 @@ impl McpConfig {
 /// Equal bytes give equal revisions; mag-server uses it for optimistic concurrency.
 pub fn revision(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&digest[..8])
 }
 
 /// A `${VAR}` reference that cannot be expanded.

@@ -459,8 +459,8 @@ pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         })
         .unwrap_or_default();
-    let (a, b) = (given.as_bytes(), token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    given.as_bytes().ct_eq(token.as_bytes()).into()
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and waits

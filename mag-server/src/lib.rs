@@ -23,7 +23,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use percent_encoding::percent_decode_str;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -179,16 +178,8 @@ fn register_secrets(settings: &Settings) {
         .filter_map(|name| std::env::var(name).ok())
         .collect();
     // The store's password on its own too: a driver's error may name it without the URL.
-    if let Some(password) = settings
-        .mongodb_url
-        .as_ref()
-        .and_then(|url| reqwest::Url::parse(url.expose()).ok())
-        .and_then(|url| url.password().map(str::to_string))
-    {
-        let decoded = percent_decode_str(&password)
-            .decode_utf8_lossy()
-            .into_owned();
-        values.extend([password, decoded]);
+    if let Some(url) = &settings.mongodb_url {
+        values.extend(crate::store::mongo::url_secrets(url.expose()));
     }
     let values = values.into_iter().map(|value| (value, "***".to_string()));
     mag_common::secrets::global().set("mag-server", values);

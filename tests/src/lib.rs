@@ -502,6 +502,7 @@ impl Daemon {
         let http = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(120))
             .build()
             .expect("http client");
         Self {

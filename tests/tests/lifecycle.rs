@@ -194,7 +194,11 @@ async fn a_token_guards_every_endpoint_but_root_and_stays_out_of_servers() {
         .await;
     assert_eq!(status, 401);
 
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
     let authed = |path: &str| {
         http.post(format!("{}{path}", daemon.base))
             .bearer_auth(secret)

@@ -541,8 +541,9 @@ fn is_duplicate_key(e: &DriverError) -> bool {
     }
 }
 
-/// The password of `url`'s user info, as written and percent-decoded (empty when none).
-fn url_secrets(url: &str) -> Vec<String> {
+/// The password of `url`'s user info, as written and percent-decoded (empty when none). A
+/// MongoDB URL may list several hosts (`db1:27017,db2`), which no URL parser takes.
+pub fn url_secrets(url: &str) -> Vec<String> {
     let Some((_, rest)) = url.split_once("://") else {
         return Vec::new();
     };
@@ -566,26 +567,9 @@ fn url_secrets(url: &str) -> Vec<String> {
 
 /// `%XX` escapes decoded (invalid ones kept as written).
 fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// `text` with every secret replaced by `***`.
