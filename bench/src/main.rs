@@ -1,11 +1,11 @@
 //! `mag-bench`: what mcp-client costs over a direct MCP session, and how it scales.
 //!
-//! Starts the real (release) `mcp-client` and, in the same run, direct rmcp sessions to the
+//! Starts the real (`dist` profile) `mcp-client` and, in the same run, direct rmcp sessions to the
 //! same servers, and prints a Markdown report: each figure as min / median / max over
 //! `--runs` repetitions. Servers: `bench-echo-server` (a tiny rmcp server, "fast") and the
 //! Python `mcp` SDK server of the test fixtures ("python"). See BENCHMARKS.md.
 //!
-//! Usage: `mag-bench [--runs N] [--generation]` (default 5 runs), from a release build
+//! Usage: `mag-bench [--runs N] [--generation]` (default 5 runs), from a `dist` build
 //! next to `mcp-client` and `mag-server`; `--generation` measures only MCP generation
 //! ([`generation`]).
 
@@ -266,7 +266,7 @@ async fn main() {
         .unwrap_or(5);
     assert!(
         sibling("mcp-client").exists() && sibling("mag-server").exists(),
-        "build the binaries first: cargo build --release --workspace --bins"
+        "build the binaries first: cargo build --profile dist --workspace --bins"
     );
     let _ = peers();
     let mut report = Report { rows: Vec::new() };
@@ -522,7 +522,7 @@ async fn main() {
 /// Starts mcp-client with an empty config and times until `GET /` answers 200, in ms.
 async fn cold_start() -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("mcp.json"), "{}").unwrap();
+    std::fs::write(dir.path().join("mcp.json"), r#"{"mcpServers": {}}"#).unwrap();
     let port = mag_tests::free_port();
     let url = format!("http://127.0.0.1:{port}/");
     let http = reqwest::Client::builder()
