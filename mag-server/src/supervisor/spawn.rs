@@ -1,0 +1,263 @@
+//! Spawning mcp-client and watching it: a fresh token, the log files, readiness (`GET /`
+//! answered by it or a process of its group), reconnects, polls every `poll_interval`
+//! (`stuck_after` failures in a row stop it), and stopping it (SIGTERM to its process
+//! group, SIGKILL after `stop_grace`).
+
+use std::io::{Seek, Write};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use super::{
+    CLIENT_TOKEN_ENV, ClientState, Ended, Outcome, POLL_INTERVAL, STUCK_AFTER, Supervisor,
+    exit_info, exit_status_info, logs, now_rfc3339, token_file,
+};
+use crate::client::RootAnswer;
+use crate::settings::Secret;
+
+impl Supervisor {
+    /// Spawns mcp-client (see the module doc), waits until it answers, reconnects the wanted
+    /// servers and watches it until it exits, gets stuck, is asked to restart or mag-server
+    /// stops. `restarts`: how many starts came before this one.
+    pub(super) async fn spawn_and_watch(&self, restarts: u64) -> Outcome {
+        let inner = &self.inner;
+        let token = random_token();
+        inner.client.set_token(Some(token.clone()));
+        token_file::write(&inner.token_file, &token);
+        let (stdout, mut stderr) = match logs::open(&inner.log_dir) {
+            Ok(files) => files,
+            Err(e) => {
+                let reason = format!(
+                    "could not open mcp_client_std{{out,err}}.log in {}: {e}",
+                    inner.log_dir.display()
+                );
+                return Outcome::Exited(Ended::new(reason, None, Duration::ZERO));
+            }
+        };
+        let _ = writeln!(
+            stderr,
+            "[mag-server] {} starting {} --listen {}",
+            now_rfc3339(),
+            inner.client_bin.display(),
+            inner.client.addr()
+        );
+        let stderr_start = stderr.stream_position().unwrap_or(0);
+        let stderr_log = inner.log_dir.join(logs::STDERR_LOG);
+        let mut command = Command::new(&inner.client_bin);
+        // mag-server's secrets (its API token, the store's URL with its password, the JWT
+        // secret, the models' keys) are not for mcp-client, nor so for any MCP server
+        // (generated code among them) to read.
+        for name in &inner.secret_env {
+            command.env_remove(name);
+        }
+        command
+            .arg("--config")
+            .arg(&inner.mcp_config)
+            .arg("--config-limit")
+            .arg(inner.config_limit.to_string())
+            .arg("--listen")
+            .arg(inner.client.addr().to_string())
+            .arg("--log-dir")
+            .arg(&inner.log_dir)
+            .arg("--token-env")
+            .arg(CLIENT_TOKEN_ENV)
+            .env(CLIENT_TOKEN_ENV, token.expose())
+            // Its stderr goes to a file: no colour codes.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0);
+        let started = Instant::now();
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                    " (build it with `cargo build --release -p mcp-client`, or point \
+                     --client-bin at it)"
+                } else {
+                    ""
+                };
+                let reason = format!("could not start {}: {e}{hint}", inner.client_bin.display());
+                return Outcome::Exited(Ended::new(reason, None, Duration::ZERO));
+            }
+        };
+        let pid = child.id().unwrap_or_default();
+        tracing::info!(pid, bin = %inner.client_bin.display(), addr = %inner.client.addr(), "started mcp-client");
+        self.set(|s| {
+            s.state = if restarts == 0 {
+                ClientState::Starting
+            } else {
+                ClientState::Restarting
+            };
+            s.pid = Some(pid);
+            s.managed = true;
+            s.restarts = restarts;
+        });
+        let exited = |status: Option<ExitStatus>| {
+            let ran = started.elapsed();
+            let tail = logs::stderr_tail(&stderr_log, stderr_start);
+            let info = match status {
+                Some(status) => exit_status_info(status, Some(pid), ran, tail),
+                None => exit_info("could not wait for it".into(), None, Some(pid), ran, tail),
+            };
+            // Anything it left in its process group goes with it.
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            Ended { info, ran }
+        };
+
+        // Readiness: GET / answers from it (or from a process in its group, when the binary
+        // is a wrapper that did not exec).
+        loop {
+            let pause = tokio::time::sleep(Duration::from_millis(100));
+            if let Err(outcome) = self.watched(&mut child, pid, &exited, pause).await {
+                return outcome;
+            }
+            if let Ok(RootAnswer::McpClient(root)) = inner.client.root(Duration::from_secs(2)).await
+                && root.pid.is_some_and(|p| p == pid || in_group(p, pid))
+            {
+                break;
+            }
+            if started.elapsed() > inner.cfg.startup_timeout {
+                tracing::error!(pid, "mcp-client did not answer GET / in time; stopping it");
+                let mut ended = exited(self.stop_child(&mut child, pid).await);
+                ended.info.reason = format!(
+                    "did not answer GET / within {}, so it was stopped: {}",
+                    humantime::format_duration(inner.cfg.startup_timeout),
+                    ended.info.reason
+                );
+                return Outcome::Exited(ended);
+            }
+        }
+        tracing::info!(pid, "mcp-client is ready");
+
+        let report = match self
+            .watched(&mut child, pid, &exited, self.reconnect())
+            .await
+        {
+            Ok(report) => report,
+            Err(outcome) => return outcome,
+        };
+        self.set(|s| {
+            s.state = ClientState::Running;
+            s.error = None;
+            if report.is_some() {
+                s.last_reconnect = report;
+            }
+        });
+
+        let mut failures = 0;
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                status = child.wait() => return Outcome::Exited(exited(status.ok())),
+                _ = inner.stop.cancelled() => {
+                    self.stop_child(&mut child, pid).await;
+                    return Outcome::Shutdown;
+                }
+                _ = inner.restart.notified() => {
+                    tracing::info!(pid, "restarting mcp-client as asked");
+                    self.set(|s| {
+                        s.state = ClientState::Restarting;
+                        s.error = Some("restart requested: stopping it".into());
+                    });
+                    self.stop_child(&mut child, pid).await;
+                    return Outcome::RestartNow;
+                }
+                _ = tick.tick() => {}
+            }
+            match self.poll().await {
+                Ok(()) => {
+                    if failures > 0 {
+                        self.set(|s| s.error = None);
+                    }
+                    failures = 0;
+                }
+                Err(e) => {
+                    failures += 1;
+                    self.set(|s| s.error = Some(format!("not answering: {e}")));
+                    if failures >= STUCK_AFTER {
+                        tracing::error!(pid, "mcp-client stopped answering ({e}); stopping it");
+                        let mut ended = exited(self.stop_child(&mut child, pid).await);
+                        ended.info.reason = format!(
+                            "stopped answering ({e}), so it was stopped: {}",
+                            ended.info.reason
+                        );
+                        return Outcome::Exited(ended);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `work` while watching the child: `Err` with the outcome if the child exits first
+    /// (described by `exited`) or mag-server is stopping (the child is then stopped).
+    async fn watched<T>(
+        &self,
+        child: &mut Child,
+        pid: u32,
+        exited: &impl Fn(Option<ExitStatus>) -> Ended,
+        work: impl Future<Output = T>,
+    ) -> Result<T, Outcome> {
+        tokio::select! {
+            value = work => Ok(value),
+            status = child.wait() => Err(Outcome::Exited(exited(status.ok()))),
+            _ = self.inner.stop.cancelled() => {
+                self.stop_child(child, pid).await;
+                Err(Outcome::Shutdown)
+            }
+        }
+    }
+
+    /// SIGTERM to the child's group, SIGKILL after the grace period; its exit status.
+    async fn stop_child(&self, child: &mut Child, pid: u32) -> Option<ExitStatus> {
+        let group = Pid::from_raw(pid as i32);
+        let _ = killpg(group, Signal::SIGTERM);
+        let grace = self.inner.cfg.stop_grace;
+        let status = match tokio::time::timeout(grace, child.wait()).await {
+            Ok(status) => status.ok(),
+            Err(_) => {
+                tracing::warn!(
+                    pid,
+                    "mcp-client did not exit within {grace:?} of SIGTERM; SIGKILL"
+                );
+                let _ = killpg(group, Signal::SIGKILL);
+                child.wait().await.ok()
+            }
+        };
+        // Whatever else was left in its group.
+        let _ = killpg(group, Signal::SIGKILL);
+        self.forget_token_at_shutdown();
+        tracing::info!(pid, ?status, "mcp-client stopped");
+        status
+    }
+}
+
+/// Whether process `pid` is in process group `group`.
+fn in_group(pid: u32, group: u32) -> bool {
+    nix::unistd::getpgid(Some(Pid::from_raw(pid as i32)))
+        .is_ok_and(|g| g == Pid::from_raw(group as i32))
+}
+
+/// 32 random bytes, hex.
+fn random_token() -> Secret {
+    let bytes: [u8; 32] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Secret::from_env_value(Some(hex)).expect("not empty")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_long_and_differ() {
+        let (a, b) = (random_token(), random_token());
+        assert_eq!(a.expose().len(), 64);
+        assert_ne!(a, b);
+    }
+}
