@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use super::{ClientState, Ended, Outcome, POLL_INTERVAL, STUCK_AFTER, Supervisor, token_file};
+use super::{ClientState, Ended, Outcome, Supervisor, token_file};
 use crate::client::{ClientRoot, GENERAL_TIMEOUT, RootAnswer};
 use crate::error::Error;
 
@@ -46,7 +46,7 @@ impl Supervisor {
                 s.managed = false;
                 s.error = Some(error);
             });
-            return Outcome::Wait(POLL_INTERVAL);
+            return Outcome::Wait(inner.cfg.poll_interval);
         }
         // One that takes any request (no token) is someone else's, whatever the file says;
         // the data dir's lock (held for mag-server's life) says its mag-server has died.
@@ -81,7 +81,7 @@ impl Supervisor {
         });
         let started = Instant::now();
         let mut failures = 0;
-        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        let mut tick = tokio::time::interval(inner.cfg.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -121,7 +121,7 @@ impl Supervisor {
                     // A taken-back client is mag-server's: stuck, it is replaced like a
                     // spawned one.
                     if let Some(process) = taken_back
-                        && failures >= STUCK_AFTER
+                        && failures >= inner.cfg.stuck_after
                     {
                         tracing::error!(pid, "mcp-client stopped answering ({e}); stopping it");
                         self.stop_taken_back(process).await;

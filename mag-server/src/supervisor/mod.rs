@@ -6,15 +6,17 @@
 //!   `LOG_DIR/mcp_client_stdout.log` and `mcp_client_stderr.log`; a fresh random token in
 //!   `MAG_CLIENT_TOKEN`, also written to `DATA_DIR/mcp-client.token` with mode 0600 so a
 //!   later mag-server can adopt it), wait until `GET /` answers with its pid, connect again
-//!   the servers that were connected, then watch it: `/servers` every 2 s keeps the list of
-//!   servers to reconnect current, and 3 failed polls in a row mean it is stuck: it is
-//!   stopped and restarted;
+//!   the servers that were connected, then watch it: `/servers` every `poll_interval`
+//!   (settings; 2 s by default) keeps the list of servers to reconnect current, and
+//!   `stuck_after` (3) failed polls in a row (each waits at most 5 s) mean it is stuck: it
+//!   is stopped and restarted;
 //! - an mcp-client answers: adopt it (token: `MAG_CLIENT_TOKEN`, else the token file) and
 //!   watch it. One that requires a token and takes the token file's was started by an
 //!   earlier mag-server on this data dir (which then died): it is taken back, so it is
 //!   stopped with mag-server, restarted on request and replaced when stuck; any other
 //!   adopted client is never stopped by mag-server;
-//! - something else answers: report it (`address_in_use`) and probe again every 2 s.
+//! - something else answers: report it (`address_in_use`) and probe again every
+//!   `poll_interval`.
 //!
 //! An exit (or an adopted client going away) waits `restart_backoff`, doubling per exit up
 //! to `restart_backoff_max` (back to the start after a run longer than the crash-loop
@@ -63,12 +65,6 @@ pub const CLIENT_TOKEN_ENV: &str = "MAG_CLIENT_TOKEN";
 
 /// The token file's name in the data dir.
 pub const TOKEN_FILE: &str = "mcp-client.token";
-
-/// Between polls of a running client, and between probes of a held address.
-const POLL_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Failed polls in a row after which a spawned (or taken-back) client counts as stuck.
-const STUCK_AFTER: u32 = 3;
 
 /// mcp-client's state, as `/health` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -400,7 +396,7 @@ impl Supervisor {
                         s.managed = false;
                         s.error = Some(error);
                     });
-                    Outcome::Wait(POLL_INTERVAL)
+                    Outcome::Wait(self.inner.cfg.poll_interval)
                 }
             };
             let go_on = match outcome {

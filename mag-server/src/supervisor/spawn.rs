@@ -12,8 +12,8 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use super::{
-    CLIENT_TOKEN_ENV, ClientState, Ended, Outcome, POLL_INTERVAL, STUCK_AFTER, Supervisor,
-    exit_info, exit_status_info, logs, now_rfc3339, token_file,
+    CLIENT_TOKEN_ENV, ClientState, Ended, Outcome, Supervisor, exit_info, exit_status_info, logs,
+    now_rfc3339, token_file,
 };
 use crate::client::RootAnswer;
 use crate::settings::Secret;
@@ -150,7 +150,7 @@ impl Supervisor {
         });
 
         let mut failures = 0;
-        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        let mut tick = tokio::time::interval(inner.cfg.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -180,7 +180,7 @@ impl Supervisor {
                 Err(e) => {
                     failures += 1;
                     self.set(|s| s.error = Some(format!("not answering: {e}")));
-                    if failures >= STUCK_AFTER {
+                    if failures >= inner.cfg.stuck_after {
                         tracing::error!(pid, "mcp-client stopped answering ({e}); stopping it");
                         let mut ended = exited(self.stop_child(&mut child, pid).await);
                         ended.info.reason = format!(
