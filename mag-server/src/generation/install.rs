@@ -24,7 +24,8 @@ use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use mag_common::process_group::is_base_env;
+use mag_common::process_group::{self, is_base_env};
+use nix::sys::signal::Signal;
 
 use crate::error::{Error, Result};
 
@@ -144,17 +145,17 @@ const INSTALLER_FILES: [&str; 3] = ["readme.md", "requirements.txt", INSTALLING_
 /// after a crash is settled at the next start ([`Toolsmith::sweep`]).
 pub const INSTALLING_MARKER: &str = ".installing";
 
+/// How long a killed installer step gets to be reaped.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
 /// Kills an installer step's process group unless it finished (a dropped install, e.g. at
 /// shutdown, leaves no pip behind).
-struct GroupGuard(Option<i32>);
+struct GroupGuard(Option<u32>);
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if let Some(pgid) = self.0.take() {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pgid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            process_group::signal(pgid, Signal::SIGKILL);
         }
     }
 }
@@ -417,9 +418,11 @@ impl Toolsmith {
         std::fs::create_dir_all(&self.log_dir).map_err(io(&self.log_dir))?;
         let log_path = self.log_dir.join(format!("{name}.install.log"));
         let venv = dir.join(".venv");
+        let mut create = Command::new(&self.python);
+        create.arg("-m").arg("venv").arg(&venv);
         self.step(
             "create the virtual environment",
-            Command::new(&self.python).arg("-m").arg("venv").arg(&venv),
+            create,
             &dir,
             &log_path,
             VENV_TIMEOUT,
@@ -427,18 +430,20 @@ impl Toolsmith {
         .await?;
         let python = venv.join("bin/python");
         if !requirements.is_empty() {
+            let mut install = Command::new(&python);
+            install
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                ])
+                .arg("-r")
+                .arg(&req_file);
             self.step(
                 "install the dependencies",
-                Command::new(&python)
-                    .args([
-                        "-m",
-                        "pip",
-                        "install",
-                        "--disable-pip-version-check",
-                        "--no-input",
-                    ])
-                    .arg("-r")
-                    .arg(&req_file),
+                install,
                 &dir,
                 &log_path,
                 PIP_TIMEOUT,
@@ -469,7 +474,7 @@ impl Toolsmith {
     async fn step(
         &self,
         what: &str,
-        command: &mut Command,
+        mut command: Command,
         dir: &Path,
         log: &Path,
         bound: Duration,
@@ -501,21 +506,16 @@ impl Toolsmith {
             name.to_str()
                 .is_some_and(|k| is_base_env(k) || k.starts_with("PIP_"))
         }));
-        let mut child = command
+        command
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
-            .kill_on_drop(true)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| {
-                fail(format!(
-                    "cannot start {:?}: {e}",
-                    command.as_std().get_program()
-                ))
-            })?;
-        let mut group = GroupGuard(child.id().and_then(|pid| i32::try_from(pid).ok()));
+            .kill_on_drop(true);
+        let program = command.as_std().get_program().to_owned();
+        let (mut child, pgid) = process_group::spawn_leader(command)
+            .map_err(|e| fail(format!("cannot start {program:?}: {e}")))?;
+        let mut group = GroupGuard(Some(pgid));
         let status = match tokio::time::timeout(bound, child.wait()).await {
             Ok(Ok(status)) => {
                 group.0 = None;
@@ -524,7 +524,7 @@ impl Toolsmith {
             Ok(Err(e)) => return Err(fail(e.to_string())),
             Err(_) => {
                 drop(group);
-                let _ = child.wait().await;
+                let _ = tokio::time::timeout(KILL_WAIT, child.wait()).await;
                 return Err(fail(format!(
                     "did not finish within {} s; see {}",
                     bound.as_secs(),

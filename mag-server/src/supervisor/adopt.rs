@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use mag_common::process_group;
+use nix::sys::signal::Signal;
 
 use super::{ClientState, Ended, Outcome, Supervisor, token_file};
 use crate::client::{ClientRoot, GENERAL_TIMEOUT, RootAnswer};
@@ -193,18 +193,24 @@ impl Supervisor {
         };
         if !gone_within(grace).await {
             tracing::warn!(pid, "mcp-client did not exit within {grace:?}; SIGKILL");
-            let process = Pid::from_raw(pid as i32);
-            let group = nix::unistd::getpgid(Some(process));
-            let _ = nix::sys::signal::kill(process, Signal::SIGKILL);
-            // Its group too (a wrapper script leads it), unless that is mag-server's own.
-            if let Ok(group) = group
-                && group != nix::unistd::getpgrp()
-            {
-                let _ = killpg(group, Signal::SIGKILL);
+            let group = mag_common::procfs::stat(pid).map(|stat| stat.pgid);
+            kill_process(pid);
+            // Its group too (a wrapper script leads it); never mag-server's own (`signal`
+            // refuses it).
+            if let Some(group) = group {
+                process_group::signal(group, Signal::SIGKILL);
             }
             gone_within(grace).await;
         }
         self.forget_token_at_shutdown();
         tracing::info!(pid, "mcp-client stopped");
+    }
+}
+
+/// SIGKILL to process `pid` alone: never to 0 or 1, nor to a pid past `i32::MAX`, which
+/// `kill(2)` would take for a process group.
+fn kill_process(pid: u32) {
+    if let Some(raw) = i32::try_from(pid).ok().filter(|raw| *raw > 1) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), Signal::SIGKILL);
     }
 }

@@ -7,9 +7,9 @@ use std::io::{Seek, Write};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use tokio::process::{Child, Command};
+use mag_common::process_group::{self, GroupLeader};
+use nix::sys::signal::Signal;
+use tokio::process::Command;
 
 use super::{
     CLIENT_TOKEN_ENV, ClientState, Ended, Outcome, Supervisor, exit_info, exit_status_info, logs,
@@ -17,6 +17,10 @@ use super::{
 };
 use crate::client::RootAnswer;
 use crate::settings::Secret;
+
+/// How long a stopped client gets to be reaped after SIGKILL; one stuck in the kernel longer
+/// than that is left behind (its stop reports no exit status).
+const KILL_WAIT: Duration = Duration::from_secs(5);
 
 impl Supervisor {
     /// Spawns mcp-client (see the module doc), waits until it answers, reconnects the wanted
@@ -69,11 +73,11 @@ impl Supervisor {
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(stderr)
-            .process_group(0);
+            .stderr(stderr);
         let started = Instant::now();
-        let mut child = match command.spawn() {
-            Ok(child) => child,
+        // Its own process group, so that stopping it ends whatever it started in it.
+        let (mut child, pid) = match process_group::spawn_leader(command) {
+            Ok(spawned) => spawned,
             Err(e) => {
                 let hint = if e.kind() == std::io::ErrorKind::NotFound {
                     " (build it with `cargo build --release -p mcp-client`, or point \
@@ -85,7 +89,6 @@ impl Supervisor {
                 return Outcome::Exited(Ended::new(reason, None, Duration::ZERO));
             }
         };
-        let pid = child.id().unwrap_or_default();
         tracing::info!(pid, bin = %inner.client_bin.display(), addr = %inner.client.addr(), "started mcp-client");
         self.set(|s| {
             s.state = if restarts == 0 {
@@ -105,7 +108,7 @@ impl Supervisor {
                 None => exit_info("could not wait for it".into(), None, Some(pid), ran, tail),
             };
             // Anything it left in its process group goes with it.
-            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            process_group::signal(pid, Signal::SIGKILL);
             Ended { info, ran }
         };
 
@@ -198,7 +201,7 @@ impl Supervisor {
     /// (described by `exited`) or mag-server is stopping (the child is then stopped).
     async fn watched<T>(
         &self,
-        child: &mut Child,
+        child: &mut GroupLeader,
         pid: u32,
         exited: &impl Fn(Option<ExitStatus>) -> Ended,
         work: impl Future<Output = T>,
@@ -214,9 +217,8 @@ impl Supervisor {
     }
 
     /// SIGTERM to the child's group, SIGKILL after the grace period; its exit status.
-    async fn stop_child(&self, child: &mut Child, pid: u32) -> Option<ExitStatus> {
-        let group = Pid::from_raw(pid as i32);
-        let _ = killpg(group, Signal::SIGTERM);
+    async fn stop_child(&self, child: &mut GroupLeader, pid: u32) -> Option<ExitStatus> {
+        process_group::signal(pid, Signal::SIGTERM);
         let grace = self.inner.cfg.stop_grace;
         let status = match tokio::time::timeout(grace, child.wait()).await {
             Ok(status) => status.ok(),
@@ -225,12 +227,21 @@ impl Supervisor {
                     pid,
                     "mcp-client did not exit within {grace:?} of SIGTERM; SIGKILL"
                 );
-                let _ = killpg(group, Signal::SIGKILL);
-                child.wait().await.ok()
+                process_group::signal(pid, Signal::SIGKILL);
+                match tokio::time::timeout(KILL_WAIT, child.wait()).await {
+                    Ok(status) => status.ok(),
+                    Err(_) => {
+                        tracing::error!(
+                            pid,
+                            "mcp-client did not exit within {KILL_WAIT:?} of SIGKILL"
+                        );
+                        None
+                    }
+                }
             }
         };
         // Whatever else was left in its group.
-        let _ = killpg(group, Signal::SIGKILL);
+        process_group::signal(pid, Signal::SIGKILL);
         self.forget_token_at_shutdown();
         tracing::info!(pid, ?status, "mcp-client stopped");
         status
@@ -239,8 +250,7 @@ impl Supervisor {
 
 /// Whether process `pid` is in process group `group`.
 fn in_group(pid: u32, group: u32) -> bool {
-    nix::unistd::getpgid(Some(Pid::from_raw(pid as i32)))
-        .is_ok_and(|g| g == Pid::from_raw(group as i32))
+    mag_common::procfs::stat(pid).is_some_and(|stat| stat.pgid == group)
 }
 
 /// 32 random bytes, hex.
