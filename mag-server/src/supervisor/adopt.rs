@@ -3,13 +3,13 @@
 //! token file's): a taken-back client is mag-server's again (stopped with it, restarted on
 //! request, replaced when stuck); any other adopted client is never stopped by mag-server.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mag_common::process_group;
 use nix::sys::signal::Signal;
 
-use super::{ClientState, Ended, Outcome, Supervisor, token_file};
+use super::{ClientState, Ended, Outcome, Supervisor, blocking, token_file};
 use crate::client::{ClientRoot, GENERAL_TIMEOUT, RootAnswer};
 use crate::error::Error;
 
@@ -22,11 +22,10 @@ impl Supervisor {
         let addr = inner.client.addr();
         let pid = root.pid;
         // Only the token file's token proves an earlier mag-server started it.
-        let file_token = inner
-            .adopt_token
-            .is_none()
-            .then(|| token_file::read(&inner.token_file))
-            .flatten();
+        let file_token = match inner.adopt_token {
+            None => token_file::read(&inner.token_file).await,
+            Some(_) => None,
+        };
         let from_file = file_token.is_some();
         let token = inner.adopt_token.clone().or(file_token);
         inner.client.set_token(token);
@@ -137,11 +136,12 @@ impl Supervisor {
     async fn check_adopted_config(&self, root: &ClientRoot) -> Option<String> {
         let theirs = PathBuf::from(root.config_path.as_deref()?);
         let ours = &self.inner.mcp_config;
-        let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => a == b,
-        };
-        if same(&theirs, ours) {
+        let (a, b) = (theirs.clone(), ours.clone());
+        let same = blocking(move || match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => Ok(a == b),
+            _ => Ok(a == b),
+        });
+        if same.await.unwrap_or(theirs == *ours) {
             return None;
         }
         let warning = format!(
@@ -202,7 +202,7 @@ impl Supervisor {
             }
             gone_within(grace).await;
         }
-        self.forget_token_at_shutdown();
+        self.forget_token_at_shutdown().await;
         tracing::info!(pid, "mcp-client stopped");
     }
 }

@@ -1,10 +1,11 @@
 //! The spawned mcp-client's output files: `LOG_DIR/mcp_client_stdout.log` and
 //! `mcp_client_stderr.log` (appended to across runs), and the end of what one run wrote on
 //! stderr, without ANSI colour codes and with secrets redacted, for `/health`'s
-//! `last_exit.stderr_tail`.
+//! `last_exit.stderr_tail`. These functions block: callers run them on tokio's blocking
+//! pool (see [`super::blocking`]).
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 /// The spawned client's stdout log, in the log dir.
@@ -16,9 +17,22 @@ pub const STDERR_LOG: &str = "mcp_client_stderr.log";
 /// The most of a run's stderr that [`stderr_tail`] keeps, in bytes.
 const TAIL: u64 = 2048;
 
-/// Opens (creating `log_dir` and the files when missing) the stdout and stderr logs, for
-/// appending.
-pub(super) fn open(log_dir: &Path) -> std::io::Result<(File, File)> {
+/// The log files of one run, open for appending.
+pub(super) struct RunLogs {
+    /// For its stdout.
+    pub stdout: File,
+    /// For its stderr.
+    pub stderr: File,
+    /// Where this run's stderr starts in its file, for [`stderr_tail`].
+    pub stderr_start: u64,
+}
+
+/// Opens (creating `log_dir` and the files when missing) the stdout and stderr logs for
+/// appending, and writes `header` (a line saying what is started) to stderr first.
+///
+/// # Errors
+/// The folder or a file cannot be created or opened (a failed header write is ignored).
+pub(super) fn open(log_dir: &Path, header: &str) -> std::io::Result<RunLogs> {
     std::fs::create_dir_all(log_dir)?;
     let open = |name: &str| {
         std::fs::OpenOptions::new()
@@ -26,7 +40,15 @@ pub(super) fn open(log_dir: &Path) -> std::io::Result<(File, File)> {
             .append(true)
             .open(log_dir.join(name))
     };
-    Ok((open(STDOUT_LOG)?, open(STDERR_LOG)?))
+    let stdout = open(STDOUT_LOG)?;
+    let mut stderr = open(STDERR_LOG)?;
+    let _ = writeln!(stderr, "{header}");
+    let stderr_start = stderr.stream_position().unwrap_or(0);
+    Ok(RunLogs {
+        stdout,
+        stderr,
+        stderr_start,
+    })
 }
 
 /// The last ~2 KiB written to `path` after `from`, whole lines.
@@ -72,7 +94,22 @@ fn strip_ansi(text: &str) -> String {
 mod tests {
     use super::*;
 
-    use std::io::Write;
+    #[test]
+    fn a_run_starts_after_its_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        let first = open(&logs, "[mag-server] starting 1").unwrap();
+        drop(first);
+        let second = open(&logs, "[mag-server] starting 2").unwrap();
+        let path = logs.join(STDERR_LOG);
+        assert_eq!(second.stderr_start, std::fs::metadata(&path).unwrap().len());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "[mag-server] starting 1\n[mag-server] starting 2\n"
+        );
+        assert!(logs.join(STDOUT_LOG).exists());
+        assert_eq!(stderr_tail(&path, second.stderr_start), None);
+    }
 
     #[test]
     fn the_stderr_tail_is_what_this_run_wrote() {

@@ -546,6 +546,28 @@ impl Supervisor {
     }
 }
 
+/// Bound on one piece of the supervisor's filesystem work (the token file, opening the log
+/// files, a stderr tail).
+const FS_BOUND: Duration = Duration::from_secs(5);
+
+/// Runs blocking filesystem `work` on tokio's blocking pool, for at most [`FS_BOUND`].
+///
+/// # Errors
+/// What `work` returned; `TimedOut` when it took longer (it then finishes in the
+/// background); `Other` when it panicked.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    match tokio::time::timeout(FS_BOUND, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(panicked)) => Err(std::io::Error::other(panicked)),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("took longer than {}", humantime::format_duration(FS_BOUND)),
+        )),
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -3,7 +3,7 @@
 //! (`stuck_after` failures in a row stop it), and stopping it (SIGTERM to its process
 //! group, SIGKILL after `stop_grace`).
 
-use std::io::{Seek, Write};
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,8 +12,8 @@ use nix::sys::signal::Signal;
 use tokio::process::Command;
 
 use super::{
-    CLIENT_TOKEN_ENV, ClientState, Ended, Outcome, Supervisor, exit_info, exit_status_info, logs,
-    now_rfc3339, token_file,
+    CLIENT_TOKEN_ENV, ClientState, Ended, Outcome, Supervisor, blocking, exit_info,
+    exit_status_info, logs, now_rfc3339, token_file,
 };
 use crate::client::RootAnswer;
 use crate::settings::Secret;
@@ -30,9 +30,16 @@ impl Supervisor {
         let inner = &self.inner;
         let token = random_token();
         inner.client.set_token(Some(token.clone()));
-        token_file::write(&inner.token_file, &token);
-        let (stdout, mut stderr) = match logs::open(&inner.log_dir) {
-            Ok(files) => files,
+        token_file::write(&inner.token_file, &token).await;
+        let header = format!(
+            "[mag-server] {} starting {} --listen {}",
+            now_rfc3339(),
+            inner.client_bin.display(),
+            inner.client.addr()
+        );
+        let log_dir = inner.log_dir.clone();
+        let logs = match blocking(move || logs::open(&log_dir, &header)).await {
+            Ok(logs) => logs,
             Err(e) => {
                 let reason = format!(
                     "could not open mcp_client_std{{out,err}}.log in {}: {e}",
@@ -41,15 +48,6 @@ impl Supervisor {
                 return Outcome::Exited(Ended::new(reason, None, Duration::ZERO));
             }
         };
-        let _ = writeln!(
-            stderr,
-            "[mag-server] {} starting {} --listen {}",
-            now_rfc3339(),
-            inner.client_bin.display(),
-            inner.client.addr()
-        );
-        let stderr_start = stderr.stream_position().unwrap_or(0);
-        let stderr_log = inner.log_dir.join(logs::STDERR_LOG);
         let mut command = Command::new(&inner.client_bin);
         // mag-server's secrets (its API token, the store's URL with its password, the JWT
         // secret, the models' keys) are not for mcp-client, nor so for any MCP server
@@ -72,8 +70,8 @@ impl Supervisor {
             // Its stderr goes to a file: no colour codes.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
+            .stdout(logs.stdout)
+            .stderr(logs.stderr);
         let started = Instant::now();
         // Its own process group, so that stopping it ends whatever it started in it.
         let (mut child, pid) = match process_group::spawn_leader(command) {
@@ -100,23 +98,18 @@ impl Supervisor {
             s.managed = true;
             s.restarts = restarts;
         });
-        let exited = |status: Option<ExitStatus>| {
-            let ran = started.elapsed();
-            let tail = logs::stderr_tail(&stderr_log, stderr_start);
-            let info = match status {
-                Some(status) => exit_status_info(status, Some(pid), ran, tail),
-                None => exit_info("could not wait for it".into(), None, Some(pid), ran, tail),
-            };
-            // Anything it left in its process group goes with it.
-            process_group::signal(pid, Signal::SIGKILL);
-            Ended { info, ran }
+        let run = Run {
+            pid,
+            started,
+            stderr_log: inner.log_dir.join(logs::STDERR_LOG),
+            stderr_start: logs.stderr_start,
         };
 
         // Readiness: GET / answers from it (or from a process in its group, when the binary
         // is a wrapper that did not exec).
         loop {
             let pause = tokio::time::sleep(Duration::from_millis(100));
-            if let Err(outcome) = self.watched(&mut child, pid, &exited, pause).await {
+            if let Err(outcome) = self.watched(&mut child, &run, pause).await {
                 return outcome;
             }
             if let Ok(RootAnswer::McpClient(root)) = inner.client.root(Duration::from_secs(2)).await
@@ -126,7 +119,7 @@ impl Supervisor {
             }
             if started.elapsed() > inner.cfg.startup_timeout {
                 tracing::error!(pid, "mcp-client did not answer GET / in time; stopping it");
-                let mut ended = exited(self.stop_child(&mut child, pid).await);
+                let mut ended = run.ended(self.stop_child(&mut child, pid).await).await;
                 ended.info.reason = format!(
                     "did not answer GET / within {}, so it was stopped: {}",
                     humantime::format_duration(inner.cfg.startup_timeout),
@@ -137,10 +130,7 @@ impl Supervisor {
         }
         tracing::info!(pid, "mcp-client is ready");
 
-        let report = match self
-            .watched(&mut child, pid, &exited, self.reconnect())
-            .await
-        {
+        let report = match self.watched(&mut child, &run, self.reconnect()).await {
             Ok(report) => report,
             Err(outcome) => return outcome,
         };
@@ -157,7 +147,7 @@ impl Supervisor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                status = child.wait() => return Outcome::Exited(exited(status.ok())),
+                status = child.wait() => return Outcome::Exited(run.ended(status.ok()).await),
                 _ = inner.stop.cancelled() => {
                     self.stop_child(&mut child, pid).await;
                     return Outcome::Shutdown;
@@ -185,7 +175,7 @@ impl Supervisor {
                     self.set(|s| s.error = Some(format!("not answering: {e}")));
                     if failures >= inner.cfg.stuck_after {
                         tracing::error!(pid, "mcp-client stopped answering ({e}); stopping it");
-                        let mut ended = exited(self.stop_child(&mut child, pid).await);
+                        let mut ended = run.ended(self.stop_child(&mut child, pid).await).await;
                         ended.info.reason = format!(
                             "stopped answering ({e}), so it was stopped: {}",
                             ended.info.reason
@@ -197,20 +187,19 @@ impl Supervisor {
         }
     }
 
-    /// Runs `work` while watching the child: `Err` with the outcome if the child exits first
-    /// (described by `exited`) or mag-server is stopping (the child is then stopped).
+    /// Runs `work` while watching the child of `run`: `Err` with the outcome if the child
+    /// exits first or mag-server is stopping (the child is then stopped).
     async fn watched<T>(
         &self,
         child: &mut GroupLeader,
-        pid: u32,
-        exited: &impl Fn(Option<ExitStatus>) -> Ended,
+        run: &Run,
         work: impl Future<Output = T>,
     ) -> Result<T, Outcome> {
         tokio::select! {
             value = work => Ok(value),
-            status = child.wait() => Err(Outcome::Exited(exited(status.ok()))),
+            status = child.wait() => Err(Outcome::Exited(run.ended(status.ok()).await)),
             _ = self.inner.stop.cancelled() => {
-                self.stop_child(child, pid).await;
+                self.stop_child(child, run.pid).await;
                 Err(Outcome::Shutdown)
             }
         }
@@ -242,9 +231,44 @@ impl Supervisor {
         };
         // Whatever else was left in its group.
         process_group::signal(pid, Signal::SIGKILL);
-        self.forget_token_at_shutdown();
+        self.forget_token_at_shutdown().await;
         tracing::info!(pid, ?status, "mcp-client stopped");
         status
+    }
+}
+
+/// One run of a spawned client, for describing its end.
+struct Run {
+    /// Its pid, also its process group's id.
+    pid: u32,
+    /// When it was started.
+    started: Instant,
+    /// `LOG_DIR/mcp_client_stderr.log`.
+    stderr_log: PathBuf,
+    /// Where this run's stderr starts in that file.
+    stderr_start: u64,
+}
+
+impl Run {
+    /// How the run ended, from its exit status (`None`: it could not be waited for): the
+    /// reason, how long it ran and the end of its stderr. Anything it left in its process
+    /// group is killed.
+    async fn ended(&self, status: Option<ExitStatus>) -> Ended {
+        let ran = self.started.elapsed();
+        process_group::signal(self.pid, Signal::SIGKILL);
+        let (log, from) = (self.stderr_log.clone(), self.stderr_start);
+        let tail = blocking(move || Ok(logs::stderr_tail(&log, from)))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!("cannot read the end of {}: {e}", self.stderr_log.display());
+                None
+            });
+        let pid = Some(self.pid);
+        let info = match status {
+            Some(status) => exit_status_info(status, pid, ran, tail),
+            None => exit_info("could not wait for it".into(), None, pid, ran, tail),
+        };
+        Ended { info, ran }
     }
 }
 
