@@ -6,7 +6,9 @@
 //! dependencies, one per line) and `.venv/`; the installer's output goes to
 //! `LOG_DIR/tools/NAME.install.log`. The folder is reserved with an atomic `mkdir`, so two
 //! installs never share one, and it is deleted again when any step fails: a tool is either
-//! installed and registered or not there at all.
+//! installed and registered or not there at all. Writing the files, reading the end of the
+//! log and deleting a folder with its `.venv` run on tokio's blocking pool; every installer
+//! step leads its own process group ([`mag_common::process_group`]).
 //!
 //! The `mcp.json` entry keeps MAG's shape (`mag/app/core/file_manager.py`) and adds `cwd`:
 //! `{"command": TOOL/.venv/bin/python, "args": [TOOL/MAIN], "cwd": TOOL, "transportType":
@@ -284,7 +286,8 @@ impl Toolsmith {
     /// Settles the installs that a crash interrupted (folders still holding
     /// [`INSTALLING_MARKER`]); run at start, before any install. One that `servers`
     /// (`mcp.json`'s `mcpServers`) lists as an `ai_generated` server was registered: it
-    /// stays and loses its marker; any other is removed.
+    /// stays and loses its marker; any other is removed. Folders a [`Self::discard`] did not
+    /// finish deleting go too.
     pub fn sweep(&self, servers: &Map<String, Value>) {
         let Ok(entries) = std::fs::read_dir(&self.tools_dir) else {
             return;
@@ -294,6 +297,10 @@ impl Toolsmith {
             let Some(name) = entry.file_name().into_string().ok() else {
                 continue;
             };
+            if name.starts_with(DISCARDED_PREFIX) {
+                remove_tree(entry.path());
+                continue;
+            }
             if !marker.exists() {
                 continue;
             }
@@ -393,29 +400,25 @@ impl Toolsmith {
             context: "cannot resolve the tools dir".into(),
             source,
         })?;
-        let write = |path: &Path, text: &str| {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(path, text)
-        };
-        let io = |path: &Path| {
-            let context = format!("cannot write {}", path.display());
-            move |source| Error::Io { context, source }
-        };
+        let mut writes = Vec::with_capacity(files.script_files.len() + 2);
         for (file, text) in &files.script_files {
-            let path = dir.join(script_path(file)?);
-            write(&path, text.as_str().unwrap_or_default()).map_err(io(&path))?;
+            let text = text.as_str().unwrap_or_default().to_owned();
+            writes.push((dir.join(script_path(file)?), text));
         }
-        let readme = dir.join("README.md");
-        write(&readme, &files.readme).map_err(io(&readme))?;
+        writes.push((dir.join("README.md"), files.readme.clone()));
         let requirements = requirements(&files.dependencies)?;
         let req_file = dir.join("requirements.txt");
         let mut req_text = requirements.join("\n");
         req_text.push('\n');
-        write(&req_file, &req_text).map_err(io(&req_file))?;
-
-        std::fs::create_dir_all(&self.log_dir).map_err(io(&self.log_dir))?;
+        writes.push((req_file.clone(), req_text));
+        // Not bounded: a write that is answered as failed must not land later.
+        let log_dir = self.log_dir.clone();
+        tokio::task::spawn_blocking(move || write_files(&writes, &log_dir))
+            .await
+            .map_err(|e| Error::Io {
+                context: "the tool's file writer failed".into(),
+                source: std::io::Error::other(e),
+            })??;
         let log_path = self.log_dir.join(format!("{name}.install.log"));
         let venv = dir.join(".venv");
         let mut create = Command::new(&self.python);
@@ -535,7 +538,15 @@ impl Toolsmith {
         if status.success() {
             return Ok(());
         }
-        let tail = tail_of(log, 2048);
+        let path = log.to_path_buf();
+        let tail = tokio::time::timeout(
+            TAIL_BOUND,
+            tokio::task::spawn_blocking(move || tail_of(&path, 2048)),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
         Err(fail(format!(
             "{status}; the end of {}:\n{tail}",
             log.display()
@@ -543,14 +554,68 @@ impl Toolsmith {
     }
 
     /// Removes a tool's folder (a failed install, or a removed `ai_generated` server).
+    ///
+    /// The folder is first renamed to a hidden `.discarded-NAME-RANDOM` in the tools dir
+    /// (one quick call: the name is free again at once, and [`Self::list`] no longer shows
+    /// it); deleting it with its `.venv` then runs on tokio's blocking pool when called
+    /// within the runtime, in place otherwise. A deletion cut short (mag-server stopped) is
+    /// finished by the next start's [`Self::sweep`].
     pub fn discard(&self, name: &str) {
         let dir = self.dir_of(name);
+        let doomed = self.tools_dir.join(format!(
+            "{DISCARDED_PREFIX}{name}-{:016x}",
+            rand::random::<u64>()
+        ));
+        match std::fs::rename(&dir, &doomed) {
+            Ok(()) => remove_tree(doomed),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::debug!("cannot rename {}: {e}; removing it in place", dir.display());
+                remove_tree(dir);
+            }
+        }
+    }
+}
+
+/// The name prefix of a tool folder being deleted (see [`Toolsmith::discard`]); hidden, so
+/// never a tool's name.
+const DISCARDED_PREFIX: &str = ".discarded-";
+
+/// Bound on reading the end of an installer log.
+const TAIL_BOUND: Duration = Duration::from_secs(5);
+
+/// Deletes folder `dir` and everything in it: on tokio's blocking pool when called within
+/// the runtime (not awaited), else here. A failure is logged.
+fn remove_tree(dir: PathBuf) {
+    let remove = move || {
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!("cannot remove {}: {e}", dir.display());
         }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(remove)),
+        Err(_) => remove(),
     }
+}
+
+/// Writes each `(path, text)`, creating its folders, then creates `log_dir`. Blocking.
+///
+/// # Errors
+/// [`Error::Io`] naming the path.
+fn write_files(writes: &[(PathBuf, String)], log_dir: &Path) -> Result<()> {
+    let io = |path: &Path| {
+        let context = format!("cannot write {}", path.display());
+        move |source| Error::Io { context, source }
+    };
+    for (path, text) in writes {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io(path))?;
+        }
+        std::fs::write(path, text).map_err(io(path))?;
+    }
+    std::fs::create_dir_all(log_dir).map_err(io(log_dir))
 }
 
 /// The last `max` bytes of a file, from a line start, lossily decoded.
@@ -698,5 +763,56 @@ mod tests {
         smith.discard("v");
         smith.discard("t");
         assert!(smith.list().unwrap().is_empty());
+    }
+
+    /// Every entry of the tools dir.
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_discarded_folder_frees_its_name_at_once_and_goes_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let smith = Toolsmith {
+            tools_dir: dir.path().join("tools"),
+            log_dir: dir.path().join("logs"),
+            python: "python3".into(),
+        };
+        smith.reserve("t", false, &[]).unwrap().settle(true);
+        let venv = smith.dir_of("t").join(".venv/lib/site-packages/pkg");
+        std::fs::create_dir_all(&venv).unwrap();
+        std::fs::write(venv.join("mod.py"), "x = 1").unwrap();
+        smith.discard("t");
+        assert!(!smith.dir_of("t").exists());
+        assert!(smith.list().unwrap().is_empty());
+        // The name can be taken again before the old folder is gone.
+        smith.reserve("t", false, &[]).unwrap().settle(true);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while entries(&smith.tools_dir) != ["t"] {
+            assert!(std::time::Instant::now() < deadline, "the old folder stays");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        smith.discard("nothing-there");
+    }
+
+    #[test]
+    fn the_sweep_finishes_deletions_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let smith = Toolsmith {
+            tools_dir: dir.path().join("tools"),
+            log_dir: dir.path().join("logs"),
+            python: "python3".into(),
+        };
+        let left = smith.tools_dir.join(".discarded-t-00000000000000ff");
+        std::fs::create_dir_all(left.join(".venv")).unwrap();
+        std::fs::write(left.join(INSTALLING_MARKER), b"").unwrap();
+        smith.reserve("kept", false, &[]).unwrap().settle(true);
+        smith.sweep(&Map::new());
+        assert_eq!(entries(&smith.tools_dir), ["kept"]);
     }
 }
