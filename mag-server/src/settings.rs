@@ -89,6 +89,14 @@ pub struct Cli {
     /// How long a spawned mcp-client may take to answer GET / [default: 30s].
     #[arg(long, env = "MAG_STARTUP_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub startup_timeout: Option<Duration>,
+    /// Between polls of a running mcp-client's /servers (and between probes of a client
+    /// address another program holds) [default: 2s].
+    #[arg(long, env = "MAG_POLL_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub poll_interval: Option<Duration>,
+    /// This many failed polls in a row make a spawned (or taken-back) mcp-client count as
+    /// stuck: it is stopped and started again [default: 3].
+    #[arg(long, env = "MAG_STUCK_AFTER", value_name = "N")]
+    pub stuck_after: Option<u32>,
     /// At most this many connects at once for POST /api/mcp/connect/all and reconnects
     /// after a restart [default: 8].
     #[arg(long, env = "MAG_CONNECT_CONCURRENCY", value_name = "N")]
@@ -140,6 +148,8 @@ struct FileSettings {
     crash_loop_window: Option<String>,
     stop_grace: Option<String>,
     startup_timeout: Option<String>,
+    poll_interval: Option<String>,
+    stuck_after: Option<u32>,
     connect_concurrency: Option<usize>,
     python: Option<PathBuf>,
     allowed_origins: Option<Vec<String>>,
@@ -187,6 +197,12 @@ pub struct Supervision {
     pub stop_grace: Duration,
     /// How long a spawned mcp-client may take to answer `GET /`.
     pub startup_timeout: Duration,
+    /// Between polls of a running mcp-client's `/servers`, and between probes of a client
+    /// address another program holds.
+    pub poll_interval: Duration,
+    /// Failed polls in a row after which a spawned (or taken-back) mcp-client counts as
+    /// stuck and is stopped and started again; at least 1.
+    pub stuck_after: u32,
 }
 
 impl Default for Supervision {
@@ -198,6 +214,8 @@ impl Default for Supervision {
             crash_loop_window: Duration::from_secs(60),
             stop_grace: Duration::from_secs(10),
             startup_timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(2),
+            stuck_after: 3,
         }
     }
 }
@@ -351,6 +369,16 @@ impl Settings {
                 "startup_timeout",
                 defaults.startup_timeout,
             )?,
+            poll_interval: duration(
+                cli.poll_interval,
+                file.poll_interval,
+                "poll_interval",
+                defaults.poll_interval,
+            )?,
+            stuck_after: cli
+                .stuck_after
+                .or(file.stuck_after)
+                .unwrap_or(defaults.stuck_after),
         };
         let default_client_bin = exe
             .as_deref()
@@ -448,6 +476,12 @@ impl Settings {
         if s.startup_timeout.is_zero() {
             return fail("startup_timeout must be above 0");
         }
+        if s.poll_interval.is_zero() {
+            return fail("poll_interval must be above 0");
+        }
+        if s.stuck_after == 0 {
+            return fail("stuck_after must be at least 1");
+        }
         for (i, model) in self.models.iter().enumerate() {
             model.check().map_err(SettingsError)?;
             if self.models[..i].iter().any(|m| m.name == model.name) {
@@ -538,6 +572,31 @@ mod tests {
         };
         let err = Settings::merge(missing, None).unwrap_err();
         assert!(err.0.contains("/nonexistent/mag.toml"), "{err}");
+    }
+
+    #[test]
+    fn stuck_detection_is_set_by_the_file_or_a_flag_and_checked() {
+        let defaults = Settings::merge(Cli::default(), None).unwrap().supervision;
+        assert_eq!(defaults.poll_interval, Duration::from_secs(2));
+        assert_eq!(defaults.stuck_after, 3);
+        let file = write("poll_interval = \"250ms\"\nstuck_after = 5\n");
+        let mut cli = cli_with(&file);
+        let settings = Settings::merge(cli_with(&file), None).unwrap().supervision;
+        assert_eq!(settings.poll_interval, Duration::from_millis(250));
+        assert_eq!(settings.stuck_after, 5);
+        cli.stuck_after = Some(2);
+        assert_eq!(
+            Settings::merge(cli, None).unwrap().supervision.stuck_after,
+            2
+        );
+        for (text, key) in [
+            ("poll_interval = \"0s\"\n", "poll_interval"),
+            ("poll_interval = \"often\"\n", "poll_interval"),
+            ("stuck_after = 0\n", "stuck_after"),
+        ] {
+            let err = Settings::merge(cli_with(&write(text)), None).unwrap_err();
+            assert!(err.0.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

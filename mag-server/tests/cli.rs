@@ -24,9 +24,13 @@ fn help_lists_every_flag_and_its_variable() {
         "--crash-loop-exits",
         "--crash-loop-window",
         "--stop-grace",
+        "--poll-interval",
+        "--stuck-after",
         "MAG_LISTEN",
         "MAG_MCP_CONFIG",
         "MAG_CLIENT_LISTEN",
+        "MAG_POLL_INTERVAL",
+        "MAG_STUCK_AFTER",
         "MAG_API_TOKEN",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");

@@ -6,7 +6,9 @@
 //! dependencies, one per line) and `.venv/`; the installer's output goes to
 //! `LOG_DIR/tools/NAME.install.log`. The folder is reserved with an atomic `mkdir`, so two
 //! installs never share one, and it is deleted again when any step fails: a tool is either
-//! installed and registered or not there at all.
+//! installed and registered or not there at all. Writing the files, reading the end of the
+//! log and deleting a folder with its `.venv` run on tokio's blocking pool; every installer
+//! step leads its own process group ([`mag_common::process_group`]).
 //!
 //! The `mcp.json` entry keeps MAG's shape (`mag/app/core/file_manager.py`) and adds `cwd`:
 //! `{"command": TOOL/.venv/bin/python, "args": [TOOL/MAIN], "cwd": TOOL, "transportType":
@@ -17,16 +19,14 @@
 //! by name.
 
 use std::path::{Component, Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
-use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use mag_common::process_group::is_base_env;
-
 use crate::error::{Error, Result};
+
+mod step;
 
 /// Bound on `python -m venv`.
 pub const VENV_TIMEOUT: Duration = Duration::from_secs(120);
@@ -143,21 +143,6 @@ const INSTALLER_FILES: [&str; 3] = ["readme.md", "requirements.txt", INSTALLING_
 /// Present in a tool's folder while it is being installed: a folder that still has it
 /// after a crash is settled at the next start ([`Toolsmith::sweep`]).
 pub const INSTALLING_MARKER: &str = ".installing";
-
-/// Kills an installer step's process group unless it finished (a dropped install, e.g. at
-/// shutdown, leaves no pip behind).
-struct GroupGuard(Option<i32>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pgid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
 
 /// A reserved tool folder: removed when dropped before [`Reservation::registering`], so an
 /// install that fails or is dropped half-way leaves nothing. From `registering` on (the
@@ -283,7 +268,8 @@ impl Toolsmith {
     /// Settles the installs that a crash interrupted (folders still holding
     /// [`INSTALLING_MARKER`]); run at start, before any install. One that `servers`
     /// (`mcp.json`'s `mcpServers`) lists as an `ai_generated` server was registered: it
-    /// stays and loses its marker; any other is removed.
+    /// stays and loses its marker; any other is removed. Folders a [`Self::discard`] did not
+    /// finish deleting go too.
     pub fn sweep(&self, servers: &Map<String, Value>) {
         let Ok(entries) = std::fs::read_dir(&self.tools_dir) else {
             return;
@@ -293,6 +279,10 @@ impl Toolsmith {
             let Some(name) = entry.file_name().into_string().ok() else {
                 continue;
             };
+            if name.starts_with(DISCARDED_PREFIX) {
+                remove_tree(entry.path());
+                continue;
+            }
             if !marker.exists() {
                 continue;
             }
@@ -392,34 +382,32 @@ impl Toolsmith {
             context: "cannot resolve the tools dir".into(),
             source,
         })?;
-        let write = |path: &Path, text: &str| {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(path, text)
-        };
-        let io = |path: &Path| {
-            let context = format!("cannot write {}", path.display());
-            move |source| Error::Io { context, source }
-        };
+        let mut writes = Vec::with_capacity(files.script_files.len() + 2);
         for (file, text) in &files.script_files {
-            let path = dir.join(script_path(file)?);
-            write(&path, text.as_str().unwrap_or_default()).map_err(io(&path))?;
+            let text = text.as_str().unwrap_or_default().to_owned();
+            writes.push((dir.join(script_path(file)?), text));
         }
-        let readme = dir.join("README.md");
-        write(&readme, &files.readme).map_err(io(&readme))?;
+        writes.push((dir.join("README.md"), files.readme.clone()));
         let requirements = requirements(&files.dependencies)?;
         let req_file = dir.join("requirements.txt");
         let mut req_text = requirements.join("\n");
         req_text.push('\n');
-        write(&req_file, &req_text).map_err(io(&req_file))?;
-
-        std::fs::create_dir_all(&self.log_dir).map_err(io(&self.log_dir))?;
+        writes.push((req_file.clone(), req_text));
+        // Not bounded: a write that is answered as failed must not land later.
+        let log_dir = self.log_dir.clone();
+        tokio::task::spawn_blocking(move || write_files(&writes, &log_dir))
+            .await
+            .map_err(|e| Error::Io {
+                context: "the tool's file writer failed".into(),
+                source: std::io::Error::other(e),
+            })??;
         let log_path = self.log_dir.join(format!("{name}.install.log"));
         let venv = dir.join(".venv");
-        self.step(
+        let mut create = Command::new(&self.python);
+        create.arg("-m").arg("venv").arg(&venv);
+        step::run(
             "create the virtual environment",
-            Command::new(&self.python).arg("-m").arg("venv").arg(&venv),
+            create,
             &dir,
             &log_path,
             VENV_TIMEOUT,
@@ -427,18 +415,20 @@ impl Toolsmith {
         .await?;
         let python = venv.join("bin/python");
         if !requirements.is_empty() {
-            self.step(
+            let mut install = Command::new(&python);
+            install
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                ])
+                .arg("-r")
+                .arg(&req_file);
+            step::run(
                 "install the dependencies",
-                Command::new(&python)
-                    .args([
-                        "-m",
-                        "pip",
-                        "install",
-                        "--disable-pip-version-check",
-                        "--no-input",
-                    ])
-                    .arg("-r")
-                    .arg(&req_file),
+                install,
                 &dir,
                 &log_path,
                 PIP_TIMEOUT,
@@ -462,112 +452,66 @@ impl Toolsmith {
         })
     }
 
-    /// Runs one installer step in `dir` in its own process group, with only the
-    /// [`is_base_env`] variables and `PIP_*` of mag-server's environment, its output
-    /// appended to `log`, within `bound`; the group is killed when the bound passes or the
-    /// step is dropped.
-    async fn step(
-        &self,
-        what: &str,
-        command: &mut Command,
-        dir: &Path,
-        log: &Path,
-        bound: Duration,
-    ) -> Result<()> {
-        let fail = |detail: String| Error::ToolInstall {
-            step: what.to_owned(),
-            detail,
-        };
-        let mut header = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .await
-            .map_err(|e| fail(format!("cannot open {}: {e}", log.display())))?;
-        let line = format!("\n== {what}: {:?}\n", command.as_std());
-        let _ = header.write_all(line.as_bytes()).await;
-        let out = header
-            .into_std()
-            .await
-            .try_clone()
-            .map_err(|e| fail(format!("cannot share {}: {e}", log.display())))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| fail(format!("cannot share {}: {e}", log.display())))?;
-        // What every program may see, and pip's own settings: no API token, MONGODB_URL or
-        // model key reaches pip.
-        command.env_clear();
-        command.envs(std::env::vars_os().filter(|(name, _)| {
-            name.to_str()
-                .is_some_and(|k| is_base_env(k) || k.starts_with("PIP_"))
-        }));
-        let mut child = command
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .kill_on_drop(true)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| {
-                fail(format!(
-                    "cannot start {:?}: {e}",
-                    command.as_std().get_program()
-                ))
-            })?;
-        let mut group = GroupGuard(child.id().and_then(|pid| i32::try_from(pid).ok()));
-        let status = match tokio::time::timeout(bound, child.wait()).await {
-            Ok(Ok(status)) => {
-                group.0 = None;
-                status
-            }
-            Ok(Err(e)) => return Err(fail(e.to_string())),
-            Err(_) => {
-                drop(group);
-                let _ = child.wait().await;
-                return Err(fail(format!(
-                    "did not finish within {} s; see {}",
-                    bound.as_secs(),
-                    log.display()
-                )));
-            }
-        };
-        if status.success() {
-            return Ok(());
-        }
-        let tail = tail_of(log, 2048);
-        Err(fail(format!(
-            "{status}; the end of {}:\n{tail}",
-            log.display()
-        )))
-    }
-
     /// Removes a tool's folder (a failed install, or a removed `ai_generated` server).
+    ///
+    /// The folder is first renamed to a hidden `.discarded-NAME-RANDOM` in the tools dir
+    /// (one quick call: the name is free again at once, and [`Self::list`] no longer shows
+    /// it); deleting it with its `.venv` then runs on tokio's blocking pool when called
+    /// within the runtime, in place otherwise. A deletion cut short (mag-server stopped) is
+    /// finished by the next start's [`Self::sweep`].
     pub fn discard(&self, name: &str) {
         let dir = self.dir_of(name);
+        let doomed = self.tools_dir.join(format!(
+            "{DISCARDED_PREFIX}{name}-{:016x}",
+            rand::random::<u64>()
+        ));
+        match std::fs::rename(&dir, &doomed) {
+            Ok(()) => remove_tree(doomed),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::debug!("cannot rename {}: {e}; removing it in place", dir.display());
+                remove_tree(dir);
+            }
+        }
+    }
+}
+
+/// The name prefix of a tool folder being deleted (see [`Toolsmith::discard`]); hidden, so
+/// never a tool's name.
+const DISCARDED_PREFIX: &str = ".discarded-";
+
+/// Deletes folder `dir` and everything in it: on tokio's blocking pool when called within
+/// the runtime (not awaited), else here. A failure is logged.
+fn remove_tree(dir: PathBuf) {
+    let remove = move || {
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!("cannot remove {}: {e}", dir.display());
         }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(remove)),
+        Err(_) => remove(),
     }
 }
 
-/// The last `max` bytes of a file, from a line start, lossily decoded.
-fn tail_of(path: &Path, max: u64) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return String::new();
+/// Writes each `(path, text)`, creating its folders, then creates `log_dir`. Blocking.
+///
+/// # Errors
+/// [`Error::Io`] naming the path.
+fn write_files(writes: &[(PathBuf, String)], log_dir: &Path) -> Result<()> {
+    let io = |path: &Path| {
+        let context = format!("cannot write {}", path.display());
+        move |source| Error::Io { context, source }
     };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(max)));
-    let mut bytes = Vec::new();
-    let _ = file.read_to_end(&mut bytes);
-    let text = String::from_utf8_lossy(&bytes);
-    match text.find('\n') {
-        Some(i) if len > max => text[i + 1..].to_owned(),
-        _ => text.into_owned(),
+    for (path, text) in writes {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io(path))?;
+        }
+        std::fs::write(path, text).map_err(io(path))?;
     }
+    std::fs::create_dir_all(log_dir).map_err(io(log_dir))
 }
 
 #[cfg(test)]
@@ -698,5 +642,56 @@ mod tests {
         smith.discard("v");
         smith.discard("t");
         assert!(smith.list().unwrap().is_empty());
+    }
+
+    /// Every entry of the tools dir.
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_discarded_folder_frees_its_name_at_once_and_goes_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let smith = Toolsmith {
+            tools_dir: dir.path().join("tools"),
+            log_dir: dir.path().join("logs"),
+            python: "python3".into(),
+        };
+        smith.reserve("t", false, &[]).unwrap().settle(true);
+        let venv = smith.dir_of("t").join(".venv/lib/site-packages/pkg");
+        std::fs::create_dir_all(&venv).unwrap();
+        std::fs::write(venv.join("mod.py"), "x = 1").unwrap();
+        smith.discard("t");
+        assert!(!smith.dir_of("t").exists());
+        assert!(smith.list().unwrap().is_empty());
+        // The name can be taken again before the old folder is gone.
+        smith.reserve("t", false, &[]).unwrap().settle(true);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while entries(&smith.tools_dir) != ["t"] {
+            assert!(std::time::Instant::now() < deadline, "the old folder stays");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        smith.discard("nothing-there");
+    }
+
+    #[test]
+    fn the_sweep_finishes_deletions_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let smith = Toolsmith {
+            tools_dir: dir.path().join("tools"),
+            log_dir: dir.path().join("logs"),
+            python: "python3".into(),
+        };
+        let left = smith.tools_dir.join(".discarded-t-00000000000000ff");
+        std::fs::create_dir_all(left.join(".venv")).unwrap();
+        std::fs::write(left.join(INSTALLING_MARKER), b"").unwrap();
+        smith.reserve("kept", false, &[]).unwrap().settle(true);
+        smith.sweep(&Map::new());
+        assert_eq!(entries(&smith.tools_dir), ["kept"]);
     }
 }
