@@ -280,8 +280,7 @@ fn in_group(pid: u32, group: u32) -> bool {
 /// 32 random bytes, hex.
 fn random_token() -> Secret {
     let bytes: [u8; 32] = rand::random();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Secret::from_env_value(Some(hex)).expect("not empty")
+    Secret::from_env_value(Some(hex::encode(bytes))).expect("not empty")
 }
 
 #[cfg(test)]
