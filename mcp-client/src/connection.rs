@@ -29,9 +29,10 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{describe_initialize_error, describe_service_error, initialize_answer};
 use crate::ledger::Ledger;
 use crate::logs::ServerLog;
-use crate::transport::stdio::{ProcessGroup, STOP_GRACE, describe_exit};
+use crate::transport::stdio::{ProcessGroup, STOP_GRACE};
 use crate::transport::{self, Opened};
 use mag_common::config::ServerEntry;
+use mag_common::process_group::describe_exit;
 
 /// The protocol version mcp-client asks for in `initialize`: the newest revision that has an
 /// `initialize` handshake (MCP spec 2025-11-25, Lifecycle § Version Negotiation).

@@ -15,13 +15,13 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use mag_common::process_group::{self, GroupLeader, is_base_env};
+use nix::sys::signal::Signal;
 use rmcp::RoleClient;
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{ChildStdin, ChildStdout, Command};
 use tokio::sync::{Mutex, watch};
 
 use crate::connection::ConnectContext;
@@ -30,37 +30,6 @@ use crate::logs::ServerLog;
 use crate::subreaper;
 use crate::transport::{ServerMessage, read_server_message};
 use mag_common::config::{ServerEntry, expand_vars};
-
-/// The variables of the daemon's environment an `ai_generated` server gets besides its
-/// entry's own `env` (see [`is_base_env`]): what a program needs to run and to reach the
-/// network, never a key or a token.
-pub const BASE_ENV: [&str; 16] = [
-    "PATH",
-    "HOME",
-    "USER",
-    "LANG",
-    "TZ",
-    "TMPDIR",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "ALL_PROXY",
-];
-
-/// Whether a variable of the daemon's environment is one every program may see:
-/// [`BASE_ENV`] and the locale's `LC_*`. An `ai_generated` server (code an LLM wrote) starts
-/// with only these plus its entry's `env`, so it never inherits the operator's secrets (model
-/// API keys, tokens); a tool that needs one gets it named in its entry, e.g.
-/// `"env": {"WEATHER_KEY": "${WEATHER_KEY}"}`.
-pub fn is_base_env(name: &str) -> bool {
-    BASE_ENV.contains(&name) || name.starts_with("LC_")
-}
 
 /// The longest JSON-RPC line accepted from a server, in bytes (256 MiB); a longer line is
 /// logged as too long and skipped.
@@ -74,9 +43,11 @@ pub struct Spawned {
     pub group: ProcessGroup,
 }
 
-/// Starts `entry` (a stdio entry) as a child in a new process group, with `${VAR}` expanded
-/// in `args` and `env`, the variables in `ctx.scrub_env` removed (an `ai_generated` entry
-/// keeps only [`is_base_env`] ones), stderr copied to `log`.
+/// Starts `entry` (a stdio entry) as the leader of a new process group
+/// ([`process_group::spawn_leader`]), with `${VAR}` expanded in `args` and `env`, the
+/// variables in `ctx.scrub_env` removed (an `ai_generated` entry keeps only
+/// [`is_base_env`] ones: it never inherits the operator's keys and tokens), stderr copied to
+/// `log`.
 /// The group is recorded in the daemon's [`Ledger`] until it has ended, and the child gets
 /// SIGTERM if the daemon dies (`PR_SET_PDEATHSIG`). The child's environment gets
 /// [`subreaper::MARKER_VAR`], so processes that escape its group are ended with it.
@@ -116,11 +87,11 @@ pub fn spawn(
         }
         command.current_dir(cwd);
     }
+    // (The new process group is process-wrap's `ProcessGroup::leader()`, in `spawn_leader`.)
     command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
     // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
     // which is async-signal-safe. The "parent" of PDEATHSIG is the spawning thread: a tokio
@@ -134,17 +105,18 @@ pub fn spawn(
     // an entry's own `env` cannot take it away.
     let spawning = subreaper::spawning();
     command.env(subreaper::MARKER_VAR, spawning.marker());
-    let mut child = command.spawn().map_err(|e| match e.kind() {
+    let (mut child, pid) = process_group::spawn_leader(command).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => format!("command {program:?} not found"),
         std::io::ErrorKind::PermissionDenied => format!("command {program:?} is not executable"),
         _ => format!("cannot start command {program:?}: {e}"),
     })?;
-    let pid = child
-        .id()
-        .ok_or("the child exited before it could be watched")?;
     let marker = spawning.spawned(pid);
     log.note(&format!("started {program} (pid {pid})"));
-    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let (stdin, stdout, stderr) = (
+        child.stdin().take(),
+        child.stdout().take(),
+        child.stderr().take(),
+    );
     let (Some(stdin), Some(stdout), Some(stderr)) = (stdin, stdout, stderr) else {
         return Err("the child's pipes were not set up".into());
     };
@@ -197,7 +169,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(2);
 
 impl ProcessGroup {
     fn watch(
-        mut child: Child,
+        mut child: GroupLeader,
         pid: u32,
         marker: Arc<str>,
         log: Arc<ServerLog>,
@@ -206,22 +178,27 @@ impl ProcessGroup {
         let (tx, exit) = watch::channel(None);
         let escaped = marker.clone();
         tokio::spawn(async move {
-            let status = child.wait().await;
+            // The leader alone (tokio reaps it by its pid): what it leaves in its group is
+            // ended below, and reaped by the subreaper's reaper once it is our child.
+            let status = process_group::wait_leader(&mut child).await;
             subreaper::waited(pid);
             let status = match status {
                 Ok(status) => status,
                 Err(e) => {
                     tracing::warn!(pid, "cannot wait for server process: {e}");
-                    end_group(pid, Duration::ZERO).await;
+                    process_group::end(pid, Duration::ZERO).await;
                     end_escaped(&escaped, Duration::ZERO, &log).await;
                     ledger.remove(pid);
                     return;
                 }
             };
-            log.note(&format!("process {pid} exited: {}", describe_exit(status)));
+            log.note(&format!(
+                "process {pid} exited: {}",
+                process_group::describe_exit(status)
+            ));
             let _ = tx.send(Some(status));
             // The leader is gone; end what it left in its group, and what left the group.
-            end_group(pid, STOP_GRACE).await;
+            process_group::end(pid, STOP_GRACE).await;
             end_escaped(&escaped, STOP_GRACE, &log).await;
             ledger.remove(pid);
         });
@@ -247,7 +224,7 @@ impl ProcessGroup {
 
     /// SIGKILL to the whole group, at once (for a connect abandoned half-way).
     pub fn kill_now(&self) {
-        signal_group(self.pid, Signal::SIGKILL);
+        process_group::signal(self.pid, Signal::SIGKILL);
     }
 
     /// Ends the group: SIGTERM to every member, SIGKILL after `grace` to whatever is left;
@@ -255,53 +232,17 @@ impl ProcessGroup {
     /// exited and the rest are gone or killed (each step at most `grace` plus a moment).
     pub async fn stop(&self, grace: Duration) {
         if self.exit_status().is_none() {
-            signal_group(self.pid, Signal::SIGTERM);
+            process_group::signal(self.pid, Signal::SIGTERM);
             if tokio::time::timeout(grace, self.exited()).await.is_err() {
-                signal_group(self.pid, Signal::SIGKILL);
+                process_group::signal(self.pid, Signal::SIGKILL);
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.exited()).await;
             }
         }
-        end_group(self.pid, grace).await;
+        // What is left of the group; `end` waits until it is gone (or a second after its
+        // SIGKILL), so what those had started has been re-parented to mcp-client when
+        // `end_escaped` looks.
+        process_group::end(self.pid, grace).await;
         subreaper::end_escaped(&self.marker, grace).await;
-    }
-}
-
-fn signal_group(pid: u32, signal: Signal) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    killpg(Pid::from_raw(pid), signal).is_ok()
-}
-
-/// SIGTERM to what is left of a group, SIGKILL after `grace` if any member remains; then
-/// up to a second for the killed to be gone (so that what they had started has been
-/// re-parented to mcp-client when [`subreaper::end_escaped`] looks).
-async fn end_group(pid: u32, grace: Duration) {
-    if !signal_group(pid, Signal::SIGTERM) {
-        return;
-    }
-    if group_gone_within(pid, grace).await {
-        return;
-    }
-    signal_group(pid, Signal::SIGKILL);
-    group_gone_within(pid, Duration::from_secs(1)).await;
-}
-
-/// Waits up to `limit` for the group `pid` to have no member (zombies count until reaped);
-/// whether it has none.
-async fn group_gone_within(pid: u32, limit: Duration) -> bool {
-    let Ok(raw) = i32::try_from(pid) else {
-        return true;
-    };
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if killpg(Pid::from_raw(raw), None).is_err() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -317,19 +258,6 @@ async fn end_escaped(marker: &str, grace: Duration, log: &ServerLog) {
             count = ended.len(),
             "ended processes that had left a server's process group"
         );
-    }
-}
-
-/// "exit status 3", "killed by signal 9 (SIGKILL)".
-pub fn describe_exit(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit status {code}"),
-        (None, Some(signal)) => match Signal::try_from(signal) {
-            Ok(name) => format!("killed by signal {signal} ({name})"),
-            Err(_) => format!("killed by signal {signal}"),
-        },
-        _ => status.to_string(),
     }
 }
 
