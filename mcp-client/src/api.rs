@@ -59,6 +59,7 @@ impl IntoResponse for Error {
         let body = ErrorBody {
             detail,
             code: self.code().to_string(),
+            kind: self.kind().map(str::to_string),
         };
         (self.status(), Json(body)).into_response()
     }

@@ -26,7 +26,10 @@ use serde_json::Value;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{describe_initialize_error, describe_service_error, initialize_answer};
+use crate::error::{
+    ConnectError, HandshakeStage, describe_service_error, initialize_answer, initialize_failure,
+    request_failure,
+};
 use crate::ledger::Ledger;
 use crate::logs::ServerLog;
 use crate::transport::stdio::{ProcessGroup, STOP_GRACE};
@@ -137,20 +140,20 @@ impl Connection {
     /// all within the entry's `timeout`.
     ///
     /// # Errors
-    /// A sentence with the cause: the transport could not be opened, the process exited
-    /// before answering (with its exit status and last stderr lines), the handshake failed
-    /// or timed out, or the server answered an unsupported protocol version.
+    /// The cause, of its kind ([`ConnectError`]): the transport could not be opened, the
+    /// process exited before answering (with its exit status and last stderr lines), the
+    /// handshake failed or timed out, or the server answered an unsupported protocol version.
     pub async fn open(
         name: &str,
         entry: &ServerEntry,
         ctx: &ConnectContext,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, ConnectError> {
         let log = Arc::new(
             ServerLog::open(&ctx.log_dir, name, crate::logs::DEFAULT_LOG_CAP).map_err(|e| {
-                format!(
+                ConnectError::Local(format!(
                     "cannot open the server log in {}: {e}",
                     ctx.log_dir.display()
-                )
+                ))
             })?,
         );
         let timeout = entry.timeout;
@@ -160,7 +163,11 @@ impl Connection {
         };
         let opened = tokio::time::timeout(timeout, transport::open(entry, log.clone(), ctx))
             .await
-            .map_err(|_| format!("the transport did not open within {timeout:?}"))??;
+            .map_err(|_| ConnectError::HandshakeTimeout {
+                stage: HandshakeStage::Transport,
+                after: timeout,
+                stderr: None,
+            })??;
         // If this future is dropped before the end (shutdown), the process group dies with it.
         let mut abandoned = KillOnDrop(None);
         let (running, group) = match opened {
@@ -193,26 +200,30 @@ impl Connection {
         let protocol_version = match running.peer().peer_info() {
             Some(info) => info.protocol_version.clone(),
             None => {
-                let e = "the server sent no initialize result".to_string();
+                let e = ConnectError::Protocol("the server sent no initialize result".into());
                 return fail(running, abandoned.0.take(), e).await;
             }
         };
         if !SUPPORTED_PROTOCOL_VERSIONS.contains(&protocol_version) {
-            let e = format!(
+            let e = ConnectError::Protocol(format!(
                 "the server answered protocolVersion {protocol_version}, which mcp-client does not \
                  support (it supports 2024-11-05 to 2025-11-25)"
-            );
+            ));
             return fail(running, abandoned.0.take(), e).await;
         }
         let peer = running.peer().clone();
         let tools = match tokio::time::timeout(timeout, list_all_tools(&peer, name)).await {
             Ok(Ok(tools)) => tools,
             Ok(Err(e)) => {
-                let e = format!("tools/list failed: {}", describe_service_error(&e));
-                return fail(running, abandoned.0.take(), e).await;
+                let text = format!("tools/list failed: {}", describe_service_error(&e));
+                return fail(running, abandoned.0.take(), request_failure(&e, text)).await;
             }
             Err(_) => {
-                let e = format!("tools/list was not answered within {timeout:?}");
+                let e = ConnectError::HandshakeTimeout {
+                    stage: HandshakeStage::ToolsList,
+                    after: timeout,
+                    stderr: None,
+                };
                 return fail(running, abandoned.0.take(), e).await;
             }
         };
@@ -413,7 +424,7 @@ async fn handshake<T>(
     timeout: Duration,
     group: Option<&ProcessGroup>,
     log: &ServerLog,
-) -> Result<RunningService<RoleClient, Handler>, String>
+) -> Result<RunningService<RoleClient, Handler>, ConnectError>
 where
     T: Transport<RoleClient> + 'static,
 {
@@ -453,27 +464,28 @@ where
                 None => None,
             };
             match (initialize_answer(&e), status) {
-                (Some(answer), Some(status)) => Err(with_stderr(
-                    format!(
-                        "initialize failed: {answer}; the process then exited ({})",
-                        describe_exit(status)
-                    ),
-                    log,
-                )
-                .await),
-                (Some(answer), None) => Err(format!("initialize failed: {answer}")),
-                (None, Some(status)) => Err(exit_message(status, log).await),
-                (None, None) => Err(format!(
-                    "initialize failed: {}",
-                    describe_initialize_error(&e)
+                (Some(answer), Some(status)) => Err(ConnectError::Protocol(
+                    with_stderr(
+                        format!(
+                            "initialize failed: {answer}; the process then exited ({})",
+                            describe_exit(status)
+                        ),
+                        log,
+                    )
+                    .await,
                 )),
+                (Some(answer), None) => Err(ConnectError::Protocol(format!(
+                    "initialize failed: {answer}"
+                ))),
+                (None, Some(status)) => Err(exit_message(status, log).await),
+                (None, None) => Err(initialize_failure(&e)),
             }
         }
-        Err(_) => Err(with_stderr(
-            format!("the server did not answer initialize within {timeout:?}"),
-            log,
-        )
-        .await),
+        Err(_) => Err(ConnectError::HandshakeTimeout {
+            stage: HandshakeStage::Initialize,
+            after: timeout,
+            stderr: Some(log.settled_tail().await),
+        }),
     }
 }
 
@@ -606,15 +618,12 @@ fn why_not_a_tool(entry: &Value, error: &serde_json::Error) -> String {
     }
 }
 
-async fn exit_message(status: std::process::ExitStatus, log: &ServerLog) -> String {
-    with_stderr(
-        format!(
-            "the process exited before answering initialize ({})",
-            describe_exit(status)
-        ),
-        log,
-    )
-    .await
+/// [`ConnectError::ExitedEarly`], with what the process last wrote on stderr.
+async fn exit_message(status: std::process::ExitStatus, log: &ServerLog) -> ConnectError {
+    ConnectError::ExitedEarly {
+        exit: describe_exit(status),
+        stderr: log.settled_tail().await,
+    }
 }
 
 /// `message` and what the server last wrote on stderr.

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{CallError, ConnectContext, Connection};
-use crate::error::{Error, Result};
+use crate::error::{CONNECTION_LOST, ConnectError, Error, Result};
 use crate::metrics::Metrics;
 use mag_common::config::{
     CONFIG_READ_BOUND, ConfigError, McpConfig, ServerEntry, read_regular_file, revision,
@@ -75,6 +75,8 @@ struct SlotState {
     status: Status,
     init_attempted: bool,
     error: Option<String>,
+    /// The kind of `error` (`ServerView::error_kind`).
+    error_kind: Option<&'static str>,
     reconnects: u64,
     removed: bool,
     /// The operator (or `autoConnect`) wants it connected: a lost connection is made again.
@@ -101,6 +103,7 @@ impl Slot {
                 status,
                 init_attempted: false,
                 error: None,
+                error_kind: None,
                 reconnects: 0,
                 removed: false,
                 wanted: false,
@@ -405,6 +408,7 @@ impl Supervisor {
                         .map(|c| c.tools().iter().map(|t| t.name.to_string()).collect())
                         .unwrap_or_default(),
                     error: state.error.clone(),
+                    error_kind: state.error_kind.map(str::to_string),
                     transport_type: state.entry.transport,
                     status: match (connection, state.status) {
                         (None, Status::Connected) => Status::Failed,
@@ -489,12 +493,16 @@ impl Supervisor {
         tracing::info!(server = %slot.name, transport = entry.transport.as_str(), "connecting");
         let opened = tokio::select! {
             opened = Connection::open(&slot.name, &entry, &self.inner.ctx) => opened,
-            _ = self.inner.shutting_down.cancelled() => Err("mcp-client is shutting down".into()),
+            _ = self.inner.shutting_down.cancelled() => Err(ConnectError::Cancelled("mcp-client is shutting down".into())),
         };
         let connection = match opened {
             Ok(connection) => connection,
             Err(cause) => {
-                tracing::warn!(server = %slot.name, "connect failed: {cause}");
+                let kind = cause.code();
+                tracing::warn!(server = %slot.name, kind, "connect failed: {cause}");
+                if !cause.is_cancelled() {
+                    self.inner.metrics.connect_failure(&slot.name, kind);
+                }
                 let mut state = slot.state();
                 let retrying = state.retry.as_ref().is_some_and(|t| !t.is_cancelled());
                 state.status = if retrying {
@@ -502,7 +510,8 @@ impl Supervisor {
                 } else {
                     Status::Failed
                 };
-                state.error = Some(cause.clone());
+                state.error = Some(cause.to_string());
+                state.error_kind = Some(kind);
                 return Err(Error::Connect {
                     server: slot.name.clone(),
                     cause,
@@ -516,6 +525,7 @@ impl Supervisor {
                 state.connection = Some(connection.clone());
                 state.status = Status::Connected;
                 state.error = None;
+                state.error_kind = None;
                 state.wanted = true;
                 state.attempts = 0;
             }
@@ -550,6 +560,7 @@ impl Supervisor {
                         Status::Failed
                     };
                     state.error = Some(reason.clone());
+                    state.error_kind = Some(CONNECTION_LOST);
                 }
                 current
             };
@@ -591,6 +602,7 @@ impl Supervisor {
                 state.status = Status::Disabled;
             }
             state.error = None;
+            state.error_kind = None;
             connection
         };
         match connection {

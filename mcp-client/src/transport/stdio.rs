@@ -25,6 +25,7 @@ use tokio::process::{ChildStdin, ChildStdout, Command};
 use tokio::sync::{Mutex, watch};
 
 use crate::connection::ConnectContext;
+use crate::error::ConnectError;
 use crate::ledger::Ledger;
 use crate::logs::ServerLog;
 use crate::subreaper;
@@ -53,13 +54,15 @@ pub struct Spawned {
 /// [`subreaper::MARKER_VAR`], so processes that escape its group are ended with it.
 ///
 /// # Errors
-/// A sentence naming the cause: a variable that is not set, a `cwd` that does not exist, a
-/// command that is not found or cannot be executed. Never an environment value.
+/// The cause, of its kind: [`ConnectError::Config`] (a variable that is not set, a `cwd`
+/// that is not a directory), [`ConnectError::CommandNotFound`],
+/// [`ConnectError::CommandNotExecutable`], [`ConnectError::SpawnFailed`]. Never an
+/// environment value.
 pub fn spawn(
     entry: &ServerEntry,
     log: Arc<ServerLog>,
     ctx: &ConnectContext,
-) -> Result<Spawned, String> {
+) -> Result<Spawned, ConnectError> {
     let program = entry.command.as_deref().unwrap_or_default();
     let lookup = |name: &str| std::env::var(name).ok();
     let mut command = Command::new(program);
@@ -73,17 +76,23 @@ pub fn spawn(
         command.env_remove(name);
     }
     for arg in &entry.args {
-        command.arg(expand_vars(arg, lookup).map_err(|e| format!("in args: {e}"))?);
+        command.arg(
+            expand_vars(arg, lookup).map_err(|e| ConnectError::Config(format!("in args: {e}")))?,
+        );
     }
     for (key, value) in &entry.env {
         command.env(
             key,
-            expand_vars(value, lookup).map_err(|e| format!("in env {key}: {e}"))?,
+            expand_vars(value, lookup)
+                .map_err(|e| ConnectError::Config(format!("in env {key}: {e}")))?,
         );
     }
     if let Some(cwd) = &entry.cwd {
         if !cwd.is_dir() {
-            return Err(format!("cwd {} is not a directory", cwd.display()));
+            return Err(ConnectError::Config(format!(
+                "cwd {} is not a directory",
+                cwd.display()
+            )));
         }
         command.current_dir(cwd);
     }
@@ -105,10 +114,16 @@ pub fn spawn(
     // an entry's own `env` cannot take it away.
     let spawning = subreaper::spawning();
     command.env(subreaper::MARKER_VAR, spawning.marker());
-    let (mut child, pid) = process_group::spawn_leader(command).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!("command {program:?} not found"),
-        std::io::ErrorKind::PermissionDenied => format!("command {program:?} is not executable"),
-        _ => format!("cannot start command {program:?}: {e}"),
+    let (mut child, pid) = process_group::spawn_leader(command).map_err(|e| {
+        let program = program.to_string();
+        match e.kind() {
+            std::io::ErrorKind::NotFound => ConnectError::CommandNotFound { program },
+            std::io::ErrorKind::PermissionDenied => ConnectError::CommandNotExecutable { program },
+            _ => ConnectError::SpawnFailed {
+                program,
+                reason: e.to_string(),
+            },
+        }
     })?;
     let marker = spawning.spawned(pid);
     log.note(&format!("started {program} (pid {pid})"));
@@ -118,7 +133,10 @@ pub fn spawn(
         child.stderr().take(),
     );
     let (Some(stdin), Some(stdout), Some(stderr)) = (stdin, stdout, stderr) else {
-        return Err("the child's pipes were not set up".into());
+        return Err(ConnectError::SpawnFailed {
+            program: program.to_string(),
+            reason: "the child's pipes were not set up".into(),
+        });
     };
     let stderr_log = log.clone();
     tokio::spawn(async move {
