@@ -137,16 +137,21 @@ impl ClientHandler for Handler {
 
 impl Connection {
     /// Opens the transport, runs the `initialize` handshake and lists the tools (every page),
-    /// all within the entry's `timeout`.
+    /// all within the entry's `timeout`, unless `cancel` is cancelled first: then it gives up
+    /// at once, ending a started process group (SIGTERM, SIGKILL after [`STOP_GRACE`]) before
+    /// it returns.
     ///
     /// # Errors
     /// The cause, of its kind ([`ConnectError`]): the transport could not be opened, the
     /// process exited before answering (with its exit status and last stderr lines), the
-    /// handshake failed or timed out, or the server answered an unsupported protocol version.
+    /// handshake failed or timed out, the server answered an unsupported protocol version;
+    /// [`ConnectError::Cancelled`] (with a placeholder reason for the caller to replace)
+    /// when `cancel` was cancelled.
     pub async fn open(
         name: &str,
         entry: &ServerEntry,
         ctx: &ConnectContext,
+        cancel: &CancellationToken,
     ) -> Result<Arc<Self>, ConnectError> {
         let log = Arc::new(
             ServerLog::open(&ctx.log_dir, name, crate::logs::DEFAULT_LOG_CAP).map_err(|e| {
@@ -161,21 +166,32 @@ impl Connection {
         let handler = Handler {
             tools_changed: tools_changed.clone(),
         };
-        let opened = tokio::time::timeout(timeout, transport::open(entry, log.clone(), ctx))
-            .await
-            .map_err(|_| ConnectError::HandshakeTimeout {
-                stage: HandshakeStage::Transport,
-                after: timeout,
-                stderr: None,
-            })??;
-        // If this future is dropped before the end (shutdown), the process group dies with it.
+        let opened = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(cancelled()),
+            opened = tokio::time::timeout(timeout, transport::open(entry, log.clone(), ctx)) => opened,
+        };
+        let opened = opened.map_err(|_| ConnectError::HandshakeTimeout {
+            stage: HandshakeStage::Transport,
+            after: timeout,
+            stderr: None,
+        })??;
+        // If this future is dropped before the end (its caller went away), the process group
+        // dies with it.
         let mut abandoned = KillOnDrop(None);
         let (running, group) = match opened {
             Opened::Stdio(spawned) => {
                 let group = spawned.group;
                 abandoned.0 = Some(group.clone());
-                let running =
-                    handshake(handler, spawned.transport, timeout, Some(&group), &log).await;
+                let running = handshake(
+                    handler,
+                    spawned.transport,
+                    timeout,
+                    Some(&group),
+                    &log,
+                    cancel,
+                )
+                .await;
                 match running {
                     Ok(running) => (running, Some(group)),
                     Err(e) => {
@@ -185,8 +201,14 @@ impl Connection {
                     }
                 }
             }
-            Opened::Sse(t) => (handshake(handler, t, timeout, None, &log).await?, None),
-            Opened::StreamableHttp(t) => (handshake(handler, t, timeout, None, &log).await?, None),
+            Opened::Sse(t) => (
+                handshake(handler, t, timeout, None, &log, cancel).await?,
+                None,
+            ),
+            Opened::StreamableHttp(t) => (
+                handshake(handler, t, timeout, None, &log, cancel).await?,
+                None,
+            ),
         };
         let fail = |running: RunningService<RoleClient, Handler>,
                     group: Option<ProcessGroup>,
@@ -212,7 +234,12 @@ impl Connection {
             return fail(running, abandoned.0.take(), e).await;
         }
         let peer = running.peer().clone();
-        let tools = match tokio::time::timeout(timeout, list_all_tools(&peer, name)).await {
+        let listed = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return fail(running, abandoned.0.take(), cancelled()).await,
+            listed = tokio::time::timeout(timeout, list_all_tools(&peer, name)) => listed,
+        };
+        let tools = match listed {
             Ok(Ok(tools)) => tools,
             Ok(Err(e)) => {
                 let text = format!("tools/list failed: {}", describe_service_error(&e));
@@ -407,6 +434,11 @@ impl Connection {
     }
 }
 
+/// What a cancelled connect returns; the supervisor, which cancelled it, gives the reason.
+fn cancelled() -> ConnectError {
+    ConnectError::Cancelled("the connect was cancelled".into())
+}
+
 /// Kills a process group when dropped while it holds one (see [`ProcessGroup::kill_now`]).
 struct KillOnDrop(Option<ProcessGroup>);
 
@@ -424,6 +456,7 @@ async fn handshake<T>(
     timeout: Duration,
     group: Option<&ProcessGroup>,
     log: &ServerLog,
+    cancel: &CancellationToken,
 ) -> Result<RunningService<RoleClient, Handler>, ConnectError>
 where
     T: Transport<RoleClient> + 'static,
@@ -440,6 +473,8 @@ where
         }
     };
     let result = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Err(cancelled()),
         result = &mut serve => result,
         Some(status) = exited => {
             // A server that refuses and exits at once may have its answer still in the

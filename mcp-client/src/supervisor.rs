@@ -3,6 +3,11 @@
 //! Everything the HTTP API does is a method here, so it can be tested without HTTP. Each
 //! server has its own lock for connect and disconnect, so a slow or hung server never delays
 //! another, and calls take no lock at all: they share the server's [`Connection`].
+//!
+//! A disconnect (by the operator, a removal or change in the config, shutdown) does not wait
+//! for a connect in flight to finish or time out: it cancels it (its process group is ended,
+//! SIGTERM then SIGKILL after the grace period) and takes the server's lock as soon as the
+//! connect has let go of it; a connect that would start while a disconnect waits gives way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -85,6 +90,13 @@ struct SlotState {
     attempts: u32,
     /// Cancels the pending reconnect loop, if one runs.
     retry: Option<CancellationToken>,
+    /// Cancels the connect in flight, if one runs.
+    connecting: Option<CancellationToken>,
+    /// Disconnects waiting for this server's lock: a connect that gets the lock meanwhile
+    /// gives way ([`ConnectError::Cancelled`]).
+    disconnects: u32,
+    /// Why the latest disconnect was asked (the cause of a connect it cancelled).
+    cancelled_by: Option<String>,
 }
 
 impl Slot {
@@ -109,6 +121,9 @@ impl Slot {
                 wanted: false,
                 attempts: 0,
                 retry: None,
+                connecting: None,
+                disconnects: 0,
+                cancelled_by: None,
             }),
         })
     }
@@ -299,6 +314,7 @@ impl Supervisor {
         };
         match self.connect_slot_if(slot, true).await {
             Ok(_) | Err(Error::NotConnected { .. }) => {}
+            Err(Error::Connect { cause, .. }) if cause.is_cancelled() => {}
             Err(e) => {
                 tracing::warn!(server = %slot.name, "connect failed, will retry: {e}");
                 self.schedule_reconnect(slot);
@@ -351,7 +367,11 @@ impl Supervisor {
                         this.inner.metrics.reconnect(&slot.name);
                         break;
                     }
-                    Err(Error::Connect { .. }) if !token.is_cancelled() => continue,
+                    Err(Error::Connect { cause, .. })
+                        if !cause.is_cancelled() && !token.is_cancelled() =>
+                    {
+                        continue;
+                    }
                     Err(_) => break,
                 }
             }
@@ -464,6 +484,8 @@ impl Supervisor {
 
     /// Connects; with `only_if_wanted`, gives up (NotConnected) if the server stopped being
     /// wanted while this waited for the server's lock (an operator disconnect won the race).
+    /// A disconnect cancels it ([`ConnectError::Cancelled`], or [`Error::UnknownServer`]
+    /// when the server was removed).
     async fn connect_slot_if(&self, slot: &Arc<Slot>, only_if_wanted: bool) -> Result<Vec<String>> {
         let _op = slot.op.lock().await;
         if let Some(connection) = slot.connection() {
@@ -472,7 +494,7 @@ impl Supervisor {
         if self.inner.shutting_down.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        let entry = {
+        let (entry, cancel) = {
             let mut state = slot.state();
             if state.removed {
                 return Err(Error::UnknownServer(slot.name.clone()));
@@ -486,14 +508,33 @@ impl Supervisor {
                     reason: None,
                 });
             }
+            if state.disconnects > 0 {
+                return Err(Error::Connect {
+                    server: slot.name.clone(),
+                    cause: ConnectError::Cancelled(self.cancel_reason(&state)),
+                });
+            }
+            // Registered under the same lock a disconnect takes to cancel it.
+            let cancel = self.inner.shutting_down.child_token();
+            state.connecting = Some(cancel.clone());
             state.status = Status::Connecting;
             state.init_attempted = true;
-            state.entry.clone()
+            (state.entry.clone(), cancel)
         };
         tracing::info!(server = %slot.name, transport = entry.transport.as_str(), "connecting");
-        let opened = tokio::select! {
-            opened = Connection::open(&slot.name, &entry, &self.inner.ctx) => opened,
-            _ = self.inner.shutting_down.cancelled() => Err(ConnectError::Cancelled("mcp-client is shutting down".into())),
+        let opened = Connection::open(&slot.name, &entry, &self.inner.ctx, &cancel).await;
+        let opened = {
+            let mut state = slot.state();
+            state.connecting = None;
+            match opened {
+                Err(cause) if cause.is_cancelled() => {
+                    if state.removed {
+                        return Err(Error::UnknownServer(slot.name.clone()));
+                    }
+                    Err(ConnectError::Cancelled(self.cancel_reason(&state)))
+                }
+                other => other,
+            }
         };
         let connection = match opened {
             Ok(connection) => connection,
@@ -518,24 +559,33 @@ impl Supervisor {
                 });
             }
         };
+        // Removed, disconnected or shut down while the connect ended: not kept.
         let stale = {
             let mut state = slot.state();
-            let stale = state.removed || self.inner.shutting_down.is_cancelled();
-            if !stale {
+            if state.removed {
+                Some(Error::UnknownServer(slot.name.clone()))
+            } else if self.inner.shutting_down.is_cancelled() || cancel.is_cancelled() {
+                Some(Error::Connect {
+                    server: slot.name.clone(),
+                    cause: ConnectError::Cancelled(self.cancel_reason(&state)),
+                })
+            } else {
                 state.connection = Some(connection.clone());
                 state.status = Status::Connected;
                 state.error = None;
                 state.error_kind = None;
                 state.wanted = true;
                 state.attempts = 0;
+                None
             }
-            stale
         };
-        if stale {
-            connection
-                .close("the server was removed while connecting")
-                .await;
-            return Err(Error::UnknownServer(slot.name.clone()));
+        if let Some(error) = stale {
+            let reason = match &error {
+                Error::UnknownServer(_) => "the server was removed while connecting".to_string(),
+                other => other.to_string(),
+            };
+            connection.close(&reason).await;
+            return Err(error);
         }
         tracing::info!(
             server = %slot.name, pid = ?connection.pid(), tools = connection.tools().len(),
@@ -586,8 +636,13 @@ impl Supervisor {
             .await)
     }
 
+    /// Disconnects: cancels a connect in flight and the reconnect loop (the server is no
+    /// longer wanted) at once, then, holding the server's lock, closes the session and ends
+    /// its processes. Returns whether it was connected.
     async fn disconnect_slot(&self, slot: &Arc<Slot>, reason: &str) -> bool {
+        let waiting = PendingDisconnect::new(slot, reason);
         let _op = slot.op.lock().await;
+        drop(waiting);
         let connection = {
             let mut state = slot.state();
             state.wanted = false;
@@ -682,6 +737,50 @@ impl Supervisor {
                 .map(|slot| self.disconnect_slot(slot, "mcp-client is shutting down")),
         )
         .await;
+    }
+}
+
+impl Supervisor {
+    /// Why a connect of this server was cancelled: the reason of the disconnect waiting for
+    /// its lock, or shutdown.
+    fn cancel_reason(&self, state: &SlotState) -> String {
+        match &state.cancelled_by {
+            Some(reason) if state.disconnects > 0 => reason.clone(),
+            _ if self.inner.shutting_down.is_cancelled() => "mcp-client is shutting down".into(),
+            _ => "the connect was cancelled".into(),
+        }
+    }
+}
+
+/// A disconnect waiting for its server's lock: while it lives, the server is not wanted, its
+/// reconnect loop and connect in flight are cancelled, and no new connect starts (see
+/// [`SlotState::disconnects`]). Dropped once the lock is held, or with an abandoned
+/// disconnect.
+struct PendingDisconnect<'a> {
+    slot: &'a Slot,
+}
+
+impl<'a> PendingDisconnect<'a> {
+    fn new(slot: &'a Slot, reason: &str) -> Self {
+        let mut state = slot.state();
+        state.disconnects += 1;
+        state.cancelled_by = Some(reason.to_string());
+        state.wanted = false;
+        if let Some(retry) = state.retry.take() {
+            retry.cancel();
+        }
+        if let Some(connecting) = state.connecting.take() {
+            connecting.cancel();
+        }
+        drop(state);
+        Self { slot }
+    }
+}
+
+impl Drop for PendingDisconnect<'_> {
+    fn drop(&mut self) {
+        let mut state = self.slot.state();
+        state.disconnects = state.disconnects.saturating_sub(1);
     }
 }
 

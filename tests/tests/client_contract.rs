@@ -361,3 +361,65 @@ async fn what_a_wrapper_leaves_in_its_group_does_not_hold_back_the_exit() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_disconnect_cancels_a_connect_in_flight() {
+    let files = tempfile::tempdir().unwrap();
+    let pidfile = files.path().join("stuck.pid");
+    let mut entry = stuck_entry(&pidfile);
+    entry["autoConnect"] = json!(false);
+    let daemon = Daemon::start(json!({"stuck": entry}));
+    let base = daemon.base.clone();
+    let connecting = tokio::spawn(async move {
+        let response = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(ANSWER_WITHIN)
+            .build()
+            .unwrap()
+            .post(format!("{base}/connect_server"))
+            .json(&json!({"server_name": "stuck"}))
+            .send()
+            .await
+            .expect("the connect got an answer");
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap_or_default())
+    });
+    let pid = read_pid(&pidfile).await;
+    let started = Instant::now();
+    let (status, answer) = post(
+        &daemon,
+        "/disconnect_server",
+        json!({"server_name": "stuck"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "not_connected", "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_ended(pid, "the disconnected server").await;
+    let (status, answer) = tokio::time::timeout(ANSWER_WITHIN, connecting)
+        .await
+        .expect("the connect got no answer")
+        .unwrap();
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["kind"], "cancelled", "{answer}");
+    assert!(
+        answer["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("disconnected by the operator"),
+        "{answer}"
+    );
+    let view = daemon.server("stuck").await;
+    assert_eq!(view["status"], "disconnected", "{view}");
+    assert!(view["error"].is_null(), "{view}");
+    // A cancelled connect is not a failure.
+    assert!(
+        !metrics(&daemon)
+            .await
+            .contains("mcp_connect_failures_total{server=\"stuck\"")
+    );
+}
