@@ -25,6 +25,7 @@ use rmcp::{ClientHandler, RoleClient};
 use serde_json::Value;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::error::{
     ConnectError, HandshakeStage, describe_service_error, initialize_answer, initialize_failure,
@@ -87,6 +88,10 @@ pub struct ConnectContext {
     pub ledger: Arc<Ledger>,
     /// How often a connected server is sent a `ping`; `None`: never.
     pub ping_interval: Option<Duration>,
+    /// The supervisor's tracker: every long-lived task of a connection (its watcher, a stdio
+    /// server's stderr reader and exit watcher, its log writer) is spawned on it, so
+    /// shutdown can wait for them ([`crate::supervisor::Supervisor::shutdown`]).
+    pub tasks: TaskTracker,
 }
 
 /// A live session with one server. Cheap to share (`Arc`); [`Connection::close`] ends it.
@@ -271,7 +276,7 @@ impl Connection {
             connected_since: SystemTime::now(),
         });
         abandoned.0 = None;
-        tokio::spawn(watch(connection.clone(), running, log));
+        ctx.tasks.spawn(watch(connection.clone(), running, log));
         Ok(connection)
     }
 

@@ -117,6 +117,7 @@ pub async fn run(
             scrub_env: options.scrub_env.clone(),
             ledger: std::sync::Arc::new(ledger),
             ping_interval: options.ping_interval,
+            tasks: tokio_util::task::TaskTracker::new(),
         },
         options.config.clone(),
         options.config_limit,
@@ -150,6 +151,8 @@ pub async fn run(
         },
         edge,
     );
+    // The two tasks not on the supervisor's tracker: this one only waits for the signal
+    // (and is dropped with the runtime), the HTTP server's is awaited below.
     let signal_stop = stop.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -164,6 +167,8 @@ pub async fn run(
     });
     stop.cancelled().await;
     tracing::info!("shutting down: ending every server");
+    // Every server ended and every tracked task done (`Supervisor::shutdown`), requests in
+    // flight answered: within the bound.
     let drained = tokio::time::timeout(SHUTDOWN_BOUND, async {
         supervisor.shutdown().await;
         server.await

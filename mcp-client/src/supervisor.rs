@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use rmcp::model::{CallToolResult, JsonObject};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::connection::{CallError, ConnectContext, Connection};
 use crate::error::{CONNECTION_LOST, ConnectError, Error, Result};
@@ -282,7 +283,7 @@ impl Supervisor {
         .await;
         for (slot, connect_again) in reconnect {
             let this = self.clone();
-            tokio::spawn(async move {
+            self.inner.ctx.tasks.spawn(async move {
                 this.disconnect_slot(&slot, "the server's config changed")
                     .await;
                 if connect_again {
@@ -300,7 +301,10 @@ impl Supervisor {
     fn spawn_connect(&self, name: &str) {
         let Ok(slot) = self.slot(name) else { return };
         let this = self.clone();
-        tokio::spawn(async move { this.connect_wanted(&slot).await });
+        self.inner
+            .ctx
+            .tasks
+            .spawn(async move { this.connect_wanted(&slot).await });
     }
 
     /// Marks the server wanted and connects it; if that fails, keeps trying with backoff.
@@ -339,7 +343,7 @@ impl Supervisor {
         };
         let this = self.clone();
         let slot = slot.clone();
-        tokio::spawn(async move {
+        self.inner.ctx.tasks.spawn(async move {
             loop {
                 let attempt = {
                     let mut state = slot.state();
@@ -594,7 +598,7 @@ impl Supervisor {
         let this = self.clone();
         let watched = slot.clone();
         let watched_connection = connection.clone();
-        tokio::spawn(async move {
+        self.inner.ctx.tasks.spawn(async move {
             let reason = watched_connection.closed().await;
             let lost = {
                 let mut state = watched.state();
@@ -727,7 +731,10 @@ impl Supervisor {
         self.inner.metrics.render(self.connected_count())
     }
 
-    /// Stops taking connects and disconnects every server at once, ending their processes.
+    /// Stops taking connects and disconnects every server at once, ending their processes;
+    /// then waits for every task on [`Self::tasks`] to end (connection watchers, reconnect
+    /// loops, background connects, detached tool calls, the config watcher, log writers).
+    /// Not bounded here: the daemon bounds its whole shutdown ([`crate::SHUTDOWN_BOUND`]).
     pub async fn shutdown(&self) {
         self.inner.shutting_down.cancel();
         let slots = self.slots();
@@ -737,6 +744,16 @@ impl Supervisor {
                 .map(|slot| self.disconnect_slot(slot, "mcp-client is shutting down")),
         )
         .await;
+        let tasks = &self.inner.ctx.tasks;
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    /// The tracker every long-lived task of the daemon is spawned on (the supervisor's own,
+    /// its connections', the API's detached tool calls, the config watcher), so that
+    /// [`Self::shutdown`] waits for them.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.inner.ctx.tasks
     }
 }
 

@@ -63,7 +63,8 @@ pub fn watch_config(supervisor: Supervisor, path: PathBuf, stop: CancellationTok
     let mut target_dir = None;
     follow_target(&mut watcher, &dir, &mut target_dir, &watched, &own);
     tracing::info!(path = %path.display(), "watching the config for changes");
-    tokio::spawn(async move {
+    let tasks = supervisor.tasks().clone();
+    tasks.spawn(async move {
         loop {
             tokio::select! {
                 change = changes.recv() => if change.is_none() { return },

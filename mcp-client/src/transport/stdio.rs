@@ -23,6 +23,7 @@ use rmcp::transport::Transport;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, ChildStdout, Command};
 use tokio::sync::{Mutex, watch};
+use tokio_util::task::TaskTracker;
 
 use crate::connection::ConnectContext;
 use crate::error::ConnectError;
@@ -139,7 +140,7 @@ pub fn spawn(
         });
     };
     let stderr_log = log.clone();
-    tokio::spawn(async move {
+    ctx.tasks.spawn(async move {
         let mut lines = BufReader::new(stderr);
         let mut line = Vec::new();
         loop {
@@ -156,7 +157,14 @@ pub fn spawn(
         stderr_log.stderr_closed();
     });
     ctx.ledger.add(pid);
-    let group = ProcessGroup::watch(child, pid, marker.into(), log.clone(), ctx.ledger.clone());
+    let group = ProcessGroup::watch(
+        child,
+        pid,
+        marker.into(),
+        log.clone(),
+        ctx.ledger.clone(),
+        &ctx.tasks,
+    );
     Ok(Spawned {
         transport: StdioTransport {
             reader: BufReader::with_capacity(64 * 1024, stdout),
@@ -192,10 +200,11 @@ impl ProcessGroup {
         marker: Arc<str>,
         log: Arc<ServerLog>,
         ledger: Arc<Ledger>,
+        tasks: &TaskTracker,
     ) -> Self {
         let (tx, exit) = watch::channel(None);
         let escaped = marker.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             // The leader alone (tokio reaps it by its pid): what it leaves in its group is
             // ended below, and reaped by the subreaper's reaper once it is our child.
             let status = process_group::wait_leader(&mut child).await;
