@@ -82,6 +82,9 @@ pub struct ConnectContext {
     pub log_dir: std::path::PathBuf,
     /// The HTTP client for legacy SSE.
     pub http: reqwest::Client,
+    /// The HTTP client for streamable HTTP (shared: it keeps no idle connections, and each
+    /// server's headers go with each request).
+    pub streamable_http: crate::transport::http::RepairingClient,
     /// Variables removed from stdio servers' environment (secrets of the daemon's own).
     pub scrub_env: Vec<String>,
     /// Where live process groups are recorded.
@@ -158,14 +161,15 @@ impl Connection {
         ctx: &ConnectContext,
         cancel: &CancellationToken,
     ) -> Result<Arc<Self>, ConnectError> {
-        let log = Arc::new(
-            ServerLog::open(&ctx.log_dir, name, crate::logs::DEFAULT_LOG_CAP).map_err(|e| {
+        let log = ServerLog::open(&ctx.log_dir, name, crate::logs::DEFAULT_LOG_CAP, &ctx.tasks)
+            .await
+            .map_err(|e| {
                 ConnectError::Local(format!(
                     "cannot open the server log in {}: {e}",
                     ctx.log_dir.display()
                 ))
-            })?,
-        );
+            })?;
+        let log = Arc::new(log);
         let timeout = entry.timeout;
         let tools_changed = Arc::new(Notify::new());
         let handler = Handler {

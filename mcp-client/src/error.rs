@@ -141,7 +141,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// | `protocol` | the server answered, but not as an MCP server should: a JSON-RPC error to `initialize`, a malformed answer, an unsupported protocol version, the wrong content type, an SSE endpoint on another origin |
 /// | `config` | the entry cannot be used as written: an unset `${VAR}`, a bad URL or header, a `cwd` that is not a directory |
 /// | `transport` | the connection failed otherwise (reset, closed, an event stream that broke) |
-/// | `local` | a failure of mcp-client's own (its log file for the server, an HTTP client) |
+/// | `local` | a failure of mcp-client's own (its log file for the server) |
 /// | `cancelled` | the connect was given up: the server was removed, changed or disconnected meanwhile, or mcp-client is shutting down (not counted in the metrics) |
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
@@ -305,6 +305,8 @@ pub enum FailureKind {
     Transport,
     /// [`ConnectError::Local`].
     Local,
+    /// [`ConnectError::Config`].
+    Config,
 }
 
 impl FailureKind {
@@ -320,6 +322,7 @@ impl FailureKind {
             Self::Protocol => ConnectError::Protocol(text),
             Self::Transport => ConnectError::Transport(text),
             Self::Local => ConnectError::Local(text),
+            Self::Config => ConnectError::Config(text),
         }
     }
 }
@@ -380,7 +383,8 @@ fn http_failure_kind(
         | E::ResponseBodyTooLarge { .. }
         | E::ServerDoesNotSupportSse
         | E::ReinitializationFailed(_) => FailureKind::Protocol,
-        E::ReservedHeaderConflict(_) => FailureKind::Local,
+        // The entry's `headers` name one the transport sets itself.
+        E::ReservedHeaderConflict(_) => FailureKind::Config,
         _ => FailureKind::Transport,
     }
 }

@@ -41,7 +41,7 @@ pub enum Opened {
 }
 
 /// Opens the transport `entry` names. `log` receives a stdio server's stderr; `ctx` gives
-/// the shared HTTP client for legacy SSE and the variables kept from child processes.
+/// the shared HTTP clients and the variables kept from child processes.
 ///
 /// # Errors
 /// The cause, of its kind (see [`stdio::spawn`], [`sse::SseTransport::connect`]; a bad
@@ -53,7 +53,7 @@ pub async fn open(
     ctx: &ConnectContext,
 ) -> Result<Opened, ConnectError> {
     match entry.transport {
-        TransportType::Stdio => stdio::spawn(entry, log, ctx).map(Opened::Stdio),
+        TransportType::Stdio => stdio::spawn(entry, log, ctx).await.map(Opened::Stdio),
         TransportType::Sse => {
             let url = expanded_url(entry)?;
             let headers = header_map(entry)?;
@@ -72,10 +72,8 @@ pub async fn open(
                 .custom_headers(headers)
                 .max_sse_event_size(MAX_HTTP_MESSAGE)
                 .max_concurrent_requests(max_concurrent);
-            let client = http::RepairingClient::new()
-                .map_err(|e| ConnectError::Local(format!("cannot build the HTTP client: {e}")))?;
             Ok(Opened::StreamableHttp(
-                StreamableHttpClientTransport::with_client(client, config),
+                StreamableHttpClientTransport::with_client(ctx.streamable_http.clone(), config),
             ))
         }
     }

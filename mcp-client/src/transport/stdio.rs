@@ -59,7 +59,7 @@ pub struct Spawned {
 /// that is not a directory), [`ConnectError::CommandNotFound`],
 /// [`ConnectError::CommandNotExecutable`], [`ConnectError::SpawnFailed`]. Never an
 /// environment value.
-pub fn spawn(
+pub async fn spawn(
     entry: &ServerEntry,
     log: Arc<ServerLog>,
     ctx: &ConnectContext,
@@ -89,7 +89,9 @@ pub fn spawn(
         );
     }
     if let Some(cwd) = &entry.cwd {
-        if !cwd.is_dir() {
+        // (A stat, on the blocking pool.)
+        let is_dir = tokio::fs::metadata(cwd).await.is_ok_and(|m| m.is_dir());
+        if !is_dir {
             return Err(ConnectError::Config(format!(
                 "cwd {} is not a directory",
                 cwd.display()
@@ -111,6 +113,8 @@ pub fn spawn(
             nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
         });
     }
+    // From here to the watcher's start, no `.await`: a connect cancelled by being dropped
+    // cannot leave a started process unwatched (the child is killed on drop until then).
     // Recorded before the reaper can see it exit (see `subreaper::spawning`); set last, so
     // an entry's own `env` cannot take it away.
     let spawning = subreaper::spawning();
@@ -127,7 +131,8 @@ pub fn spawn(
         }
     })?;
     let marker = spawning.spawned(pid);
-    log.note(&format!("started {program} (pid {pid})"));
+    // First in the log, before anything the server writes.
+    log.note_now(&format!("started {program} (pid {pid})"));
     let (stdin, stdout, stderr) = (
         child.stdin().take(),
         child.stdout().take(),
@@ -151,7 +156,11 @@ pub fn spawn(
                 .await
             {
                 Ok(0) | Err(_) => break,
-                Ok(_) => stderr_log.stderr_line(line.strip_suffix(b"\n").unwrap_or(&line)),
+                Ok(_) => {
+                    stderr_log
+                        .stderr_line(line.strip_suffix(b"\n").unwrap_or(&line))
+                        .await;
+                }
             }
         }
         stderr_log.stderr_closed();
@@ -222,7 +231,8 @@ impl ProcessGroup {
             log.note(&format!(
                 "process {pid} exited: {}",
                 process_group::describe_exit(status)
-            ));
+            ))
+            .await;
             let _ = tx.send(Some(status));
             // The leader is gone; end what it left in its group, and what left the group.
             process_group::end(pid, STOP_GRACE).await;
@@ -280,7 +290,8 @@ async fn end_escaped(marker: &str, grace: Duration, log: &ServerLog) {
         log.note(&format!(
             "ended {} process(es) that had left the server's process group: {ended:?}",
             ended.len()
-        ));
+        ))
+        .await;
         tracing::info!(
             count = ended.len(),
             "ended processes that had left a server's process group"
@@ -325,9 +336,11 @@ impl StdioTransport {
             if self.line.len() <= MAX_LINE {
                 return true; // the last line, without a newline
             }
-            self.log.note(&format!(
-                "skipped a stdout line longer than {MAX_LINE} bytes"
-            ));
+            self.log
+                .note(&format!(
+                    "skipped a stdout line longer than {MAX_LINE} bytes"
+                ))
+                .await;
             let mut sink = Vec::new();
             loop {
                 sink.clear();
@@ -374,23 +387,26 @@ impl Transport<RoleClient> for StdioTransport {
             let start = line.iter().position(|b| !b.is_ascii_whitespace());
             let Some(start) = start else { continue };
             if line[start] != b'{' {
-                self.log.stdout_noise(line);
+                self.log.stdout_noise(line).await;
                 continue;
             }
             match read_server_message(line) {
                 ServerMessage::Valid(message) => return Some(message),
                 ServerMessage::Repaired { message, why } => {
-                    self.log.stdout_noise(line);
-                    self.log.note(&format!(
-                        "the line above is a malformed JSON-RPC response ({why}); its request \
-                         fails with that"
-                    ));
+                    self.log.stdout_noise(line).await;
+                    self.log
+                        .note(&format!(
+                            "the line above is a malformed JSON-RPC response ({why}); its \
+                             request fails with that"
+                        ))
+                        .await;
                     return Some(message);
                 }
                 ServerMessage::Invalid(e) => {
-                    self.log.stdout_noise(line);
+                    self.log.stdout_noise(line).await;
                     self.log
-                        .note(&format!("the line above is not a JSON-RPC message: {e}"));
+                        .note(&format!("the line above is not a JSON-RPC message: {e}"))
+                        .await;
                 }
             }
         }
