@@ -317,7 +317,9 @@ impl Supervisor {
             return;
         };
         match self.connect_slot_if(slot, true).await {
-            Ok(_) | Err(Error::NotConnected { .. }) => {}
+            // Connected, or no longer to be: disconnected, removed, shut down meanwhile.
+            Ok(_)
+            | Err(Error::NotConnected { .. } | Error::UnknownServer(_) | Error::ShuttingDown) => {}
             Err(Error::Connect { cause, .. }) if cause.is_cancelled() => {}
             Err(e) => {
                 tracing::warn!(server = %slot.name, "connect failed, will retry: {e}");
