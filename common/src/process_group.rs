@@ -38,6 +38,29 @@ pub fn spawn_leader(command: tokio::process::Command) -> std::io::Result<(GroupL
     Ok((child, pid))
 }
 
+/// Waits for the group's leader alone to exit and returns its exit status.
+///
+/// Not `ChildWrapper::wait`: process-wrap's `ProcessGroupChild::wait` goes on to reap the
+/// group's other members with `waitpid(-pgid)` and, while one of them that is the caller's
+/// child still runs, waits (on the blocking pool) for it too. In a child subreaper
+/// (mcp-client) the orphans a wrapper leaves in its group are the caller's children, so the
+/// leader's status would be held back until they exit, and their reaping would race the
+/// subreaper's own. This waits on the native child (the one tokio reaps, by its pid); end
+/// what is left of the group with [`end`].
+///
+/// # Errors
+/// The wait failed (an OS error), or `child` was not made by [`spawn_leader`].
+pub async fn wait_leader(child: &mut GroupLeader) -> std::io::Result<ExitStatus> {
+    // `spawn_leader` wraps the native child in one layer: the group.
+    let leader: &mut dyn std::any::Any = child.inner_mut();
+    match leader.downcast_mut::<tokio::process::Child>() {
+        Some(native) => native.wait().await,
+        None => Err(std::io::Error::other(
+            "not a group leader spawned by spawn_leader",
+        )),
+    }
+}
+
 /// Sends `signal` to every process of group `pgid`; whether it was sent (`false` when the
 /// group is empty or gone, and for the groups never signalled: 0, 1 and the daemon's own).
 pub fn signal(pgid: u32, signal: Signal) -> bool {
@@ -162,6 +185,22 @@ mod tests {
                 "{member} lives on"
             );
         }
+        assert!(!exists(pid));
+    }
+
+    #[tokio::test]
+    async fn the_leader_is_waited_for_alone() {
+        let mut command = tokio::process::Command::new("sh");
+        command.args(["-c", "sleep 30 & exit 4"]);
+        let (mut child, pid) = spawn_leader(command).unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), wait_leader(&mut child))
+            .await
+            .expect("the leader's status came")
+            .unwrap();
+        assert_eq!(describe_exit(status), "exit status 4");
+        // Its background child is left for `end`.
+        assert!(exists(pid));
+        end(pid, Duration::from_secs(2)).await;
         assert!(!exists(pid));
     }
 

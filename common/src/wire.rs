@@ -109,6 +109,14 @@ pub struct ServerView {
     pub tools: Vec<String>,
     /// Why the last connect failed or the connection was lost.
     pub error: Option<String>,
+    /// The kind of `error`, a stable snake_case code: `connection_lost` for a connection
+    /// lost after it was made, else the kind of the failed connect (`command_not_found`,
+    /// `command_not_executable`, `spawn_failed`, `exited_early`, `handshake_timeout`,
+    /// `refused`, `tls`, `http_status`, `protocol`, `config`, `transport`, `local`,
+    /// `cancelled`; mcp-client's `ConnectError` documents each). `None` with no `error`;
+    /// absent from an mcp-client older than the field (read as `None`).
+    #[serde(default)]
+    pub error_kind: Option<String>,
     /// `stdio`, `sse` or `streamable_http`.
     pub transport_type: TransportType,
     /// The state.
@@ -221,13 +229,18 @@ pub struct ShutdownAnswer {
     pub status: String,
 }
 
-/// Every error answer of both daemons: `{"detail": TEXT, "code": SNAKE_ID}` (SPEC §4).
+/// Every error answer of both daemons: `{"detail": TEXT, "code": SNAKE_ID}` (SPEC §4), and
+/// `"kind"` when there is one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// What went wrong, in a sentence.
     pub detail: String,
     /// A stable machine-readable code.
     pub code: String,
+    /// With `"code": "connect_failed"`: the kind of failure, as [`ServerView::error_kind`]
+    /// (`command_not_found`, `refused`, …). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 #[cfg(test)]
@@ -241,6 +254,7 @@ mod tests {
             init_attempted: true,
             tools: vec!["echo".into()],
             error: None,
+            error_kind: None,
             transport_type: TransportType::StreamableHttp,
             status: Status::Connected,
             pid: Some(7),
@@ -276,5 +290,30 @@ mod tests {
             serde_json::from_value::<LoadConfigAnswer>(text).unwrap(),
             load
         );
+    }
+
+    #[test]
+    fn an_error_kind_is_optional_both_ways() {
+        let failed = ErrorBody {
+            detail: "cannot connect to server \"a\": command \"x\" not found".into(),
+            code: "connect_failed".into(),
+            kind: Some("command_not_found".into()),
+        };
+        let text = serde_json::to_value(&failed).unwrap();
+        assert_eq!(text["kind"], "command_not_found");
+        assert_eq!(serde_json::from_value::<ErrorBody>(text).unwrap(), failed);
+        let plain = serde_json::json!({"detail": "unknown server \"a\"", "code": "unknown_server"});
+        let read: ErrorBody = serde_json::from_value(plain.clone()).unwrap();
+        assert_eq!(read.kind, None);
+        assert_eq!(serde_json::to_value(&read).unwrap(), plain);
+        // An older mcp-client's /servers entry has no error_kind.
+        let older = serde_json::json!({
+            "connected": false, "init_attempted": true, "tools": [], "error": "gone",
+            "transport_type": "stdio", "status": "failed", "pid": null,
+            "connected_since": null, "reconnects": 0, "attempts": 0,
+            "protocol_version": null, "auto_approve": [],
+        });
+        let view: ServerView = serde_json::from_value(older).unwrap();
+        assert_eq!(view.error_kind, None);
     }
 }

@@ -59,6 +59,7 @@ impl IntoResponse for Error {
         let body = ErrorBody {
             detail,
             code: self.code().to_string(),
+            kind: self.kind().map(str::to_string),
         };
         (self.status(), Json(body)).into_response()
     }
@@ -235,8 +236,9 @@ async fn detached_call(
     arguments: rmcp::model::JsonObject,
 ) -> Result<CallOutcome, Error> {
     let (answer, answered) = tokio::sync::oneshot::channel();
+    let tasks = supervisor.tasks().clone();
     let (supervisor, server, tool) = (supervisor.clone(), server.to_string(), tool.to_string());
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let outcome = supervisor.call_tool(&server, &tool, arguments).await;
         if answer.send(outcome).is_err() {
             tracing::info!(

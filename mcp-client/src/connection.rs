@@ -25,13 +25,18 @@ use rmcp::{ClientHandler, RoleClient};
 use serde_json::Value;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::error::{describe_initialize_error, describe_service_error, initialize_answer};
+use crate::error::{
+    ConnectError, HandshakeStage, describe_service_error, initialize_answer, initialize_failure,
+    request_failure,
+};
 use crate::ledger::Ledger;
 use crate::logs::ServerLog;
-use crate::transport::stdio::{ProcessGroup, STOP_GRACE, describe_exit};
+use crate::transport::stdio::{ProcessGroup, STOP_GRACE};
 use crate::transport::{self, Opened};
 use mag_common::config::ServerEntry;
+use mag_common::process_group::describe_exit;
 
 /// The protocol version mcp-client asks for in `initialize`: the newest revision that has an
 /// `initialize` handshake (MCP spec 2025-11-25, Lifecycle § Version Negotiation).
@@ -77,12 +82,19 @@ pub struct ConnectContext {
     pub log_dir: std::path::PathBuf,
     /// The HTTP client for legacy SSE.
     pub http: reqwest::Client,
+    /// The HTTP client for streamable HTTP (shared: it keeps no idle connections, and each
+    /// server's headers go with each request).
+    pub streamable_http: crate::transport::http::RepairingClient,
     /// Variables removed from stdio servers' environment (secrets of the daemon's own).
     pub scrub_env: Vec<String>,
     /// Where live process groups are recorded.
     pub ledger: Arc<Ledger>,
     /// How often a connected server is sent a `ping`; `None`: never.
     pub ping_interval: Option<Duration>,
+    /// The supervisor's tracker: every long-lived task of a connection (its watcher, a stdio
+    /// server's stderr reader and exit watcher, its log writer) is spawned on it, so
+    /// shutdown can wait for them ([`crate::supervisor::Supervisor::shutdown`]).
+    pub tasks: TaskTracker,
 }
 
 /// A live session with one server. Cheap to share (`Arc`); [`Connection::close`] ends it.
@@ -133,41 +145,62 @@ impl ClientHandler for Handler {
 
 impl Connection {
     /// Opens the transport, runs the `initialize` handshake and lists the tools (every page),
-    /// all within the entry's `timeout`.
+    /// all within the entry's `timeout`, unless `cancel` is cancelled first: then it gives up
+    /// at once, ending a started process group (SIGTERM, SIGKILL after [`STOP_GRACE`]) before
+    /// it returns.
     ///
     /// # Errors
-    /// A sentence with the cause: the transport could not be opened, the process exited
-    /// before answering (with its exit status and last stderr lines), the handshake failed
-    /// or timed out, or the server answered an unsupported protocol version.
+    /// The cause, of its kind ([`ConnectError`]): the transport could not be opened, the
+    /// process exited before answering (with its exit status and last stderr lines), the
+    /// handshake failed or timed out, the server answered an unsupported protocol version;
+    /// [`ConnectError::Cancelled`] (with a placeholder reason for the caller to replace)
+    /// when `cancel` was cancelled.
     pub async fn open(
         name: &str,
         entry: &ServerEntry,
         ctx: &ConnectContext,
-    ) -> Result<Arc<Self>, String> {
-        let log = Arc::new(
-            ServerLog::open(&ctx.log_dir, name, crate::logs::DEFAULT_LOG_CAP).map_err(|e| {
-                format!(
+        cancel: &CancellationToken,
+    ) -> Result<Arc<Self>, ConnectError> {
+        let log = ServerLog::open(&ctx.log_dir, name, crate::logs::DEFAULT_LOG_CAP, &ctx.tasks)
+            .await
+            .map_err(|e| {
+                ConnectError::Local(format!(
                     "cannot open the server log in {}: {e}",
                     ctx.log_dir.display()
-                )
-            })?,
-        );
+                ))
+            })?;
+        let log = Arc::new(log);
         let timeout = entry.timeout;
         let tools_changed = Arc::new(Notify::new());
         let handler = Handler {
             tools_changed: tools_changed.clone(),
         };
-        let opened = tokio::time::timeout(timeout, transport::open(entry, log.clone(), ctx))
-            .await
-            .map_err(|_| format!("the transport did not open within {timeout:?}"))??;
-        // If this future is dropped before the end (shutdown), the process group dies with it.
+        let opened = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(cancelled()),
+            opened = tokio::time::timeout(timeout, transport::open(entry, log.clone(), ctx)) => opened,
+        };
+        let opened = opened.map_err(|_| ConnectError::HandshakeTimeout {
+            stage: HandshakeStage::Transport,
+            after: timeout,
+            stderr: None,
+        })??;
+        // If this future is dropped before the end (its caller went away), the process group
+        // dies with it.
         let mut abandoned = KillOnDrop(None);
         let (running, group) = match opened {
             Opened::Stdio(spawned) => {
                 let group = spawned.group;
                 abandoned.0 = Some(group.clone());
-                let running =
-                    handshake(handler, spawned.transport, timeout, Some(&group), &log).await;
+                let running = handshake(
+                    handler,
+                    spawned.transport,
+                    timeout,
+                    Some(&group),
+                    &log,
+                    cancel,
+                )
+                .await;
                 match running {
                     Ok(running) => (running, Some(group)),
                     Err(e) => {
@@ -177,8 +210,14 @@ impl Connection {
                     }
                 }
             }
-            Opened::Sse(t) => (handshake(handler, t, timeout, None, &log).await?, None),
-            Opened::StreamableHttp(t) => (handshake(handler, t, timeout, None, &log).await?, None),
+            Opened::Sse(t) => (
+                handshake(handler, t, timeout, None, &log, cancel).await?,
+                None,
+            ),
+            Opened::StreamableHttp(t) => (
+                handshake(handler, t, timeout, None, &log, cancel).await?,
+                None,
+            ),
         };
         let fail = |running: RunningService<RoleClient, Handler>,
                     group: Option<ProcessGroup>,
@@ -192,26 +231,35 @@ impl Connection {
         let protocol_version = match running.peer().peer_info() {
             Some(info) => info.protocol_version.clone(),
             None => {
-                let e = "the server sent no initialize result".to_string();
+                let e = ConnectError::Protocol("the server sent no initialize result".into());
                 return fail(running, abandoned.0.take(), e).await;
             }
         };
         if !SUPPORTED_PROTOCOL_VERSIONS.contains(&protocol_version) {
-            let e = format!(
+            let e = ConnectError::Protocol(format!(
                 "the server answered protocolVersion {protocol_version}, which mcp-client does not \
                  support (it supports 2024-11-05 to 2025-11-25)"
-            );
+            ));
             return fail(running, abandoned.0.take(), e).await;
         }
         let peer = running.peer().clone();
-        let tools = match tokio::time::timeout(timeout, list_all_tools(&peer, name)).await {
+        let listed = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return fail(running, abandoned.0.take(), cancelled()).await,
+            listed = tokio::time::timeout(timeout, list_all_tools(&peer, name)) => listed,
+        };
+        let tools = match listed {
             Ok(Ok(tools)) => tools,
             Ok(Err(e)) => {
-                let e = format!("tools/list failed: {}", describe_service_error(&e));
-                return fail(running, abandoned.0.take(), e).await;
+                let text = format!("tools/list failed: {}", describe_service_error(&e));
+                return fail(running, abandoned.0.take(), request_failure(&e, text)).await;
             }
             Err(_) => {
-                let e = format!("tools/list was not answered within {timeout:?}");
+                let e = ConnectError::HandshakeTimeout {
+                    stage: HandshakeStage::ToolsList,
+                    after: timeout,
+                    stderr: None,
+                };
                 return fail(running, abandoned.0.take(), e).await;
             }
         };
@@ -232,7 +280,7 @@ impl Connection {
             connected_since: SystemTime::now(),
         });
         abandoned.0 = None;
-        tokio::spawn(watch(connection.clone(), running, log));
+        ctx.tasks.spawn(watch(connection.clone(), running, log));
         Ok(connection)
     }
 
@@ -395,6 +443,11 @@ impl Connection {
     }
 }
 
+/// What a cancelled connect returns; the supervisor, which cancelled it, gives the reason.
+fn cancelled() -> ConnectError {
+    ConnectError::Cancelled("the connect was cancelled".into())
+}
+
 /// Kills a process group when dropped while it holds one (see [`ProcessGroup::kill_now`]).
 struct KillOnDrop(Option<ProcessGroup>);
 
@@ -412,7 +465,8 @@ async fn handshake<T>(
     timeout: Duration,
     group: Option<&ProcessGroup>,
     log: &ServerLog,
-) -> Result<RunningService<RoleClient, Handler>, String>
+    cancel: &CancellationToken,
+) -> Result<RunningService<RoleClient, Handler>, ConnectError>
 where
     T: Transport<RoleClient> + 'static,
 {
@@ -428,6 +482,8 @@ where
         }
     };
     let result = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Err(cancelled()),
         result = &mut serve => result,
         Some(status) = exited => {
             // A server that refuses and exits at once may have its answer still in the
@@ -452,27 +508,28 @@ where
                 None => None,
             };
             match (initialize_answer(&e), status) {
-                (Some(answer), Some(status)) => Err(with_stderr(
-                    format!(
-                        "initialize failed: {answer}; the process then exited ({})",
-                        describe_exit(status)
-                    ),
-                    log,
-                )
-                .await),
-                (Some(answer), None) => Err(format!("initialize failed: {answer}")),
-                (None, Some(status)) => Err(exit_message(status, log).await),
-                (None, None) => Err(format!(
-                    "initialize failed: {}",
-                    describe_initialize_error(&e)
+                (Some(answer), Some(status)) => Err(ConnectError::Protocol(
+                    with_stderr(
+                        format!(
+                            "initialize failed: {answer}; the process then exited ({})",
+                            describe_exit(status)
+                        ),
+                        log,
+                    )
+                    .await,
                 )),
+                (Some(answer), None) => Err(ConnectError::Protocol(format!(
+                    "initialize failed: {answer}"
+                ))),
+                (None, Some(status)) => Err(exit_message(status, log).await),
+                (None, None) => Err(initialize_failure(&e)),
             }
         }
-        Err(_) => Err(with_stderr(
-            format!("the server did not answer initialize within {timeout:?}"),
-            log,
-        )
-        .await),
+        Err(_) => Err(ConnectError::HandshakeTimeout {
+            stage: HandshakeStage::Initialize,
+            after: timeout,
+            stderr: Some(log.settled_tail().await),
+        }),
     }
 }
 
@@ -605,15 +662,12 @@ fn why_not_a_tool(entry: &Value, error: &serde_json::Error) -> String {
     }
 }
 
-async fn exit_message(status: std::process::ExitStatus, log: &ServerLog) -> String {
-    with_stderr(
-        format!(
-            "the process exited before answering initialize ({})",
-            describe_exit(status)
-        ),
-        log,
-    )
-    .await
+/// [`ConnectError::ExitedEarly`], with what the process last wrote on stderr.
+async fn exit_message(status: std::process::ExitStatus, log: &ServerLog) -> ConnectError {
+    ConnectError::ExitedEarly {
+        exit: describe_exit(status),
+        stderr: log.settled_tail().await,
+    }
 }
 
 /// `message` and what the server last wrote on stderr.

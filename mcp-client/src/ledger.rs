@@ -16,6 +16,15 @@
 //! whenever a group starts or ends. A file without an owner line (written before the owner
 //! was recorded) is read as one whose owner is gone; older daemons skip the owner line.
 //!
+//! **Writing.** [`Ledger::add`] and [`Ledger::remove`] are called from async tasks: they only
+//! change the set in memory (a std mutex held for microseconds) and wake the ledger's writer,
+//! a thread of its own that writes the newest set. It writes one set at a time and always
+//! the newest it has seen, so the file never goes back to an older set; sets that came and
+//! went while it wrote are skipped. A group is on disk a moment after it started: a daemon
+//! SIGKILLed in that moment leaves a server the next start does not know of, which
+//! `PR_SET_PDEATHSIG` (SIGTERM) ends anyway. [`Ledger::flush`] waits until the file is
+//! current (shutdown, tests).
+//!
 //! On start, if the recorded owner is alive (same pid and start time) and is not this
 //! process, the daemon refuses to start ([`LedgerError::InUseBy`]) and signals nothing: the
 //! groups are that daemon's live servers. This holds even when the lock file below is gone
@@ -34,20 +43,44 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use mag_common::procfs::{self, running_since, start_time, stat};
 use nix::sys::signal::Signal;
 
-/// The ledger of one daemon; see the module docs.
+/// The ledger of one daemon; see the module docs. Dropping it lets its writer write what
+/// is pending and end; the lock on the log dir is given up then.
 #[derive(Debug)]
 pub struct Ledger {
-    path: PathBuf,
-    /// This daemon's pid and start time (the owner line); `None` if /proc could not tell.
-    owner: Option<(u32, u64)>,
-    groups: Mutex<BTreeMap<u32, u64>>,
-    _lock: File,
+    shared: Arc<Shared>,
+}
+
+/// What the ledger and its writer thread share.
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<Pending>,
+    /// Signalled when the set changes (for the writer), when a set is written (for
+    /// [`Ledger::flush`]) and when the ledger is dropped.
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// Live groups: leader pid to the leader's start time.
+    groups: BTreeMap<u32, u64>,
+    /// Bumped at every change of `groups`.
+    version: u64,
+    /// The version last written (or given up on: a write that failed is logged).
+    written: u64,
+    /// The ledger was dropped: the writer writes what is pending and ends.
+    closed: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Why the ledger could not be taken.
@@ -117,34 +150,107 @@ impl Ledger {
             });
         }
         let ended = end_leftovers(&previous.groups);
-        let ledger = Self {
+        let file = LedgerFile {
             path,
             owner: running_since(me).map(|start| (me, start)),
-            groups: Mutex::new(BTreeMap::new()),
-            _lock: lock,
         };
-        ledger.save(&BTreeMap::new());
-        Ok((ledger, ended))
+        file.save(&BTreeMap::new());
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Pending::default()),
+            changed: Condvar::new(),
+        });
+        let writer = shared.clone();
+        std::thread::Builder::new()
+            .name("mcp-client-ledger".into())
+            .spawn(move || write_until_closed(&writer, &file, lock))
+            .map_err(io(log_dir))?;
+        Ok((Self { shared }, ended))
     }
 
-    /// Records a group that just started (its leader's pid).
+    /// Records a group that just started (its leader's pid). Reads its start time from
+    /// /proc now (an in-memory read), while it is surely our unreaped child; the file is
+    /// written by the writer thread.
     pub fn add(&self, pgid: u32) {
         let Some(start) = start_time(pgid) else {
             return;
         };
-        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-        groups.insert(pgid, start);
-        self.save(&groups);
+        let mut pending = self.shared.lock();
+        pending.groups.insert(pgid, start);
+        pending.version += 1;
+        self.shared.changed.notify_all();
     }
 
     /// Forgets a group that has ended.
     pub fn remove(&self, pgid: u32) {
-        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-        if groups.remove(&pgid).is_some() {
-            self.save(&groups);
+        let mut pending = self.shared.lock();
+        if pending.groups.remove(&pgid).is_some() {
+            pending.version += 1;
+            self.shared.changed.notify_all();
         }
     }
 
+    /// Waits (blocking: call it off the async threads) up to `within` until the file holds
+    /// the current set; whether it does.
+    pub fn flush(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let mut pending = self.shared.lock();
+        while pending.written < pending.version {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            pending = self
+                .shared
+                .changed
+                .wait_timeout(pending, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.changed.notify_all();
+    }
+}
+
+/// The writer thread: writes the newest set whenever it changed, until the ledger is
+/// dropped and nothing is pending. Holds the log dir's lock until then, so no other daemon
+/// takes the ledger while a write may still come.
+fn write_until_closed(shared: &Shared, file: &LedgerFile, _lock: File) {
+    let mut pending = shared.lock();
+    loop {
+        if pending.written < pending.version {
+            let (groups, version) = (pending.groups.clone(), pending.version);
+            drop(pending);
+            file.save(&groups);
+            pending = shared.lock();
+            pending.written = version;
+            shared.changed.notify_all();
+        } else if pending.closed {
+            return;
+        } else {
+            pending = shared
+                .changed
+                .wait(pending)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// The ledger file and the owner line it starts with.
+#[derive(Debug)]
+struct LedgerFile {
+    path: PathBuf,
+    /// This daemon's pid and start time (the owner line); `None` if /proc could not tell.
+    owner: Option<(u32, u64)>,
+}
+
+impl LedgerFile {
+    /// Replaces the file with the owner line and `groups` (a failure is logged).
     fn save(&self, groups: &BTreeMap<u32, u64>) {
         let owner = self
             .owner
@@ -253,6 +359,7 @@ fn end_leftovers(groups: &BTreeMap<u32, u64>) -> usize {
     leftovers.iter().map(|(_, count)| count).sum()
 }
 
+/// Through the one process-group helper (never group 0, 1 or our own).
 fn signal(pgid: u32, signal: Signal) {
     mag_common::process_group::signal(pgid, signal);
 }
@@ -292,14 +399,36 @@ mod tests {
         let (ledger, _) = Ledger::open(dir.path()).unwrap();
         let me = std::process::id();
         ledger.add(me);
+        assert!(ledger.flush(Duration::from_secs(5)));
         let text = std::fs::read_to_string(dir.path().join("mcp-client.pgroups")).unwrap();
         let recorded = parse(&text);
         assert_eq!(recorded.groups.get(&me), start_time(me).as_ref());
         assert_eq!(recorded.owner, Some((me, start_time(me).unwrap())));
         assert!(text.starts_with(&format!("owner {me} ")), "{text}");
         ledger.remove(me);
+        assert!(ledger.flush(Duration::from_secs(5)));
         let text = std::fs::read_to_string(dir.path().join("mcp-client.pgroups")).unwrap();
         assert_eq!(parse(&text).groups, BTreeMap::new());
+    }
+
+    #[test]
+    fn the_file_ends_with_the_newest_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, _) = Ledger::open(dir.path()).unwrap();
+        let read = || {
+            parse(&std::fs::read_to_string(dir.path().join("mcp-client.pgroups")).unwrap()).groups
+        };
+        let me = std::process::id();
+        for _ in 0..200 {
+            ledger.add(me);
+            ledger.remove(me);
+        }
+        ledger.add(me);
+        assert!(ledger.flush(Duration::from_secs(5)));
+        assert_eq!(read().get(&me), start_time(me).as_ref());
+        ledger.remove(me);
+        assert!(ledger.flush(Duration::from_secs(5)));
+        assert_eq!(read(), BTreeMap::new());
     }
 
     #[test]

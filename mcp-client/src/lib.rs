@@ -103,20 +103,30 @@ pub async fn run(
         secrets::global().set("token", [(token.clone(), "***".to_string())]);
     }
     mag_common::install_tls_provider();
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| Error::Io {
-            context: "cannot build the HTTP client".into(),
-            source: std::io::Error::other(e),
-        })?;
+    // Building a client reads the system's CA certificates: once, off the async threads.
+    let clients = tokio::task::spawn_blocking(|| {
+        let sse = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        Ok::<_, reqwest::Error>((sse, transport::http::RepairingClient::new()?))
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|built| built.map_err(std::io::Error::other));
+    let (http, streamable_http) = clients.map_err(|source| Error::Io {
+        context: "cannot build the HTTP client".into(),
+        source,
+    })?;
+    let ledger = std::sync::Arc::new(ledger);
     let supervisor = Supervisor::new(
         ConnectContext {
             log_dir: options.log_dir.clone(),
             http,
+            streamable_http,
             scrub_env: options.scrub_env.clone(),
-            ledger: std::sync::Arc::new(ledger),
+            ledger: ledger.clone(),
             ping_interval: options.ping_interval,
+            tasks: tokio_util::task::TaskTracker::new(),
         },
         options.config.clone(),
         options.config_limit,
@@ -127,7 +137,9 @@ pub async fn run(
     }
 
     let stop = CancellationToken::new();
-    if let Err(e) = watch::watch_config(supervisor.clone(), options.config.clone(), stop.clone()) {
+    if let Err(e) =
+        watch::watch_config(supervisor.clone(), options.config.clone(), stop.clone()).await
+    {
         tracing::error!("hot reload is off: {e}");
     }
     let addr = listener.local_addr().map_err(|source| Error::Io {
@@ -150,6 +162,8 @@ pub async fn run(
         },
         edge,
     );
+    // The two tasks not on the supervisor's tracker: this one only waits for the signal
+    // (and is dropped with the runtime), the HTTP server's is awaited below.
     let signal_stop = stop.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -164,12 +178,16 @@ pub async fn run(
     });
     stop.cancelled().await;
     tracing::info!("shutting down: ending every server");
+    // Every server ended and every tracked task done (`Supervisor::shutdown`), requests in
+    // flight answered: within the bound.
     let drained = tokio::time::timeout(SHUTDOWN_BOUND, async {
         supervisor.shutdown().await;
         server.await
     })
     .await;
     subreaper::end_all(transport::stdio::STOP_GRACE).await;
+    // The ledger's writer records the groups' ends (the empty set) before we exit.
+    let _ = tokio::task::spawn_blocking(move || ledger.flush(Duration::from_secs(1))).await;
     match drained {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!("the HTTP server task failed: {e}"),

@@ -7,6 +7,7 @@
 //! | `mcp_tool_call_errors_total` | counter | `server`, `tool`, `kind` = `tool_error` \| `timeout` \| `server_gone` \| `server_error` |
 //! | `mcp_tool_call_duration_seconds` | histogram (1 ms to ~65 s) | `server`, `tool` |
 //! | `mcp_reconnects_total` | counter | `server` |
+//! | `mcp_connect_failures_total` | counter | `server`, `kind` = a failed connect's kind (`command_not_found`, `exited_early`, `handshake_timeout`, `refused`, `tls`, `http_status`, `protocol`, `config`, …; see `ConnectError`), cancelled connects not counted |
 //! | `mcp_servers_connected` | gauge | |
 //!
 //! Labels only ever hold names from the config and from the servers' own tool lists (a call
@@ -40,6 +41,12 @@ struct ServerLabels {
     server: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    server: String,
+    kind: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 1 ms, 2 ms, … 65 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -52,6 +59,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     latency: Family<CallLabels, Histogram, fn() -> Histogram>,
     reconnects: Family<ServerLabels, Counter>,
+    connect_failures: Family<FailureLabels, Counter>,
     connected: Gauge,
 }
 
@@ -63,6 +71,7 @@ impl Default for Metrics {
         let latency: Family<CallLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
         let reconnects = Family::<ServerLabels, Counter>::default();
+        let connect_failures = Family::<FailureLabels, Counter>::default();
         let connected = Gauge::default();
         registry.register(
             "mcp_tool_calls",
@@ -85,6 +94,12 @@ impl Default for Metrics {
             reconnects.clone(),
         );
         registry.register(
+            "mcp_connect_failures",
+            "Connects that failed, by kind (command_not_found, exited_early, handshake_timeout, \
+             refused, tls, http_status, protocol, config, ...)",
+            connect_failures.clone(),
+        );
+        registry.register(
             "mcp_servers_connected",
             "Servers connected now",
             connected.clone(),
@@ -95,6 +110,7 @@ impl Default for Metrics {
             errors,
             latency,
             reconnects,
+            connect_failures,
             connected,
         }
     }
@@ -127,6 +143,15 @@ impl Metrics {
             server: server.to_string(),
         };
         self.reconnects.get_or_create(&labels).inc();
+    }
+
+    /// Records a failed connect of `kind` (a `ConnectError` code).
+    pub fn connect_failure(&self, server: &str, kind: &'static str) {
+        let labels = FailureLabels {
+            server: server.to_string(),
+            kind,
+        };
+        self.connect_failures.get_or_create(&labels).inc();
     }
 
     /// The metrics as OpenMetrics text, with `connected` as the current count of servers.

@@ -85,6 +85,8 @@ pub fn start() {
             return;
         }
     };
+    // For the life of the process (not on the supervisor's task tracker): orphans are reaped
+    // until the very end, also while shutdown ends what is left (`end_all`).
     tokio::spawn(async move {
         // A SIGCHLD that arrives during a sweep is kept and wakes the next one.
         while sigchld.recv().await.is_some() {

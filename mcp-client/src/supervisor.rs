@@ -3,6 +3,11 @@
 //! Everything the HTTP API does is a method here, so it can be tested without HTTP. Each
 //! server has its own lock for connect and disconnect, so a slow or hung server never delays
 //! another, and calls take no lock at all: they share the server's [`Connection`].
+//!
+//! A disconnect (by the operator, a removal or change in the config, shutdown) does not wait
+//! for a connect in flight to finish or time out: it cancels it (its process group is ended,
+//! SIGTERM then SIGKILL after the grace period) and takes the server's lock as soon as the
+//! connect has let go of it; a connect that would start while a disconnect waits gives way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,9 +17,10 @@ use std::time::{Duration, Instant};
 use rmcp::model::{CallToolResult, JsonObject};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::connection::{CallError, ConnectContext, Connection};
-use crate::error::{Error, Result};
+use crate::error::{CONNECTION_LOST, ConnectError, Error, Result};
 use crate::metrics::Metrics;
 use mag_common::config::{
     CONFIG_READ_BOUND, ConfigError, McpConfig, ServerEntry, read_regular_file, revision,
@@ -75,6 +81,8 @@ struct SlotState {
     status: Status,
     init_attempted: bool,
     error: Option<String>,
+    /// The kind of `error` (`ServerView::error_kind`).
+    error_kind: Option<&'static str>,
     reconnects: u64,
     removed: bool,
     /// The operator (or `autoConnect`) wants it connected: a lost connection is made again.
@@ -83,6 +91,13 @@ struct SlotState {
     attempts: u32,
     /// Cancels the pending reconnect loop, if one runs.
     retry: Option<CancellationToken>,
+    /// Cancels the connect in flight, if one runs.
+    connecting: Option<CancellationToken>,
+    /// Disconnects waiting for this server's lock: a connect that gets the lock meanwhile
+    /// gives way ([`ConnectError::Cancelled`]).
+    disconnects: u32,
+    /// Why the latest disconnect was asked (the cause of a connect it cancelled).
+    cancelled_by: Option<String>,
 }
 
 impl Slot {
@@ -101,11 +116,15 @@ impl Slot {
                 status,
                 init_attempted: false,
                 error: None,
+                error_kind: None,
                 reconnects: 0,
                 removed: false,
                 wanted: false,
                 attempts: 0,
                 retry: None,
+                connecting: None,
+                disconnects: 0,
+                cancelled_by: None,
             }),
         })
     }
@@ -264,7 +283,7 @@ impl Supervisor {
         .await;
         for (slot, connect_again) in reconnect {
             let this = self.clone();
-            tokio::spawn(async move {
+            self.inner.ctx.tasks.spawn(async move {
                 this.disconnect_slot(&slot, "the server's config changed")
                     .await;
                 if connect_again {
@@ -282,7 +301,10 @@ impl Supervisor {
     fn spawn_connect(&self, name: &str) {
         let Ok(slot) = self.slot(name) else { return };
         let this = self.clone();
-        tokio::spawn(async move { this.connect_wanted(&slot).await });
+        self.inner
+            .ctx
+            .tasks
+            .spawn(async move { this.connect_wanted(&slot).await });
     }
 
     /// Marks the server wanted and connects it; if that fails, keeps trying with backoff.
@@ -295,7 +317,10 @@ impl Supervisor {
             return;
         };
         match self.connect_slot_if(slot, true).await {
-            Ok(_) | Err(Error::NotConnected { .. }) => {}
+            // Connected, or no longer to be: disconnected, removed, shut down meanwhile.
+            Ok(_)
+            | Err(Error::NotConnected { .. } | Error::UnknownServer(_) | Error::ShuttingDown) => {}
+            Err(Error::Connect { cause, .. }) if cause.is_cancelled() => {}
             Err(e) => {
                 tracing::warn!(server = %slot.name, "connect failed, will retry: {e}");
                 self.schedule_reconnect(slot);
@@ -320,7 +345,7 @@ impl Supervisor {
         };
         let this = self.clone();
         let slot = slot.clone();
-        tokio::spawn(async move {
+        self.inner.ctx.tasks.spawn(async move {
             loop {
                 let attempt = {
                     let mut state = slot.state();
@@ -348,7 +373,11 @@ impl Supervisor {
                         this.inner.metrics.reconnect(&slot.name);
                         break;
                     }
-                    Err(Error::Connect { .. }) if !token.is_cancelled() => continue,
+                    Err(Error::Connect { cause, .. })
+                        if !cause.is_cancelled() && !token.is_cancelled() =>
+                    {
+                        continue;
+                    }
                     Err(_) => break,
                 }
             }
@@ -405,6 +434,7 @@ impl Supervisor {
                         .map(|c| c.tools().iter().map(|t| t.name.to_string()).collect())
                         .unwrap_or_default(),
                     error: state.error.clone(),
+                    error_kind: state.error_kind.map(str::to_string),
                     transport_type: state.entry.transport,
                     status: match (connection, state.status) {
                         (None, Status::Connected) => Status::Failed,
@@ -460,6 +490,8 @@ impl Supervisor {
 
     /// Connects; with `only_if_wanted`, gives up (NotConnected) if the server stopped being
     /// wanted while this waited for the server's lock (an operator disconnect won the race).
+    /// A disconnect cancels it ([`ConnectError::Cancelled`], or [`Error::UnknownServer`]
+    /// when the server was removed).
     async fn connect_slot_if(&self, slot: &Arc<Slot>, only_if_wanted: bool) -> Result<Vec<String>> {
         let _op = slot.op.lock().await;
         if let Some(connection) = slot.connection() {
@@ -468,7 +500,7 @@ impl Supervisor {
         if self.inner.shutting_down.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        let entry = {
+        let (entry, cancel) = {
             let mut state = slot.state();
             if state.removed {
                 return Err(Error::UnknownServer(slot.name.clone()));
@@ -482,19 +514,42 @@ impl Supervisor {
                     reason: None,
                 });
             }
+            if state.disconnects > 0 {
+                return Err(Error::Connect {
+                    server: slot.name.clone(),
+                    cause: ConnectError::Cancelled(self.cancel_reason(&state)),
+                });
+            }
+            // Registered under the same lock a disconnect takes to cancel it.
+            let cancel = self.inner.shutting_down.child_token();
+            state.connecting = Some(cancel.clone());
             state.status = Status::Connecting;
             state.init_attempted = true;
-            state.entry.clone()
+            (state.entry.clone(), cancel)
         };
         tracing::info!(server = %slot.name, transport = entry.transport.as_str(), "connecting");
-        let opened = tokio::select! {
-            opened = Connection::open(&slot.name, &entry, &self.inner.ctx) => opened,
-            _ = self.inner.shutting_down.cancelled() => Err("mcp-client is shutting down".into()),
+        let opened = Connection::open(&slot.name, &entry, &self.inner.ctx, &cancel).await;
+        let opened = {
+            let mut state = slot.state();
+            state.connecting = None;
+            match opened {
+                Err(cause) if cause.is_cancelled() => {
+                    if state.removed {
+                        return Err(Error::UnknownServer(slot.name.clone()));
+                    }
+                    Err(ConnectError::Cancelled(self.cancel_reason(&state)))
+                }
+                other => other,
+            }
         };
         let connection = match opened {
             Ok(connection) => connection,
             Err(cause) => {
-                tracing::warn!(server = %slot.name, "connect failed: {cause}");
+                let kind = cause.code();
+                tracing::warn!(server = %slot.name, kind, "connect failed: {cause}");
+                if !cause.is_cancelled() {
+                    self.inner.metrics.connect_failure(&slot.name, kind);
+                }
                 let mut state = slot.state();
                 let retrying = state.retry.as_ref().is_some_and(|t| !t.is_cancelled());
                 state.status = if retrying {
@@ -502,30 +557,41 @@ impl Supervisor {
                 } else {
                     Status::Failed
                 };
-                state.error = Some(cause.clone());
+                state.error = Some(cause.to_string());
+                state.error_kind = Some(kind);
                 return Err(Error::Connect {
                     server: slot.name.clone(),
                     cause,
                 });
             }
         };
+        // Removed, disconnected or shut down while the connect ended: not kept.
         let stale = {
             let mut state = slot.state();
-            let stale = state.removed || self.inner.shutting_down.is_cancelled();
-            if !stale {
+            if state.removed {
+                Some(Error::UnknownServer(slot.name.clone()))
+            } else if self.inner.shutting_down.is_cancelled() || cancel.is_cancelled() {
+                Some(Error::Connect {
+                    server: slot.name.clone(),
+                    cause: ConnectError::Cancelled(self.cancel_reason(&state)),
+                })
+            } else {
                 state.connection = Some(connection.clone());
                 state.status = Status::Connected;
                 state.error = None;
+                state.error_kind = None;
                 state.wanted = true;
                 state.attempts = 0;
+                None
             }
-            stale
         };
-        if stale {
-            connection
-                .close("the server was removed while connecting")
-                .await;
-            return Err(Error::UnknownServer(slot.name.clone()));
+        if let Some(error) = stale {
+            let reason = match &error {
+                Error::UnknownServer(_) => "the server was removed while connecting".to_string(),
+                other => other.to_string(),
+            };
+            connection.close(&reason).await;
+            return Err(error);
         }
         tracing::info!(
             server = %slot.name, pid = ?connection.pid(), tools = connection.tools().len(),
@@ -534,7 +600,7 @@ impl Supervisor {
         let this = self.clone();
         let watched = slot.clone();
         let watched_connection = connection.clone();
-        tokio::spawn(async move {
+        self.inner.ctx.tasks.spawn(async move {
             let reason = watched_connection.closed().await;
             let lost = {
                 let mut state = watched.state();
@@ -550,6 +616,7 @@ impl Supervisor {
                         Status::Failed
                     };
                     state.error = Some(reason.clone());
+                    state.error_kind = Some(CONNECTION_LOST);
                 }
                 current
             };
@@ -575,8 +642,13 @@ impl Supervisor {
             .await)
     }
 
+    /// Disconnects: cancels a connect in flight and the reconnect loop (the server is no
+    /// longer wanted) at once, then, holding the server's lock, closes the session and ends
+    /// its processes. Returns whether it was connected.
     async fn disconnect_slot(&self, slot: &Arc<Slot>, reason: &str) -> bool {
+        let waiting = PendingDisconnect::new(slot, reason);
         let _op = slot.op.lock().await;
+        drop(waiting);
         let connection = {
             let mut state = slot.state();
             state.wanted = false;
@@ -591,6 +663,7 @@ impl Supervisor {
                 state.status = Status::Disabled;
             }
             state.error = None;
+            state.error_kind = None;
             connection
         };
         match connection {
@@ -660,7 +733,10 @@ impl Supervisor {
         self.inner.metrics.render(self.connected_count())
     }
 
-    /// Stops taking connects and disconnects every server at once, ending their processes.
+    /// Stops taking connects and disconnects every server at once, ending their processes;
+    /// then waits for every task on [`Self::tasks`] to end (connection watchers, reconnect
+    /// loops, background connects, detached tool calls, the config watcher, log writers).
+    /// Not bounded here: the daemon bounds its whole shutdown ([`crate::SHUTDOWN_BOUND`]).
     pub async fn shutdown(&self) {
         self.inner.shutting_down.cancel();
         let slots = self.slots();
@@ -670,6 +746,60 @@ impl Supervisor {
                 .map(|slot| self.disconnect_slot(slot, "mcp-client is shutting down")),
         )
         .await;
+        let tasks = &self.inner.ctx.tasks;
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    /// The tracker every long-lived task of the daemon is spawned on (the supervisor's own,
+    /// its connections', the API's detached tool calls, the config watcher), so that
+    /// [`Self::shutdown`] waits for them.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.inner.ctx.tasks
+    }
+}
+
+impl Supervisor {
+    /// Why a connect of this server was cancelled: the reason of the disconnect waiting for
+    /// its lock, or shutdown.
+    fn cancel_reason(&self, state: &SlotState) -> String {
+        match &state.cancelled_by {
+            Some(reason) if state.disconnects > 0 => reason.clone(),
+            _ if self.inner.shutting_down.is_cancelled() => "mcp-client is shutting down".into(),
+            _ => "the connect was cancelled".into(),
+        }
+    }
+}
+
+/// A disconnect waiting for its server's lock: while it lives, the server is not wanted, its
+/// reconnect loop and connect in flight are cancelled, and no new connect starts (see
+/// [`SlotState::disconnects`]). Dropped once the lock is held, or with an abandoned
+/// disconnect.
+struct PendingDisconnect<'a> {
+    slot: &'a Slot,
+}
+
+impl<'a> PendingDisconnect<'a> {
+    fn new(slot: &'a Slot, reason: &str) -> Self {
+        let mut state = slot.state();
+        state.disconnects += 1;
+        state.cancelled_by = Some(reason.to_string());
+        state.wanted = false;
+        if let Some(retry) = state.retry.take() {
+            retry.cancel();
+        }
+        if let Some(connecting) = state.connecting.take() {
+            connecting.cancel();
+        }
+        drop(state);
+        Self { slot }
+    }
+}
+
+impl Drop for PendingDisconnect<'_> {
+    fn drop(&mut self) {
+        let mut state = self.slot.state();
+        state.disconnects = state.disconnects.saturating_sub(1);
     }
 }
 

@@ -6,6 +6,10 @@
 //! then the file is loaded through [`Supervisor::load_file`], the same path `POST
 //! /load_config` takes: a file that does not parse or validate, or is no regular file, is
 //! never applied, and `GET /` reports why until a good one arrives.
+//!
+//! Looking at the file (is it a link, where does it point) and adding or removing watches
+//! are filesystem calls: they run on the blocking pool, never on the async threads. The
+//! watching task runs on the supervisor's task tracker.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -26,57 +30,132 @@ pub const DEBOUNCE: Duration = Duration::from_millis(200);
 /// # Errors
 /// [`Error::Io`] when the folder cannot be watched (it does not exist, or inotify is out of
 /// watches); the daemon then runs without hot reload.
-pub fn watch_config(supervisor: Supervisor, path: PathBuf, stop: CancellationToken) -> Result<()> {
-    // Absolute, so the target's folder (absolute too) is known to be the same or another.
-    let dir = folder_of(&path);
-    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
-    let own = dir.join(path.file_name().unwrap_or_default());
-    // The full paths whose events count: the file itself and, for a link, its target.
-    let watched: Arc<RwLock<Vec<PathBuf>>> = Arc::new(RwLock::new(vec![own.clone()]));
-    let (changed, mut changes) = mpsc::channel::<()>(1);
-    let io_error = |dir: &Path| {
-        let dir = dir.display().to_string();
-        move |e: notify::Error| Error::Io {
-            context: format!("cannot watch {dir} for config changes"),
+pub async fn watch_config(
+    supervisor: Supervisor,
+    path: PathBuf,
+    stop: CancellationToken,
+) -> Result<()> {
+    let (changed, changes) = mpsc::channel::<()>(1);
+    let setup_path = path.clone();
+    let follower = tokio::task::spawn_blocking(move || Follower::start(&setup_path, changed))
+        .await
+        .map_err(|e| Error::Io {
+            context: "cannot watch the config for changes".into(),
             source: std::io::Error::other(e),
-        }
-    };
-    let paths = watched.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        match event {
-            Ok(event) => {
-                let paths = paths.read().unwrap_or_else(|p| p.into_inner());
-                let ours = event.paths.iter().any(|p| paths.contains(p));
-                // Events were lost (the kernel's queue overflowed): ours may be among them.
-                if event.need_rescan() || (ours && !matches!(event.kind, EventKind::Access(_))) {
-                    // A full channel already holds a pending change: nothing is lost.
-                    let _ = changed.try_send(());
-                }
-            }
-            Err(e) => tracing::warn!("config watcher: {e}"),
-        }
-    })
-    .map_err(io_error(&dir))?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(io_error(&dir))?;
-    let mut target_dir = None;
-    follow_target(&mut watcher, &dir, &mut target_dir, &watched, &own);
+        })??;
     tracing::info!(path = %path.display(), "watching the config for changes");
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                change = changes.recv() => if change.is_none() { return },
-                _ = stop.cancelled() => return,
-            }
-            if !quiet(&mut changes).await {
+    let tasks = supervisor.tasks().clone();
+    tasks.spawn(run(supervisor, path, stop, follower, changes));
+    Ok(())
+}
+
+/// Reloads after each quiet change until `stop`.
+async fn run(
+    supervisor: Supervisor,
+    path: PathBuf,
+    stop: CancellationToken,
+    mut follower: Follower,
+    mut changes: mpsc::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            change = changes.recv() => if change.is_none() { return },
+            _ = stop.cancelled() => return,
+        }
+        if !quiet(&mut changes).await {
+            return;
+        }
+        // The watcher travels to the blocking pool and back.
+        follower = match tokio::task::spawn_blocking(move || {
+            follower.follow();
+            follower
+        })
+        .await
+        {
+            Ok(follower) => follower,
+            Err(e) => {
+                tracing::error!("hot reload is off: the config watcher failed: {e}");
                 return;
             }
-            follow_target(&mut watcher, &dir, &mut target_dir, &watched, &own);
-            reload(&supervisor, &path).await;
-        }
-    });
-    Ok(())
+        };
+        reload(&supervisor, &path).await;
+    }
+}
+
+/// The watcher and what it follows: the config file and, for a link, its target.
+struct Follower {
+    watcher: notify::RecommendedWatcher,
+    /// The config file's folder (absolute).
+    dir: PathBuf,
+    /// The config file's full path.
+    own: PathBuf,
+    /// The folder of the link's target, when watched besides `dir`.
+    target_dir: Option<PathBuf>,
+    /// The full paths whose events count (read by the watcher's callback).
+    watched: Arc<RwLock<Vec<PathBuf>>>,
+}
+
+impl Follower {
+    /// Watches `path`'s folder, sending on `changed` for the events that count (blocking:
+    /// filesystem calls).
+    fn start(path: &Path, changed: mpsc::Sender<()>) -> Result<Self> {
+        // Absolute, so the target's folder (absolute too) is known to be the same or another.
+        let dir = folder_of(path);
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        let own = dir.join(path.file_name().unwrap_or_default());
+        // The full paths whose events count: the file itself and, for a link, its target.
+        let watched: Arc<RwLock<Vec<PathBuf>>> = Arc::new(RwLock::new(vec![own.clone()]));
+        let io_error = |dir: &Path| {
+            let dir = dir.display().to_string();
+            move |e: notify::Error| Error::Io {
+                context: format!("cannot watch {dir} for config changes"),
+                source: std::io::Error::other(e),
+            }
+        };
+        let paths = watched.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                match event {
+                    Ok(event) => {
+                        let paths = paths.read().unwrap_or_else(|p| p.into_inner());
+                        let ours = event.paths.iter().any(|p| paths.contains(p));
+                        // Events were lost (the kernel's queue overflowed): ours may be among them.
+                        if event.need_rescan()
+                            || (ours && !matches!(event.kind, EventKind::Access(_)))
+                        {
+                            // A full channel already holds a pending change: nothing is lost.
+                            let _ = changed.try_send(());
+                        }
+                    }
+                    Err(e) => tracing::warn!("config watcher: {e}"),
+                }
+            })
+            .map_err(io_error(&dir))?;
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(io_error(&dir))?;
+        let mut follower = Self {
+            watcher,
+            dir,
+            own,
+            target_dir: None,
+            watched,
+        };
+        follower.follow();
+        Ok(follower)
+    }
+
+    /// Follows the config link's target anew (blocking: filesystem calls); see
+    /// [`follow_target`].
+    fn follow(&mut self) {
+        follow_target(
+            &mut self.watcher,
+            &self.dir,
+            &mut self.target_dir,
+            &self.watched,
+            &self.own,
+        );
+    }
 }
 
 fn folder_of(path: &Path) -> PathBuf {

@@ -23,6 +23,7 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use serde_json::Value;
 
 use crate::connection::ConnectContext;
+use crate::error::ConnectError;
 use crate::logs::ServerLog;
 use mag_common::config::{ServerEntry, TransportType, expand_vars};
 
@@ -40,18 +41,19 @@ pub enum Opened {
 }
 
 /// Opens the transport `entry` names. `log` receives a stdio server's stderr; `ctx` gives
-/// the shared HTTP client for legacy SSE and the variables kept from child processes.
+/// the shared HTTP clients and the variables kept from child processes.
 ///
 /// # Errors
-/// A sentence naming the cause (see [`stdio::spawn`], [`sse::SseTransport::connect`], and
-/// bad `url` or `headers` after `${VAR}` expansion). Never a header or variable value.
+/// The cause, of its kind (see [`stdio::spawn`], [`sse::SseTransport::connect`]; a bad
+/// `url` or `headers` after `${VAR}` expansion is [`ConnectError::Config`]). Never a header
+/// or variable value.
 pub async fn open(
     entry: &ServerEntry,
     log: Arc<ServerLog>,
     ctx: &ConnectContext,
-) -> Result<Opened, String> {
+) -> Result<Opened, ConnectError> {
     match entry.transport {
-        TransportType::Stdio => stdio::spawn(entry, log, ctx).map(Opened::Stdio),
+        TransportType::Stdio => stdio::spawn(entry, log, ctx).await.map(Opened::Stdio),
         TransportType::Sse => {
             let url = expanded_url(entry)?;
             let headers = header_map(entry)?;
@@ -70,32 +72,42 @@ pub async fn open(
                 .custom_headers(headers)
                 .max_sse_event_size(MAX_HTTP_MESSAGE)
                 .max_concurrent_requests(max_concurrent);
-            let client = http::RepairingClient::new()
-                .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
             Ok(Opened::StreamableHttp(
-                StreamableHttpClientTransport::with_client(client, config),
+                StreamableHttpClientTransport::with_client(ctx.streamable_http.clone(), config),
             ))
         }
     }
 }
 
-fn expanded_url(entry: &ServerEntry) -> Result<String, String> {
+/// The entry's `url`, `${VAR}`s expanded, checked to parse.
+///
+/// # Errors
+/// [`ConnectError::Config`]: an unset variable, a URL that does not parse.
+fn expanded_url(entry: &ServerEntry) -> Result<String, ConnectError> {
     let url = entry.url.as_deref().unwrap_or_default();
-    let url =
-        expand_vars(url, |name| std::env::var(name).ok()).map_err(|e| format!("in url: {e}"))?;
-    reqwest::Url::parse(&url).map_err(|e| format!("invalid url: {e}"))?;
+    let url = expand_vars(url, |name| std::env::var(name).ok())
+        .map_err(|e| ConnectError::Config(format!("in url: {e}")))?;
+    reqwest::Url::parse(&url).map_err(|e| ConnectError::Config(format!("invalid url: {e}")))?;
     Ok(url)
 }
 
-fn header_map(entry: &ServerEntry) -> Result<HeaderMap, String> {
+/// The entry's `headers`, `${VAR}`s expanded.
+///
+/// # Errors
+/// [`ConnectError::Config`]: an invalid name, an unset variable, an invalid value (the
+/// value is never quoted).
+fn header_map(entry: &ServerEntry) -> Result<HeaderMap, ConnectError> {
     let mut headers = HeaderMap::new();
     for (key, value) in &entry.headers {
         let name = HeaderName::try_from(key.as_str())
-            .map_err(|_| format!("invalid header name {key:?}"))?;
+            .map_err(|_| ConnectError::Config(format!("invalid header name {key:?}")))?;
         let value = expand_vars(value, |name| std::env::var(name).ok())
-            .map_err(|e| format!("in header {key}: {e}"))?;
-        let value = HeaderValue::try_from(value)
-            .map_err(|_| format!("header {key} has a value that is not a valid header value"))?;
+            .map_err(|e| ConnectError::Config(format!("in header {key}: {e}")))?;
+        let value = HeaderValue::try_from(value).map_err(|_| {
+            ConnectError::Config(format!(
+                "header {key} has a value that is not a valid header value"
+            ))
+        })?;
         headers.insert(name, value);
     }
     Ok(headers)

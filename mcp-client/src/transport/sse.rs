@@ -16,6 +16,7 @@ use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use sse_stream::{Sse, SseStream};
 
+use crate::error::ConnectError;
 use crate::transport::{ServerMessage, read_server_message};
 use mag_common::error_chain;
 
@@ -56,10 +57,19 @@ impl SseTransport {
     /// Opens the event stream at `url` and waits for the `endpoint` event.
     ///
     /// # Errors
-    /// A sentence: the URL is invalid, the GET failed or was not answered with 2xx and
-    /// `text/event-stream`, or the stream ended before an `endpoint` event.
-    pub async fn connect(client: Client, url: &str, headers: HeaderMap) -> Result<Self, String> {
-        let base = Url::parse(url).map_err(|e| format!("invalid url: {e}"))?;
+    /// The cause, of its kind: [`ConnectError::Config`] (the URL is invalid), the kind of
+    /// the GET's failure ([`crate::error::failure_kind`]: refused, TLS, …),
+    /// [`ConnectError::HttpStatus`] (not answered with 2xx), [`ConnectError::Protocol`]
+    /// (not `text/event-stream`, no usable `endpoint` event before the stream ended, an
+    /// endpoint on another origin), [`ConnectError::Transport`] (the stream broke). The URL
+    /// is named without its query.
+    pub async fn connect(
+        client: Client,
+        url: &str,
+        headers: HeaderMap,
+    ) -> Result<Self, ConnectError> {
+        let base =
+            Url::parse(url).map_err(|e| ConnectError::Config(format!("invalid url: {e}")))?;
         let response = client
             .get(base.clone())
             .headers(headers.clone())
@@ -67,15 +77,16 @@ impl SseTransport {
             .send()
             .await
             .map_err(|e| {
-                format!(
-                    "GET {}: {}",
-                    without_query(&base),
-                    error_chain(&e.without_url())
-                )
+                let e = e.without_url();
+                let text = format!("GET {}: {}", without_query(&base), error_chain(&e));
+                ConnectError::from_transport(&e, text)
             })?;
         let status = response.status();
         if !status.is_success() {
-            return Err(format!("GET {}: HTTP {status}", without_query(&base)));
+            return Err(ConnectError::HttpStatus {
+                status: status.as_u16(),
+                message: format!("GET {}: HTTP {status}", without_query(&base)),
+            });
         }
         let content_type = response
             .headers()
@@ -83,10 +94,10 @@ impl SseTransport {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         if !content_type.starts_with("text/event-stream") {
-            return Err(format!(
+            return Err(ConnectError::Protocol(format!(
                 "GET {}: expected an event stream, got content type {content_type:?}",
                 without_query(&base)
-            ));
+            )));
         }
         let mut events: EventStream =
             Box::pin(SseStream::from_bytes_stream(response.bytes_stream()));
@@ -95,14 +106,25 @@ impl SseTransport {
                 Some(Ok(event)) if event.event.as_deref() == Some("endpoint") => {
                     let data = event.data.unwrap_or_default();
                     let endpoint = base.join(data.trim()).map_err(|e| {
-                        format!("invalid endpoint event {}: {e}", cut_query(data.trim()))
+                        ConnectError::Protocol(format!(
+                            "invalid endpoint event {}: {e}",
+                            cut_query(data.trim())
+                        ))
                     })?;
-                    check_origin(&base, &endpoint)?;
+                    check_origin(&base, &endpoint).map_err(ConnectError::Protocol)?;
                     break endpoint;
                 }
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(format!("reading the event stream: {e}")),
-                None => return Err("the event stream ended before its endpoint event".into()),
+                Some(Err(e)) => {
+                    return Err(ConnectError::Transport(format!(
+                        "reading the event stream: {e}"
+                    )));
+                }
+                None => {
+                    return Err(ConnectError::Protocol(
+                        "the event stream ended before its endpoint event".into(),
+                    ));
+                }
             }
         };
         Ok(Self {

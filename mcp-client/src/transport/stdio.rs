@@ -15,52 +15,23 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use mag_common::process_group::{self, GroupLeader, is_base_env};
+use nix::sys::signal::Signal;
 use rmcp::RoleClient;
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{ChildStdin, ChildStdout, Command};
 use tokio::sync::{Mutex, watch};
+use tokio_util::task::TaskTracker;
 
 use crate::connection::ConnectContext;
+use crate::error::ConnectError;
 use crate::ledger::Ledger;
 use crate::logs::ServerLog;
 use crate::subreaper;
 use crate::transport::{ServerMessage, read_server_message};
 use mag_common::config::{ServerEntry, expand_vars};
-
-/// The variables of the daemon's environment an `ai_generated` server gets besides its
-/// entry's own `env` (see [`is_base_env`]): what a program needs to run and to reach the
-/// network, never a key or a token.
-pub const BASE_ENV: [&str; 16] = [
-    "PATH",
-    "HOME",
-    "USER",
-    "LANG",
-    "TZ",
-    "TMPDIR",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "ALL_PROXY",
-];
-
-/// Whether a variable of the daemon's environment is one every program may see:
-/// [`BASE_ENV`] and the locale's `LC_*`. An `ai_generated` server (code an LLM wrote) starts
-/// with only these plus its entry's `env`, so it never inherits the operator's secrets (model
-/// API keys, tokens); a tool that needs one gets it named in its entry, e.g.
-/// `"env": {"WEATHER_KEY": "${WEATHER_KEY}"}`.
-pub fn is_base_env(name: &str) -> bool {
-    BASE_ENV.contains(&name) || name.starts_with("LC_")
-}
 
 /// The longest JSON-RPC line accepted from a server, in bytes (256 MiB); a longer line is
 /// logged as too long and skipped.
@@ -74,21 +45,25 @@ pub struct Spawned {
     pub group: ProcessGroup,
 }
 
-/// Starts `entry` (a stdio entry) as a child in a new process group, with `${VAR}` expanded
-/// in `args` and `env`, the variables in `ctx.scrub_env` removed (an `ai_generated` entry
-/// keeps only [`is_base_env`] ones), stderr copied to `log`.
+/// Starts `entry` (a stdio entry) as the leader of a new process group
+/// ([`process_group::spawn_leader`]), with `${VAR}` expanded in `args` and `env`, the
+/// variables in `ctx.scrub_env` removed (an `ai_generated` entry keeps only
+/// [`is_base_env`] ones: it never inherits the operator's keys and tokens), stderr copied to
+/// `log`.
 /// The group is recorded in the daemon's [`Ledger`] until it has ended, and the child gets
 /// SIGTERM if the daemon dies (`PR_SET_PDEATHSIG`). The child's environment gets
 /// [`subreaper::MARKER_VAR`], so processes that escape its group are ended with it.
 ///
 /// # Errors
-/// A sentence naming the cause: a variable that is not set, a `cwd` that does not exist, a
-/// command that is not found or cannot be executed. Never an environment value.
-pub fn spawn(
+/// The cause, of its kind: [`ConnectError::Config`] (a variable that is not set, a `cwd`
+/// that is not a directory), [`ConnectError::CommandNotFound`],
+/// [`ConnectError::CommandNotExecutable`], [`ConnectError::SpawnFailed`]. Never an
+/// environment value.
+pub async fn spawn(
     entry: &ServerEntry,
     log: Arc<ServerLog>,
     ctx: &ConnectContext,
-) -> Result<Spawned, String> {
+) -> Result<Spawned, ConnectError> {
     let program = entry.command.as_deref().unwrap_or_default();
     let lookup = |name: &str| std::env::var(name).ok();
     let mut command = Command::new(program);
@@ -102,25 +77,33 @@ pub fn spawn(
         command.env_remove(name);
     }
     for arg in &entry.args {
-        command.arg(expand_vars(arg, lookup).map_err(|e| format!("in args: {e}"))?);
+        command.arg(
+            expand_vars(arg, lookup).map_err(|e| ConnectError::Config(format!("in args: {e}")))?,
+        );
     }
     for (key, value) in &entry.env {
         command.env(
             key,
-            expand_vars(value, lookup).map_err(|e| format!("in env {key}: {e}"))?,
+            expand_vars(value, lookup)
+                .map_err(|e| ConnectError::Config(format!("in env {key}: {e}")))?,
         );
     }
     if let Some(cwd) = &entry.cwd {
-        if !cwd.is_dir() {
-            return Err(format!("cwd {} is not a directory", cwd.display()));
+        // (A stat, on the blocking pool.)
+        let is_dir = tokio::fs::metadata(cwd).await.is_ok_and(|m| m.is_dir());
+        if !is_dir {
+            return Err(ConnectError::Config(format!(
+                "cwd {} is not a directory",
+                cwd.display()
+            )));
         }
         command.current_dir(cwd);
     }
+    // (The new process group is process-wrap's `ProcessGroup::leader()`, in `spawn_leader`.)
     command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
     // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
     // which is async-signal-safe. The "parent" of PDEATHSIG is the spawning thread: a tokio
@@ -130,26 +113,39 @@ pub fn spawn(
             nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
         });
     }
+    // From here to the watcher's start, no `.await`: a connect cancelled by being dropped
+    // cannot leave a started process unwatched (the child is killed on drop until then).
     // Recorded before the reaper can see it exit (see `subreaper::spawning`); set last, so
     // an entry's own `env` cannot take it away.
     let spawning = subreaper::spawning();
     command.env(subreaper::MARKER_VAR, spawning.marker());
-    let mut child = command.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!("command {program:?} not found"),
-        std::io::ErrorKind::PermissionDenied => format!("command {program:?} is not executable"),
-        _ => format!("cannot start command {program:?}: {e}"),
+    let (mut child, pid) = process_group::spawn_leader(command).map_err(|e| {
+        let program = program.to_string();
+        match e.kind() {
+            std::io::ErrorKind::NotFound => ConnectError::CommandNotFound { program },
+            std::io::ErrorKind::PermissionDenied => ConnectError::CommandNotExecutable { program },
+            _ => ConnectError::SpawnFailed {
+                program,
+                reason: e.to_string(),
+            },
+        }
     })?;
-    let pid = child
-        .id()
-        .ok_or("the child exited before it could be watched")?;
     let marker = spawning.spawned(pid);
-    log.note(&format!("started {program} (pid {pid})"));
-    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    // First in the log, before anything the server writes.
+    log.note_now(&format!("started {program} (pid {pid})"));
+    let (stdin, stdout, stderr) = (
+        child.stdin().take(),
+        child.stdout().take(),
+        child.stderr().take(),
+    );
     let (Some(stdin), Some(stdout), Some(stderr)) = (stdin, stdout, stderr) else {
-        return Err("the child's pipes were not set up".into());
+        return Err(ConnectError::SpawnFailed {
+            program: program.to_string(),
+            reason: "the child's pipes were not set up".into(),
+        });
     };
     let stderr_log = log.clone();
-    tokio::spawn(async move {
+    ctx.tasks.spawn(async move {
         let mut lines = BufReader::new(stderr);
         let mut line = Vec::new();
         loop {
@@ -160,13 +156,24 @@ pub fn spawn(
                 .await
             {
                 Ok(0) | Err(_) => break,
-                Ok(_) => stderr_log.stderr_line(line.strip_suffix(b"\n").unwrap_or(&line)),
+                Ok(_) => {
+                    stderr_log
+                        .stderr_line(line.strip_suffix(b"\n").unwrap_or(&line))
+                        .await;
+                }
             }
         }
         stderr_log.stderr_closed();
     });
     ctx.ledger.add(pid);
-    let group = ProcessGroup::watch(child, pid, marker.into(), log.clone(), ctx.ledger.clone());
+    let group = ProcessGroup::watch(
+        child,
+        pid,
+        marker.into(),
+        log.clone(),
+        ctx.ledger.clone(),
+        &ctx.tasks,
+    );
     Ok(Spawned {
         transport: StdioTransport {
             reader: BufReader::with_capacity(64 * 1024, stdout),
@@ -197,31 +204,38 @@ pub const STOP_GRACE: Duration = Duration::from_secs(2);
 
 impl ProcessGroup {
     fn watch(
-        mut child: Child,
+        mut child: GroupLeader,
         pid: u32,
         marker: Arc<str>,
         log: Arc<ServerLog>,
         ledger: Arc<Ledger>,
+        tasks: &TaskTracker,
     ) -> Self {
         let (tx, exit) = watch::channel(None);
         let escaped = marker.clone();
-        tokio::spawn(async move {
-            let status = child.wait().await;
+        tasks.spawn(async move {
+            // The leader alone (tokio reaps it by its pid): what it leaves in its group is
+            // ended below, and reaped by the subreaper's reaper once it is our child.
+            let status = process_group::wait_leader(&mut child).await;
             subreaper::waited(pid);
             let status = match status {
                 Ok(status) => status,
                 Err(e) => {
                     tracing::warn!(pid, "cannot wait for server process: {e}");
-                    end_group(pid, Duration::ZERO).await;
+                    process_group::end(pid, Duration::ZERO).await;
                     end_escaped(&escaped, Duration::ZERO, &log).await;
                     ledger.remove(pid);
                     return;
                 }
             };
-            log.note(&format!("process {pid} exited: {}", describe_exit(status)));
+            log.note(&format!(
+                "process {pid} exited: {}",
+                process_group::describe_exit(status)
+            ))
+            .await;
             let _ = tx.send(Some(status));
             // The leader is gone; end what it left in its group, and what left the group.
-            end_group(pid, STOP_GRACE).await;
+            process_group::end(pid, STOP_GRACE).await;
             end_escaped(&escaped, STOP_GRACE, &log).await;
             ledger.remove(pid);
         });
@@ -247,7 +261,7 @@ impl ProcessGroup {
 
     /// SIGKILL to the whole group, at once (for a connect abandoned half-way).
     pub fn kill_now(&self) {
-        signal_group(self.pid, Signal::SIGKILL);
+        process_group::signal(self.pid, Signal::SIGKILL);
     }
 
     /// Ends the group: SIGTERM to every member, SIGKILL after `grace` to whatever is left;
@@ -255,53 +269,17 @@ impl ProcessGroup {
     /// exited and the rest are gone or killed (each step at most `grace` plus a moment).
     pub async fn stop(&self, grace: Duration) {
         if self.exit_status().is_none() {
-            signal_group(self.pid, Signal::SIGTERM);
+            process_group::signal(self.pid, Signal::SIGTERM);
             if tokio::time::timeout(grace, self.exited()).await.is_err() {
-                signal_group(self.pid, Signal::SIGKILL);
+                process_group::signal(self.pid, Signal::SIGKILL);
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.exited()).await;
             }
         }
-        end_group(self.pid, grace).await;
+        // What is left of the group; `end` waits until it is gone (or a second after its
+        // SIGKILL), so what those had started has been re-parented to mcp-client when
+        // `end_escaped` looks.
+        process_group::end(self.pid, grace).await;
         subreaper::end_escaped(&self.marker, grace).await;
-    }
-}
-
-fn signal_group(pid: u32, signal: Signal) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    killpg(Pid::from_raw(pid), signal).is_ok()
-}
-
-/// SIGTERM to what is left of a group, SIGKILL after `grace` if any member remains; then
-/// up to a second for the killed to be gone (so that what they had started has been
-/// re-parented to mcp-client when [`subreaper::end_escaped`] looks).
-async fn end_group(pid: u32, grace: Duration) {
-    if !signal_group(pid, Signal::SIGTERM) {
-        return;
-    }
-    if group_gone_within(pid, grace).await {
-        return;
-    }
-    signal_group(pid, Signal::SIGKILL);
-    group_gone_within(pid, Duration::from_secs(1)).await;
-}
-
-/// Waits up to `limit` for the group `pid` to have no member (zombies count until reaped);
-/// whether it has none.
-async fn group_gone_within(pid: u32, limit: Duration) -> bool {
-    let Ok(raw) = i32::try_from(pid) else {
-        return true;
-    };
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if killpg(Pid::from_raw(raw), None).is_err() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -312,24 +290,12 @@ async fn end_escaped(marker: &str, grace: Duration, log: &ServerLog) {
         log.note(&format!(
             "ended {} process(es) that had left the server's process group: {ended:?}",
             ended.len()
-        ));
+        ))
+        .await;
         tracing::info!(
             count = ended.len(),
             "ended processes that had left a server's process group"
         );
-    }
-}
-
-/// "exit status 3", "killed by signal 9 (SIGKILL)".
-pub fn describe_exit(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit status {code}"),
-        (None, Some(signal)) => match Signal::try_from(signal) {
-            Ok(name) => format!("killed by signal {signal} ({name})"),
-            Err(_) => format!("killed by signal {signal}"),
-        },
-        _ => status.to_string(),
     }
 }
 
@@ -370,9 +336,11 @@ impl StdioTransport {
             if self.line.len() <= MAX_LINE {
                 return true; // the last line, without a newline
             }
-            self.log.note(&format!(
-                "skipped a stdout line longer than {MAX_LINE} bytes"
-            ));
+            self.log
+                .note(&format!(
+                    "skipped a stdout line longer than {MAX_LINE} bytes"
+                ))
+                .await;
             let mut sink = Vec::new();
             loop {
                 sink.clear();
@@ -419,23 +387,26 @@ impl Transport<RoleClient> for StdioTransport {
             let start = line.iter().position(|b| !b.is_ascii_whitespace());
             let Some(start) = start else { continue };
             if line[start] != b'{' {
-                self.log.stdout_noise(line);
+                self.log.stdout_noise(line).await;
                 continue;
             }
             match read_server_message(line) {
                 ServerMessage::Valid(message) => return Some(message),
                 ServerMessage::Repaired { message, why } => {
-                    self.log.stdout_noise(line);
-                    self.log.note(&format!(
-                        "the line above is a malformed JSON-RPC response ({why}); its request \
-                         fails with that"
-                    ));
+                    self.log.stdout_noise(line).await;
+                    self.log
+                        .note(&format!(
+                            "the line above is a malformed JSON-RPC response ({why}); its \
+                             request fails with that"
+                        ))
+                        .await;
                     return Some(message);
                 }
                 ServerMessage::Invalid(e) => {
-                    self.log.stdout_noise(line);
+                    self.log.stdout_noise(line).await;
                     self.log
-                        .note(&format!("the line above is not a JSON-RPC message: {e}"));
+                        .note(&format!("the line above is not a JSON-RPC message: {e}"))
+                        .await;
                 }
             }
         }
