@@ -22,9 +22,10 @@ use tokio_util::task::TaskTracker;
 use crate::connection::{CallError, ConnectContext, Connection};
 use crate::error::{CONNECTION_LOST, ConnectError, Error, Result};
 use crate::metrics::Metrics;
-use mag_common::config::{
-    CONFIG_READ_BOUND, ConfigError, McpConfig, ServerEntry, read_regular_file, revision,
-};
+use slot::{PendingDisconnect, Slot, SlotState};
+
+mod slot;
+use mag_common::config::{CONFIG_READ_BOUND, ConfigError, McpConfig, read_regular_file, revision};
 
 /// At most this many connects of wanted servers (`autoConnect`, reconnects) run at once, as
 /// mag-server's `connect/all` does; explicit `/connect_server` calls are not held back.
@@ -66,77 +67,6 @@ struct Inner {
     wanted_connects: tokio::sync::Semaphore,
     /// Every expanded `${VAR}` value of the configs applied so far, with its reference.
     known_secrets: Mutex<std::collections::BTreeMap<String, String>>,
-}
-
-struct Slot {
-    name: String,
-    /// Serializes connect and disconnect of this server.
-    op: tokio::sync::Mutex<()>,
-    state: Mutex<SlotState>,
-}
-
-struct SlotState {
-    entry: ServerEntry,
-    connection: Option<Arc<Connection>>,
-    status: Status,
-    init_attempted: bool,
-    error: Option<String>,
-    /// The kind of `error` (`ServerView::error_kind`).
-    error_kind: Option<&'static str>,
-    reconnects: u64,
-    removed: bool,
-    /// The operator (or `autoConnect`) wants it connected: a lost connection is made again.
-    wanted: bool,
-    /// Failed attempts in the current outage.
-    attempts: u32,
-    /// Cancels the pending reconnect loop, if one runs.
-    retry: Option<CancellationToken>,
-    /// Cancels the connect in flight, if one runs.
-    connecting: Option<CancellationToken>,
-    /// Disconnects waiting for this server's lock: a connect that gets the lock meanwhile
-    /// gives way ([`ConnectError::Cancelled`]).
-    disconnects: u32,
-    /// Why the latest disconnect was asked (the cause of a connect it cancelled).
-    cancelled_by: Option<String>,
-}
-
-impl Slot {
-    fn new(name: &str, entry: ServerEntry) -> Arc<Self> {
-        let status = if entry.disabled {
-            Status::Disabled
-        } else {
-            Status::Disconnected
-        };
-        Arc::new(Self {
-            name: name.to_string(),
-            op: tokio::sync::Mutex::new(()),
-            state: Mutex::new(SlotState {
-                entry,
-                connection: None,
-                status,
-                init_attempted: false,
-                error: None,
-                error_kind: None,
-                reconnects: 0,
-                removed: false,
-                wanted: false,
-                attempts: 0,
-                retry: None,
-                connecting: None,
-                disconnects: 0,
-                cancelled_by: None,
-            }),
-        })
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The live connection, if any.
-    fn connection(&self) -> Option<Arc<Connection>> {
-        self.state().connection.clone().filter(|c| !c.is_closed())
-    }
 }
 
 impl Supervisor {
@@ -768,38 +698,6 @@ impl Supervisor {
             _ if self.inner.shutting_down.is_cancelled() => "mcp-client is shutting down".into(),
             _ => "the connect was cancelled".into(),
         }
-    }
-}
-
-/// A disconnect waiting for its server's lock: while it lives, the server is not wanted, its
-/// reconnect loop and connect in flight are cancelled, and no new connect starts (see
-/// [`SlotState::disconnects`]). Dropped once the lock is held, or with an abandoned
-/// disconnect.
-struct PendingDisconnect<'a> {
-    slot: &'a Slot,
-}
-
-impl<'a> PendingDisconnect<'a> {
-    fn new(slot: &'a Slot, reason: &str) -> Self {
-        let mut state = slot.state();
-        state.disconnects += 1;
-        state.cancelled_by = Some(reason.to_string());
-        state.wanted = false;
-        if let Some(retry) = state.retry.take() {
-            retry.cancel();
-        }
-        if let Some(connecting) = state.connecting.take() {
-            connecting.cancel();
-        }
-        drop(state);
-        Self { slot }
-    }
-}
-
-impl Drop for PendingDisconnect<'_> {
-    fn drop(&mut self) {
-        let mut state = self.slot.state();
-        state.disconnects = state.disconnects.saturating_sub(1);
     }
 }
 
