@@ -9,6 +9,7 @@
 //! operation, without HTTP), [`api`] (thin HTTP handlers), [`error`].
 
 pub mod api;
+pub mod cli;
 pub mod client;
 pub mod config_store;
 pub mod control;
@@ -37,7 +38,6 @@ use crate::generation::install::Toolsmith;
 use crate::settings::Settings;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
-use crate::store::mongo::MongoStore;
 use crate::supervisor::Supervisor;
 
 /// How long requests in flight may take to finish once shutdown began; mcp-client's stop
@@ -58,7 +58,7 @@ pub const DRAIN_BOUND: Duration = Duration::from_secs(5);
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 ) -> Result<()> {
     if let Err(e) = std::fs::create_dir_all(&settings.data_dir) {
         tracing::warn!(
@@ -179,7 +179,7 @@ fn register_secrets(settings: &Settings) {
         .collect();
     // The store's password on its own too: a driver's error may name it without the URL.
     if let Some(url) = &settings.mongodb_url {
-        values.extend(crate::store::mongo::url_secrets(url.expose()));
+        values.extend(crate::store::url_secrets(url.expose()));
     }
     let values = values.into_iter().map(|value| (value, "***".to_string()));
     mag_common::secrets::global().set("mag-server", values);
@@ -218,10 +218,23 @@ pub const DATA_DIR_LOCK: &str = "mag-server.lock";
 /// `DATA_DIR/conversations.sqlite3`.
 ///
 /// # Errors
-/// [`Error::Store`]: the URL does not parse, or the embedded file cannot be opened.
+/// [`Error::Store`]: the URL does not parse, the embedded file cannot be opened, or
+/// `MONGODB_URL` is set in a build without the `mongodb` feature.
 pub async fn open_store(settings: &Settings) -> Result<Store> {
     let store: Store = match &settings.mongodb_url {
-        Some(url) => Arc::new(MongoStore::connect(url.expose(), &settings.mongodb_db).await?),
+        #[cfg(feature = "mongodb")]
+        Some(url) => Arc::new(
+            crate::store::mongo::MongoStore::connect(url.expose(), &settings.mongodb_db).await?,
+        ),
+        #[cfg(not(feature = "mongodb"))]
+        Some(_) => {
+            return Err(Error::Store(crate::store::StoreError::Unavailable(
+                "MONGODB_URL is set, but this mag-server was built without MongoDB support: \
+                 build it with the `mongodb` feature (the default; without \
+                 --no-default-features)"
+                    .into(),
+            )));
+        }
         None => Arc::new(EmbeddedStore::open(
             &settings.data_dir.join(EMBEDDED_STORE_FILE),
         )?),

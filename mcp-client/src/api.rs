@@ -225,36 +225,77 @@ async fn tool_call(
     Ok(Json(answer))
 }
 
-/// Runs a tool call on its own task, so that a REST caller that goes away (a client
-/// timeout, a closed browser tab) does not cancel it on the server: a disconnect is not a
-/// cancellation request, and servers on older SDKs (Python `mcp` 1.9) crash on one. The
-/// call runs to its end or its timeout; a result nobody waits for is logged and dropped.
+/// Runs a tool call so that a REST caller that goes away (a client timeout, a closed browser
+/// tab) does not cancel it on the server: a disconnect is not a cancellation request, and
+/// servers on older SDKs (Python `mcp` 1.9) crash on one. The call runs in the handler (no
+/// task hop on the common path); only when the handler is dropped before the end does the
+/// call move to a task of its own, where it runs to its end or its timeout and its result,
+/// which nobody waits for, is logged and dropped.
 async fn detached_call(
     supervisor: &Supervisor,
     server: &str,
     tool: &str,
     arguments: rmcp::model::JsonObject,
 ) -> Result<CallOutcome, Error> {
-    let (answer, answered) = tokio::sync::oneshot::channel();
-    let tasks = supervisor.tasks().clone();
-    let (supervisor, server, tool) = (supervisor.clone(), server.to_string(), tool.to_string());
-    tasks.spawn(async move {
-        let outcome = supervisor.call_tool(&server, &tool, arguments).await;
-        if answer.send(outcome).is_err() {
-            tracing::info!(
-                server,
-                tool,
-                "the caller went away before the tool call ended; its result was dropped \
-                 (set \"cancelOnDisconnect\": true on the server to cancel such calls)"
+    let (owner, server, tool) = (supervisor.clone(), server.to_string(), tool.to_string());
+    let call = Box::pin(async move {
+        let outcome = owner.call_tool(&server, &tool, arguments).await;
+        (server, tool, outcome)
+    });
+    let (_, _, outcome) = DetachOnDrop {
+        call: Some(call),
+        tasks: supervisor.tasks().clone(),
+    }
+    .await;
+    outcome
+}
+
+type DetachedCall = std::pin::Pin<
+    Box<dyn Future<Output = (String, String, Result<CallOutcome, Error>)> + Send + 'static>,
+>;
+
+/// A tool call that, when dropped unfinished, finishes on a task of `tasks` (see
+/// [`detached_call`]).
+struct DetachOnDrop {
+    call: Option<DetachedCall>,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Future for DetachOnDrop {
+    type Output = (String, String, Result<CallOutcome, Error>);
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(call) = self.call.as_mut() else {
+            return std::task::Poll::Pending;
+        };
+        let done = std::task::ready!(call.as_mut().poll(cx));
+        self.call = None;
+        std::task::Poll::Ready(done)
+    }
+}
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        // Outside a runtime (it is being torn down) the call just ends with it.
+        if let (Some(call), Ok(runtime)) = (self.call.take(), tokio::runtime::Handle::try_current())
+        {
+            self.tasks.spawn_on(
+                async move {
+                    let (server, tool, _) = call.await;
+                    tracing::info!(
+                        server,
+                        tool,
+                        "the caller went away before the tool call ended; its result was dropped \
+                     (set \"cancelOnDisconnect\": true on the server to cancel such calls)"
+                    );
+                },
+                &runtime,
             );
         }
-    });
-    answered.await.unwrap_or_else(|_| {
-        Err(Error::Io {
-            context: "the tool call's task failed".into(),
-            source: std::io::Error::other("the task ended without an answer"),
-        })
-    })
+    }
 }
 
 /// The text of a result with `isError`, for the `error` field (never empty).

@@ -80,7 +80,7 @@ pub struct Options {
 pub async fn run(
     options: Options,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 ) -> Result<()> {
     subreaper::start();
     // Ending a crashed run's leftovers waits for them: off the async threads.

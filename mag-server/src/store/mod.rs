@@ -22,6 +22,7 @@
 //! write; see [`mongo`]).
 
 pub mod embedded;
+#[cfg(feature = "mongodb")]
 pub mod mongo;
 
 use std::sync::Arc;
@@ -30,7 +31,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-pub use mongodb::bson::DateTime;
+pub use bson::DateTime;
 
 pub use crate::llm::TokenUsage;
 
@@ -221,3 +222,34 @@ pub trait ConversationStore: Send + Sync {
 
 /// A shared store.
 pub type Store = Arc<dyn ConversationStore>;
+
+/// The password of `url`'s user info, as written and percent-decoded (empty when none). A
+/// MongoDB URL may list several hosts (`db1:27017,db2`), which no URL parser takes.
+pub fn url_secrets(url: &str) -> Vec<String> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Vec::new();
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let Some((userinfo, _)) = authority.rsplit_once('@') else {
+        return Vec::new();
+    };
+    let Some((_, password)) = userinfo.split_once(':') else {
+        return Vec::new();
+    };
+    let mut secrets = Vec::new();
+    if !password.is_empty() {
+        secrets.push(password.to_owned());
+        let decoded = percent_decode(password);
+        if decoded != password {
+            secrets.push(decoded);
+        }
+    }
+    secrets
+}
+
+/// `%XX` escapes decoded (invalid ones kept as written).
+fn percent_decode(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}

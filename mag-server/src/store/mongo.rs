@@ -40,7 +40,7 @@ use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::{
     CONVERSATION_TYPE, Conversation, ConversationRecord, ConversationStore, ListQuery, McpGen,
-    RoundSave, StoreError,
+    RoundSave, StoreError, url_secrets,
 };
 
 /// The `conversations` collection.
@@ -539,37 +539,6 @@ fn is_duplicate_key(e: &DriverError) -> bool {
         ErrorKind::Command(c) => c.code == 11000,
         _ => false,
     }
-}
-
-/// The password of `url`'s user info, as written and percent-decoded (empty when none). A
-/// MongoDB URL may list several hosts (`db1:27017,db2`), which no URL parser takes.
-pub fn url_secrets(url: &str) -> Vec<String> {
-    let Some((_, rest)) = url.split_once("://") else {
-        return Vec::new();
-    };
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let Some((userinfo, _)) = authority.rsplit_once('@') else {
-        return Vec::new();
-    };
-    let Some((_, password)) = userinfo.split_once(':') else {
-        return Vec::new();
-    };
-    let mut secrets = Vec::new();
-    if !password.is_empty() {
-        secrets.push(password.to_owned());
-        let decoded = percent_decode(password);
-        if decoded != password {
-            secrets.push(decoded);
-        }
-    }
-    secrets
-}
-
-/// `%XX` escapes decoded (invalid ones kept as written).
-fn percent_decode(text: &str) -> String {
-    percent_encoding::percent_decode_str(text)
-        .decode_utf8_lossy()
-        .into_owned()
 }
 
 /// `text` with every secret replaced by `***`.

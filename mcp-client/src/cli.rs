@@ -1,0 +1,130 @@
+//! `mcp-client`: see the crate docs and `mcp-client --help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Keeps connections to MCP servers and serves their tools over a local HTTP API.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The mcp.json listing the servers.
+    #[arg(long, default_value = "config/mcp.json")]
+    config: PathBuf,
+    /// Address of the HTTP API (loopback unless you mean it; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8765")]
+    listen: SocketAddr,
+    /// Folder for the daemon's log and servers/NAME.stderr.log.
+    #[arg(long, default_value = "logs")]
+    log_dir: PathBuf,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = mcp_client::api::DEFAULT_BODY_LIMIT)]
+    body_limit: usize,
+    /// Largest config file read, in bytes; a larger one is a config error.
+    #[arg(long, default_value_t = mag_common::config::DEFAULT_CONFIG_LIMIT, value_name = "BYTES")]
+    config_limit: u64,
+    /// Web origins (scheme://host[:port], comma-separated) whose requests are taken, besides
+    /// loopback ones (no CORS: for pages served through the same proxy); a request with any
+    /// other Origin is refused (403).
+    #[arg(long, value_delimiter = ',', value_name = "ORIGINS")]
+    allowed_origins: Vec<String>,
+    /// Host names (comma-separated) the API answers to besides its own address and loopback
+    /// names, e.g. a reverse proxy's; any other Host is refused (403, DNS rebinding).
+    #[arg(long, value_delimiter = ',', value_name = "HOSTS")]
+    allowed_hosts: Vec<String>,
+    /// At most this many open connections; the next ones are answered 503 and closed.
+    #[arg(long, default_value_t = mag_common::http_edge::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    max_connections: usize,
+    /// Name of an environment variable holding an API token: every endpoint but GET / then
+    /// wants `Authorization: Bearer TOKEN`. The variable is kept from server processes.
+    #[arg(long, value_name = "NAME")]
+    token_env: Option<String>,
+    /// Seconds between health pings of each connected server (MCP ping); 0 turns them off.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    ping_interval: f64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let token = match &cli.token_env {
+        None => None,
+        Some(name) => match std::env::var(name) {
+            Ok(token) if !token.is_empty() => Some(token),
+            _ => {
+                eprintln!("mcp-client: --token-env {name}: the variable is not set or empty");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    if let Err(e) = std::fs::create_dir_all(&cli.log_dir) {
+        eprintln!(
+            "mcp-client: cannot create the log dir {}: {e}",
+            cli.log_dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let _flush_on_exit =
+        mag_common::logging::init_tracing(&cli.log_dir, "mcp-client.log", "info,rmcp=warn");
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("mcp-client: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listener = mcp_client::bind(cli.listen).await?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| mcp_client::Error::Io {
+                context: "cannot read the bound address".into(),
+                source,
+            })?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "the API listens beyond loopback");
+        }
+        let options = mcp_client::Options {
+            config: cli.config,
+            log_dir: cli.log_dir,
+            body_limit: cli.body_limit,
+            config_limit: cli.config_limit,
+            token,
+            allowed_origins: cli.allowed_origins,
+            allowed_hosts: cli.allowed_hosts,
+            max_connections: cli.max_connections,
+            scrub_env: cli.token_env.into_iter().collect(),
+            ping_interval: (cli.ping_interval > 0.0)
+                .then(|| std::time::Duration::try_from_secs_f64(cli.ping_interval).ok())
+                .flatten(),
+        };
+        mcp_client::run(options, listener, shutdown_signal()).await
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("mcp-client: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; use POST /shutdown");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
