@@ -101,8 +101,42 @@ pub struct ServerEntry {
     /// timeout and the result is dropped, since servers on older SDKs (Python `mcp` 1.9)
     /// crash on a cancellation of a call in flight, failing everyone's calls.
     pub cancel_on_disconnect: bool,
+    /// `allowedTools`: when given, only these of the server's tools are exposed, on the MCP
+    /// gateway and on the REST API (SPEC §8, tool filters).
+    pub allowed_tools: Option<Vec<String>>,
+    /// `disabledTools`: these tools are never exposed (applied after `allowedTools`).
+    pub disabled_tools: Vec<String>,
     /// Every other field, kept as written.
     pub extra: Map<String, Value>,
+}
+
+impl ServerEntry {
+    /// Whether the tool named `tool` is exposed: listed in `allowedTools` when that is
+    /// given, and not in `disabledTools`.
+    pub fn exposes(&self, tool: &str) -> bool {
+        self.allowed_tools
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|name| name == tool))
+            && !self.disabled_tools.iter().any(|name| name == tool)
+    }
+
+    /// Whether changing this entry into `new` needs a new session with the server. Fields
+    /// read at each call (the tool filters, `autoApprove`, `cancelOnDisconnect`,
+    /// `autoConnect`, `ai_generated`) change without one; any other field needs one.
+    pub fn needs_reconnect(&self, new: &ServerEntry) -> bool {
+        fn session_fields(entry: &ServerEntry) -> ServerEntry {
+            ServerEntry {
+                allowed_tools: None,
+                disabled_tools: Vec::new(),
+                auto_approve: Vec::new(),
+                cancel_on_disconnect: false,
+                auto_connect: false,
+                ai_generated: false,
+                ..entry.clone()
+            }
+        }
+        session_fields(self) != session_fields(new)
+    }
 }
 
 /// A whole `mcp.json`: the servers by name (sorted) and the file's other top-level fields.
@@ -461,6 +495,8 @@ struct RawEntry {
     ai_generated: bool,
     max_concurrency: Option<usize>,
     cancel_on_disconnect: bool,
+    allowed_tools: Option<Vec<String>>,
+    disabled_tools: Vec<String>,
     extra: Map<String, Value>,
 }
 
@@ -533,6 +569,8 @@ impl RawEntry {
             ai_generated: self.ai_generated,
             max_concurrency: self.max_concurrency,
             cancel_on_disconnect: self.cancel_on_disconnect,
+            allowed_tools: self.allowed_tools,
+            disabled_tools: self.disabled_tools,
             extra: self.extra,
         })
     }
@@ -577,6 +615,8 @@ impl<'de> Visitor<'de> for RawEntrySeed {
                 "ai_generated" => raw.ai_generated = map.next_value()?,
                 "maxConcurrency" => raw.max_concurrency = map.next_value()?,
                 "cancelOnDisconnect" => raw.cancel_on_disconnect = map.next_value()?,
+                "allowedTools" => raw.allowed_tools = Some(map.next_value()?),
+                "disabledTools" => raw.disabled_tools = map.next_value()?,
                 _ => {
                     let value = map.next_value::<Value>()?;
                     raw.extra.insert(key, value);

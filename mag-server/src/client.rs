@@ -230,6 +230,55 @@ impl McpClient {
         format!("{}{path}", self.base)
     }
 
+    /// Forwards one request of an MCP client to mcp-client's MCP gateway (SPEC §8) at
+    /// `path_and_query` (`/mcp…` or `/servers/NAME/mcp…`), with mag-server's token for
+    /// mcp-client in place of the caller's, streaming the body both ways (a `text/event-stream`
+    /// answer flows as mcp-client sends it). Only the MCP transport's own headers pass
+    /// ([`MCP_REQUEST_HEADERS`], [`MCP_RESPONSE_HEADERS`]).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when mcp-client cannot be reached (connect bound 3 s).
+    pub async fn forward_mcp(
+        &self,
+        path_and_query: &str,
+        request: axum::extract::Request,
+    ) -> Result<axum::response::Response> {
+        let (parts, body) = request.into_parts();
+        let mut outgoing = self
+            .http
+            .request(parts.method.clone(), self.url(path_and_query));
+        for name in MCP_REQUEST_HEADERS {
+            for value in parts.headers.get_all(*name) {
+                outgoing = outgoing.header(*name, value);
+            }
+        }
+        let token = self.token.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(token) = token {
+            outgoing = outgoing.bearer_auth(token.expose());
+        }
+        let outgoing = outgoing.body(reqwest::Body::wrap_stream(body.into_data_stream()));
+        let answer = outgoing.send().await.map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot reach mcp-client at {} (MCP {} {path_and_query}): {}",
+                self.addr,
+                parts.method,
+                error_chain(&e)
+            ))
+        })?;
+        if answer.status() == StatusCode::UNAUTHORIZED {
+            return Err(Error::TokenRefused(self.addr));
+        }
+        let mut response = axum::response::Response::builder().status(answer.status());
+        for name in MCP_RESPONSE_HEADERS {
+            for value in answer.headers().get_all(*name) {
+                response = response.header(*name, value);
+            }
+        }
+        response
+            .body(axum::body::Body::from_stream(answer.bytes_stream()))
+            .map_err(|e| Error::Unavailable(format!("cannot relay mcp-client's answer: {e}")))
+    }
+
     /// Sends `request` (`what`, e.g. `GET /servers`) with the token within `within`, and
     /// decodes a 2xx answer as `T`.
     async fn send<T: DeserializeOwned>(
@@ -286,6 +335,25 @@ impl McpClient {
         })
     }
 }
+
+/// The request headers of the MCP streamable HTTP transport that pass to mcp-client's
+/// gateway (MCP spec 2025-11-25, Transports § Streamable HTTP), and `x-mcp-server-id`.
+pub const MCP_REQUEST_HEADERS: &[&str] = &[
+    "accept",
+    "content-type",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+    "x-mcp-server-id",
+];
+
+/// The answer headers that pass back from mcp-client's gateway.
+pub const MCP_RESPONSE_HEADERS: &[&str] = &[
+    "content-type",
+    "cache-control",
+    "mcp-session-id",
+    "mcp-protocol-version",
+];
 
 /// Connects `servers` (name and bound each), at most `concurrency` at once; each name with
 /// its answer or error, in the order they finished.

@@ -337,6 +337,20 @@ impl ControlPlane {
         self.inner.client.servers(GENERAL_TIMEOUT).await
     }
 
+    /// `/mcp` and `/servers/{name}/mcp`: an MCP client's request forwarded to mcp-client's
+    /// MCP gateway (SPEC §8), streams included ([`McpClient::forward_mcp`]).
+    ///
+    /// # Errors
+    /// 503 when mcp-client is not ready or cannot be reached.
+    pub async fn forward_mcp(
+        &self,
+        path_and_query: &str,
+        request: axum::extract::Request,
+    ) -> Result<axum::response::Response> {
+        self.ready().await?;
+        self.inner.client.forward_mcp(path_and_query, request).await
+    }
+
     /// `POST /api/mcp/connect/{name}`: mcp-client's answer, bounded by the server's timeout
     /// plus a margin.
     ///

@@ -36,9 +36,10 @@ pub struct AppState {
     pub body_limit: usize,
 }
 
-/// The API's routes over `state`, behind `edge`'s checks (its `open_path` is `GET /`,
-/// which stays open with a token so supervisors can check liveness).
-pub fn router(state: AppState, edge: Edge) -> Router {
+/// The API's routes over `state` and the MCP gateway's (`/mcp`, `/servers/{name}/mcp`), all
+/// behind `edge`'s checks (its `open_path` is `GET /`, which stays open with a token so
+/// supervisors can check liveness).
+pub fn router(state: AppState, edge: Edge, gateway: crate::gateway::Gateway) -> Router {
     let routes = Router::new()
         .route("/", get(root))
         .route("/load_config", post(load_config))
@@ -49,7 +50,8 @@ pub fn router(state: AppState, edge: Edge) -> Router {
         .route("/tool_call", post(tool_call))
         .route("/shutdown", post(shutdown))
         .route("/metrics", get(metrics))
-        .with_state(state);
+        .with_state(state)
+        .merge(gateway.routes());
     mag_common::http_edge::finish(routes, edge)
 }
 

@@ -1,4 +1,6 @@
-//! `mcp-client`: see the crate docs and `mcp-client --help`.
+//! The `mcp-client` program: its command line, the log, the runtime and the signals; the
+//! binary only calls [`main`]. (Here rather than in `main.rs`, so the daemon is compiled
+//! once, in the library, not again in the binary.)
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,7 +23,7 @@ struct Cli {
     #[arg(long, default_value = "logs")]
     log_dir: PathBuf,
     /// Largest request body accepted, in bytes.
-    #[arg(long, default_value_t = mcp_client::api::DEFAULT_BODY_LIMIT)]
+    #[arg(long, default_value_t = crate::api::DEFAULT_BODY_LIMIT)]
     body_limit: usize,
     /// Largest config file read, in bytes; a larger one is a config error.
     #[arg(long, default_value_t = mag_common::config::DEFAULT_CONFIG_LIMIT, value_name = "BYTES")]
@@ -45,9 +47,18 @@ struct Cli {
     /// Seconds between health pings of each connected server (MCP ping); 0 turns them off.
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     ping_interval: f64,
+    /// Between server and name in the MCP gateway's public tool and prompt names (`/mcp`):
+    /// `__` (SERVER__NAME, what LLM APIs accept) or `.` (the server.tool style).
+    #[arg(long, default_value = crate::gateway::names::DEFAULT_SEPARATOR, value_parser = ["__", "."])]
+    name_separator: String,
+    /// An MCP client session of the gateway that sends nothing for this long ends (e.g.
+    /// `30m`, `90s`).
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    session_idle: std::time::Duration,
 }
 
-fn main() -> ExitCode {
+/// Parses the command line and runs the daemon until a signal or `POST /shutdown`.
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let token = match &cli.token_env {
         None => None,
@@ -77,17 +88,15 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let listener = mcp_client::bind(cli.listen).await?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| mcp_client::Error::Io {
-                context: "cannot read the bound address".into(),
-                source,
-            })?;
+        let listener = crate::bind(cli.listen).await?;
+        let addr = listener.local_addr().map_err(|source| crate::Error::Io {
+            context: "cannot read the bound address".into(),
+            source,
+        })?;
         if !addr.ip().is_loopback() {
             tracing::warn!(%addr, "the API listens beyond loopback");
         }
-        let options = mcp_client::Options {
+        let options = crate::Options {
             config: cli.config,
             log_dir: cli.log_dir,
             body_limit: cli.body_limit,
@@ -100,8 +109,10 @@ fn main() -> ExitCode {
             ping_interval: (cli.ping_interval > 0.0)
                 .then(|| std::time::Duration::try_from_secs_f64(cli.ping_interval).ok())
                 .flatten(),
+            name_separator: cli.name_separator,
+            session_idle: cli.session_idle,
         };
-        mcp_client::run(options, listener, shutdown_signal()).await
+        crate::run(options, listener, Box::pin(shutdown_signal())).await
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {

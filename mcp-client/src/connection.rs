@@ -11,18 +11,17 @@
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
+use rmcp::RoleClient;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, ClientConfig,
-    ClientRequest, CustomRequest, ErrorData, Implementation, JsonObject, PingRequest,
-    ProtocolVersion, ServerResult, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelledNotification,
+    CancelledNotificationParam, ClientNotification, ClientRequest, ErrorData, JsonObject,
+    PingRequest, ProtocolVersion, ServerPeerInfo, ServerResult, Tool,
 };
 use rmcp::service::{
-    ClientLifecycleMode, ClientServiceExt, NotificationContext, Peer, RunningService,
+    ClientLifecycleMode, ClientServiceExt, Peer, PeerRequestOptions, RunningService,
     RunningServiceCancellationToken,
 };
 use rmcp::transport::Transport;
-use rmcp::{ClientHandler, RoleClient};
-use serde_json::Value;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,6 +32,7 @@ use crate::error::{
 };
 use crate::ledger::Ledger;
 use crate::logs::ServerLog;
+use crate::schema::ArgumentSchemas;
 use crate::transport::stdio::{ProcessGroup, STOP_GRACE};
 use crate::transport::{self, Opened};
 use mag_common::config::ServerEntry;
@@ -59,6 +59,13 @@ pub enum CallError {
     /// The session ended while the call was in flight.
     #[error("{0}")]
     Closed(String),
+    /// The server answered a forwarded request with a JSON-RPC error (kept whole for the
+    /// gateway's client).
+    #[error("{}", .0.message)]
+    Rpc(ErrorData),
+    /// The gateway client that sent the request cancelled it or went away.
+    #[error("the client cancelled the request")]
+    Cancelled,
     /// The server answered with a JSON-RPC error.
     #[error("{0}")]
     Server(String),
@@ -70,7 +77,34 @@ impl CallError {
         match self {
             Self::Timeout(_) => "timeout",
             Self::Closed(_) => "server_gone",
-            Self::Server(_) => "server_error",
+            Self::Cancelled => "cancelled",
+            Self::Server(_) | Self::Rpc(_) => "server_error",
+        }
+    }
+}
+
+/// Why [`Connection::check_arguments`] refused a call before sending it.
+#[derive(Debug)]
+pub enum ArgumentError {
+    /// The server has no tool of that name.
+    UnknownTool,
+    /// The arguments do not match the tool's `inputSchema`; the failures, each naming its
+    /// field.
+    Invalid(String),
+}
+
+/// One tools list and the argument schemas compiled from it (replaced together).
+#[derive(Clone)]
+struct ToolList {
+    tools: Arc<Vec<Tool>>,
+    schemas: Arc<ArgumentSchemas>,
+}
+
+impl ToolList {
+    fn new(tools: Vec<Tool>) -> Self {
+        Self {
+            tools: Arc::new(tools),
+            schemas: Default::default(),
         }
     }
 }
@@ -95,6 +129,8 @@ pub struct ConnectContext {
     /// server's stderr reader and exit watcher, its log writer) is spawned on it, so
     /// shutdown can wait for them ([`crate::supervisor::Supervisor::shutdown`]).
     pub tasks: TaskTracker,
+    /// Where each connection publishes what its server tells the daemon (for the gateway).
+    pub events: tokio::sync::broadcast::Sender<ServerEvent>,
 }
 
 /// A live session with one server. Cheap to share (`Arc`); [`Connection::close`] ends it.
@@ -103,7 +139,7 @@ pub struct Connection {
     server: String,
     peer: Peer<RoleClient>,
     group: Option<ProcessGroup>,
-    tools: RwLock<Arc<Vec<Tool>>>,
+    tools: RwLock<ToolList>,
     tools_changed: Arc<Notify>,
     closed: CancellationToken,
     close_reason: OnceLock<String>,
@@ -114,6 +150,7 @@ pub struct Connection {
     ping_interval: Option<Duration>,
     protocol_version: ProtocolVersion,
     connected_since: SystemTime,
+    relay: Arc<Relay>,
 }
 
 /// How long a stdio server's session end waits, once its stdout closed, for the process's
@@ -123,25 +160,6 @@ const EXIT_STATUS_WAIT: Duration = Duration::from_secs(2);
 
 /// The longest a health `ping` may take (or the server's `timeout`, if shorter).
 pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The rmcp client handler: identifies mcp-client and hears `notifications/tools/list_changed`.
-struct Handler {
-    tools_changed: Arc<Notify>,
-}
-
-impl ClientHandler for Handler {
-    fn get_info(&self) -> ClientConfig {
-        ClientConfig::new(
-            ClientCapabilities::default(),
-            Implementation::new("mcp-client", env!("CARGO_PKG_VERSION")),
-        )
-        .with_protocol_version(REQUESTED_PROTOCOL_VERSION)
-    }
-
-    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        self.tools_changed.notify_one();
-    }
-}
 
 impl Connection {
     /// Opens the transport, runs the `initialize` handshake and lists the tools (every page),
@@ -172,8 +190,10 @@ impl Connection {
         let log = Arc::new(log);
         let timeout = entry.timeout;
         let tools_changed = Arc::new(Notify::new());
+        let relay = Arc::new(Relay::new(name, ctx.events.clone()));
         let handler = Handler {
             tools_changed: tools_changed.clone(),
+            relay: relay.clone(),
         };
         let opened = tokio::select! {
             biased;
@@ -194,7 +214,7 @@ impl Connection {
                 abandoned.0 = Some(group.clone());
                 let running = handshake(
                     handler,
-                    spawned.transport,
+                    Relayed::new(spawned.transport, relay.clone()),
                     timeout,
                     Some(&group),
                     &log,
@@ -211,11 +231,27 @@ impl Connection {
                 }
             }
             Opened::Sse(t) => (
-                handshake(handler, t, timeout, None, &log, cancel).await?,
+                handshake(
+                    handler,
+                    Relayed::new(t, relay.clone()),
+                    timeout,
+                    None,
+                    &log,
+                    cancel,
+                )
+                .await?,
                 None,
             ),
             Opened::StreamableHttp(t) => (
-                handshake(handler, t, timeout, None, &log, cancel).await?,
+                handshake(
+                    handler,
+                    Relayed::new(t, relay.clone()),
+                    timeout,
+                    None,
+                    &log,
+                    cancel,
+                )
+                .await?,
                 None,
             ),
         };
@@ -267,7 +303,7 @@ impl Connection {
             server: name.to_string(),
             peer,
             group,
-            tools: RwLock::new(Arc::new(tools)),
+            tools: RwLock::new(ToolList::new(tools)),
             tools_changed,
             closed: CancellationToken::new(),
             close_reason: OnceLock::new(),
@@ -278,6 +314,7 @@ impl Connection {
             ping_interval: ctx.ping_interval,
             protocol_version,
             connected_since: SystemTime::now(),
+            relay,
         });
         abandoned.0 = None;
         ctx.tasks.spawn(watch(connection.clone(), running, log));
@@ -286,7 +323,40 @@ impl Connection {
 
     /// The tools, as last listed.
     pub fn tools(&self) -> Arc<Vec<Tool>> {
-        self.tools.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.tools
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .tools
+            .clone()
+    }
+
+    /// Checks `arguments` against the `inputSchema` of the tool named `tool` (listing the
+    /// tools again first if it is not in the list) and gives them back.
+    ///
+    /// # Errors
+    /// [`ArgumentError::UnknownTool`] when the server has no such tool even after listing
+    /// again; [`ArgumentError::Invalid`] naming the fields that do not match.
+    pub async fn check_arguments(
+        &self,
+        tool: &str,
+        arguments: JsonObject,
+    ) -> Result<JsonObject, ArgumentError> {
+        let list = self.tools.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(found) = list.tools.iter().find(|t| t.name == tool) {
+            return list
+                .schemas
+                .check(&self.server, found, arguments)
+                .map_err(ArgumentError::Invalid);
+        }
+        if self.refresh_tools().await.is_err() {
+            return Err(ArgumentError::UnknownTool);
+        }
+        let list = self.tools.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let found = list.tools.iter().find(|t| t.name == tool);
+        let found = found.ok_or(ArgumentError::UnknownTool)?;
+        list.schemas
+            .check(&self.server, found, arguments)
+            .map_err(ArgumentError::Invalid)
     }
 
     /// Lists the tools again (every page) and keeps the new list.
@@ -298,7 +368,10 @@ impl Connection {
             .bounded(self.timeout, list_all_tools(&self.peer, &self.server))
             .await?;
         let tools = Arc::new(tools);
-        *self.tools.write().unwrap_or_else(|p| p.into_inner()) = tools.clone();
+        *self.tools.write().unwrap_or_else(|p| p.into_inner()) = ToolList {
+            tools: tools.clone(),
+            schemas: Default::default(),
+        };
         Ok(tools)
     }
 
@@ -353,6 +426,75 @@ impl Connection {
         self.bounded(limit, self.peer.send_request(ping))
             .await
             .map(|_| ())
+    }
+
+    /// What the server answered `initialize` with: its capabilities, identity and
+    /// instructions (the gateway shows them as its own for this server).
+    pub fn server_info(&self) -> Option<Arc<ServerPeerInfo>> {
+        self.peer.peer_info()
+    }
+
+    /// Sends one request of a gateway client to the server as it is (with the daemon's own
+    /// request id and progress token) and waits for the answer, within the server's
+    /// `timeout` and, for `tools/call`, its `maxConcurrency`. While it is in flight, the
+    /// server's progress for it goes to `caller` with the caller's token, and its
+    /// server-to-client requests may go to `caller` ([`Caller`]). When `cancel` fires (the
+    /// client cancelled, or went away) or the timeout passes, the server is sent
+    /// `notifications/cancelled` (MCP spec 2025-11-25, Utilities § Cancellation).
+    ///
+    /// # Errors
+    /// [`CallError`]: timeout, cancelled, the session ended, or the server's JSON-RPC error.
+    pub async fn forward(
+        &self,
+        request: ClientRequest,
+        caller: &Caller,
+        cancel: &CancellationToken,
+    ) -> Result<ServerResult, CallError> {
+        let _permit = match (&self.limit, &request) {
+            (Some(limit), ClientRequest::CallToolRequest(_)) => Some(tokio::select! {
+                permit = limit.acquire() => permit.map_err(|_| self.closed_error())?,
+                _ = self.closed.cancelled() => return Err(self.closed_error()),
+                _ = cancel.cancelled() => return Err(CallError::Cancelled),
+            }),
+            _ => None,
+        };
+        let handle = self
+            .bounded(
+                self.timeout,
+                self.peer
+                    .send_request_with_option(request, PeerRequestOptions::no_options()),
+            )
+            .await?;
+        let _in_flight = self.relay.register(caller, handle.progress_token.clone());
+        let id = handle.id.clone();
+        // The server's own error goes back as it sent it (code, message, data).
+        let answer = self.bounded(self.timeout, async {
+            match handle.await_response().await {
+                Ok(result) => Ok(Ok(result)),
+                Err(rmcp::ServiceError::McpError(e)) => Ok(Err(e)),
+                Err(other) => Err(other),
+            }
+        });
+        let outcome = tokio::select! {
+            answer = answer => match answer {
+                Ok(Ok(result)) => Ok(result),
+                Ok(Err(rpc)) => Err(CallError::Rpc(rpc)),
+                Err(e) => Err(e),
+            },
+            _ = cancel.cancelled() => Err(CallError::Cancelled),
+        };
+        if matches!(outcome, Err(CallError::Timeout(_) | CallError::Cancelled)) {
+            let reason = match &outcome {
+                Err(CallError::Timeout(_)) => "mcp-client's timeout for the server passed",
+                _ => "the client cancelled the request",
+            };
+            let notification =
+                ClientNotification::CancelledNotification(CancelledNotification::new(
+                    CancelledNotificationParam::new(Some(id), Some(reason.into())),
+                ));
+            let _ = self.peer.send_notification(notification).await;
+        }
+        outcome
     }
 
     /// Runs one request future within `limit`, failing at once if the session ends.
@@ -537,131 +679,6 @@ where
 /// last answer to be read, to tell which is the cause.
 const EXIT_ANSWER_WAIT: Duration = Duration::from_millis(500);
 
-/// Lists every tool of the server: `tools/list` page by page, following `nextCursor` (MCP
-/// spec 2025-11-25, Server Features § Tools, and Utilities § Pagination).
-///
-/// A tool entry that does not parse (no `name`, no `inputSchema`, a schema that is not an
-/// object, …) is skipped with a warning in mcp-client's log naming the server, the tool's
-/// name if it has one, and why; the other tools are kept. rmcp's own `list_all_tools` fails
-/// the whole list for one bad tool, so the request goes out as a custom `tools/list` and its
-/// result is read here: rmcp's untagged `ServerResult` keeps a result it cannot type as a
-/// `CustomResult` holding the raw JSON.
-///
-/// # Errors
-/// The request failed, a page is not a `{"tools": [..]}` object, its `nextCursor` is not a
-/// string, or a cursor came back twice (the listing would never end); the last three as a
-/// JSON-RPC error -32603 naming what was wrong.
-async fn list_all_tools(
-    peer: &Peer<RoleClient>,
-    server: &str,
-) -> Result<Vec<Tool>, rmcp::ServiceError> {
-    let mut tools = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let params = cursor.as_ref().map(|c| serde_json::json!({"cursor": c}));
-        let request = ClientRequest::CustomRequest(CustomRequest::new("tools/list", params));
-        let page = read_tools_page(peer.send_request(request).await?).map_err(|why| {
-            rmcp::ServiceError::McpError(ErrorData::internal_error(
-                format!("the tools/list result is malformed: {why}"),
-                None,
-            ))
-        })?;
-        for (name, why) in &page.skipped {
-            match name {
-                Some(name) => tracing::warn!(
-                    server,
-                    tool = %name,
-                    "tools/list: skipped the tool {name:?} of server {server:?}: {why}"
-                ),
-                None => tracing::warn!(
-                    server,
-                    "tools/list: skipped a tool without a name of server {server:?}: {why}"
-                ),
-            }
-        }
-        tools.extend(page.tools);
-        match page.next_cursor {
-            None => return Ok(tools),
-            Some(next) if !seen.insert(next.clone()) => {
-                return Err(rmcp::ServiceError::McpError(ErrorData::internal_error(
-                    format!("tools/list sent the cursor {next:?} twice"),
-                    None,
-                )));
-            }
-            Some(next) => cursor = Some(next),
-        }
-    }
-}
-
-/// One page of `tools/list`, as [`read_tools_page`] reads it.
-#[derive(Debug)]
-struct ToolsPage {
-    tools: Vec<Tool>,
-    /// The tools left out: name (if any) and why.
-    skipped: Vec<(Option<String>, String)>,
-    next_cursor: Option<String>,
-}
-
-/// Reads a `tools/list` result, skipping the tool entries that do not parse.
-///
-/// # Errors
-/// Why the page itself is unusable.
-fn read_tools_page(result: ServerResult) -> Result<ToolsPage, String> {
-    if let ServerResult::ListToolsResult(page) = result {
-        return Ok(ToolsPage {
-            tools: page.tools,
-            skipped: Vec::new(),
-            next_cursor: page.next_cursor,
-        });
-    }
-    let value = serde_json::to_value(&result).map_err(|e| e.to_string())?;
-    let Some(entries) = value.get("tools").and_then(Value::as_array) else {
-        return Err("it has no tools array".into());
-    };
-    let next_cursor = match value.get("nextCursor") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(cursor)) => Some(cursor.clone()),
-        Some(_) => return Err("its nextCursor is not a string".into()),
-    };
-    let mut page = ToolsPage {
-        tools: Vec::with_capacity(entries.len()),
-        skipped: Vec::new(),
-        next_cursor,
-    };
-    for entry in entries {
-        match serde_json::from_value::<Tool>(entry.clone()) {
-            Ok(tool) => page.tools.push(tool),
-            Err(e) => {
-                let name = entry.get("name").and_then(Value::as_str).map(String::from);
-                page.skipped.push((name, why_not_a_tool(entry, &e)));
-            }
-        }
-    }
-    Ok(page)
-}
-
-/// Why a `tools/list` entry is not a tool (MCP spec 2025-11-25, Server Features § Tools,
-/// Tool: `name` a string, `inputSchema` a JSON Schema object): the field at fault when
-/// serde's reason does not name it.
-fn why_not_a_tool(entry: &Value, error: &serde_json::Error) -> String {
-    let Some(entry) = entry.as_object() else {
-        return "it is not a JSON object".into();
-    };
-    match (entry.get("name"), entry.get("inputSchema")) {
-        (None, _) => "it has no name".into(),
-        (Some(name), _) if !name.is_string() => "its name is not a string".into(),
-        (_, None) => "it has no inputSchema".into(),
-        (_, Some(schema)) if !schema.is_object() => "its inputSchema is not a JSON object".into(),
-        _ => match entry.get("outputSchema") {
-            Some(schema) if !schema.is_object() && !schema.is_null() => {
-                "its outputSchema is not a JSON object".into()
-            }
-            _ => error.to_string(),
-        },
-    }
-}
-
 /// [`ConnectError::ExitedEarly`], with what the process last wrote on stderr.
 async fn exit_message(status: std::process::ExitStatus, log: &ServerLog) -> ConnectError {
     ConnectError::ExitedEarly {
@@ -723,8 +740,9 @@ async fn watch(
                 connection.end("the server process exited");
             }
             _ = connection.tools_changed.notified() => {
-                if let Err(e) = connection.refresh_tools().await {
-                    tracing::warn!("refreshing the tool list after list_changed failed: {e}");
+                match connection.refresh_tools().await {
+                    Ok(_) => connection.relay.publish(ServerEvent::ToolsChanged(connection.server.clone())),
+                    Err(e) => tracing::warn!("refreshing the tool list after list_changed failed: {e}"),
                 }
             }
         }
@@ -744,6 +762,16 @@ async fn watch(
     connection.closed.cancel();
     connection.ended.cancel();
 }
+
+mod handler;
+mod relay;
+mod tools;
+use handler::Handler;
+pub use relay::{Caller, EVENT_BACKLOG, ServerEvent};
+use relay::{Relay, Relayed};
+use tools::list_all_tools;
+#[cfg(test)]
+use tools::{ToolsPage, read_tools_page};
 
 #[cfg(test)]
 mod tests;

@@ -24,6 +24,25 @@ pub enum Error {
         /// The tool name that was not found.
         tool: String,
     },
+    /// The tool exists but the server's `allowedTools` / `disabledTools` hide it (403).
+    #[error("tool {tool:?} of server {server:?} is not allowed by its allowedTools/disabledTools")]
+    ToolNotAllowed {
+        /// The server asked.
+        server: String,
+        /// The hidden tool.
+        tool: String,
+    },
+    /// The arguments do not match the tool's `inputSchema` (422); the text names the field.
+    #[error("invalid arguments for tool {tool:?} of server {server:?}: {reason}")]
+    InvalidArguments {
+        /// The server asked.
+        server: String,
+        /// The tool called.
+        tool: String,
+        /// What failed, with the JSON pointer of the field (e.g. `at /message: 5 is not of
+        /// type "string"`).
+        reason: String,
+    },
     /// The server is not connected, so the operation cannot run (409).
     #[error("server {server:?} is not connected{}", reason_suffix(.reason))]
     NotConnected {
@@ -77,6 +96,8 @@ impl Error {
         match self {
             Self::UnknownServer(_) => "unknown_server",
             Self::UnknownTool { .. } => "unknown_tool",
+            Self::ToolNotAllowed { .. } => "tool_not_allowed",
+            Self::InvalidArguments { .. } => "invalid_arguments",
             Self::NotConnected { .. } => "not_connected",
             Self::Disabled(_) => "server_disabled",
             Self::Connect { .. } => "connect_failed",
@@ -105,6 +126,8 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::UnknownServer(_) | Self::UnknownTool { .. } => StatusCode::NOT_FOUND,
+            Self::ToolNotAllowed { .. } => StatusCode::FORBIDDEN,
+            Self::InvalidArguments { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotConnected { .. } | Self::Disabled(_) => StatusCode::CONFLICT,
             Self::Connect { .. } => StatusCode::BAD_REQUEST,
             Self::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -9,11 +9,14 @@
 //! [`error`].
 
 pub mod api;
+pub mod cli;
 pub mod connection;
 pub mod error;
+pub mod gateway;
 pub mod ledger;
 pub mod logs;
 pub mod metrics;
+pub mod schema;
 pub mod subreaper;
 pub mod supervisor;
 pub mod transport;
@@ -62,6 +65,10 @@ pub struct Options {
     pub scrub_env: Vec<String>,
     /// How often connected servers are pinged; `None`: never.
     pub ping_interval: Option<Duration>,
+    /// Between server and name in the gateway's public names (`--name-separator`).
+    pub name_separator: String,
+    /// How long an idle MCP client session of the gateway lives (`--session-idle`).
+    pub session_idle: Duration,
 }
 
 /// Runs the daemon on `listener` until `shutdown` resolves or `POST /shutdown` is called;
@@ -127,6 +134,7 @@ pub async fn run(
             ledger: ledger.clone(),
             ping_interval: options.ping_interval,
             tasks: tokio_util::task::TaskTracker::new(),
+            events: tokio::sync::broadcast::channel(connection::EVENT_BACKLOG).0,
         },
         options.config.clone(),
         options.config_limit,
@@ -154,6 +162,15 @@ pub async fn run(
         allowed_hosts: options.allowed_hosts.clone(),
         body_limit: options.body_limit,
     };
+    let gateway = gateway::Gateway::new(
+        supervisor.clone(),
+        gateway::GatewayOptions {
+            separator: options.name_separator.clone(),
+            session_idle: options.session_idle,
+            body_limit: options.body_limit,
+        },
+        stop.clone(),
+    );
     let app = api::router(
         AppState {
             supervisor: supervisor.clone(),
@@ -161,6 +178,7 @@ pub async fn run(
             body_limit: options.body_limit,
         },
         edge,
+        gateway,
     );
     // The two tasks not on the supervisor's tracker: this one only waits for the signal
     // (and is dropped with the runtime), the HTTP server's is awaited below.

@@ -19,13 +19,15 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{CallError, ConnectContext, Connection};
+use crate::connection::{ArgumentError, CallError, ConnectContext, Connection, ServerEvent};
 use crate::error::{CONNECTION_LOST, ConnectError, Error, Result};
 use crate::metrics::Metrics;
 use slot::{PendingDisconnect, Slot, SlotState};
 
 mod slot;
-use mag_common::config::{CONFIG_READ_BOUND, ConfigError, McpConfig, read_regular_file, revision};
+use mag_common::config::{
+    CONFIG_READ_BOUND, ConfigError, McpConfig, ServerEntry, read_regular_file, revision,
+};
 
 /// At most this many connects of wanted servers (`autoConnect`, reconnects) run at once, as
 /// mag-server's `connect/all` does; explicit `/connect_server` calls are not held back.
@@ -151,6 +153,7 @@ impl Supervisor {
         let mut removed = Vec::new();
         let mut reconnect = Vec::new();
         let mut connect = Vec::new();
+        let mut filters_changed = Vec::new();
         {
             let mut servers = self
                 .inner
@@ -180,6 +183,14 @@ impl Supervisor {
                         if state.entry == entry {
                             continue;
                         }
+                        if !state.entry.needs_reconnect(&entry) {
+                            // Tool filters and the like: read at each call, no new session.
+                            state.entry = entry;
+                            drop(state);
+                            filters_changed.push(name.clone());
+                            report.updated.push(name);
+                            continue;
+                        }
                         let wanted = state.wanted;
                         state.status = match (entry.disabled, state.status) {
                             (true, _) => Status::Disabled,
@@ -205,6 +216,9 @@ impl Supervisor {
             added = ?report.added, updated = ?report.updated, removed = ?report.removed,
             "config applied"
         );
+        for name in filters_changed {
+            self.publish(ServerEvent::ToolsChanged(name));
+        }
         futures::future::join_all(
             removed
                 .iter()
@@ -391,7 +405,8 @@ impl Supervisor {
             let Some(connection) = slot.connection() else {
                 continue;
             };
-            for tool in connection.tools().iter() {
+            let entry = slot.state().entry.clone();
+            for tool in connection.tools().iter().filter(|t| entry.exposes(&t.name)) {
                 tools.push(ToolView {
                     server_name: slot.name.clone(),
                     name: tool.name.to_string(),
@@ -527,6 +542,7 @@ impl Supervisor {
             server = %slot.name, pid = ?connection.pid(), tools = connection.tools().len(),
             protocol = %connection.protocol_version(), "connected"
         );
+        self.publish(ServerEvent::Lifecycle(slot.name.clone()));
         let this = self.clone();
         let watched = slot.clone();
         let watched_connection = connection.clone();
@@ -552,6 +568,7 @@ impl Supervisor {
             };
             if lost {
                 tracing::warn!(server = %watched.name, "connection lost: {reason}");
+                this.publish(ServerEvent::Lifecycle(watched.name.clone()));
                 // Make sure the process is gone (a server that stopped answering pings).
                 watched_connection.close(&reason).await;
                 this.schedule_reconnect(&watched);
@@ -601,6 +618,7 @@ impl Supervisor {
                 let was_live = !connection.is_closed();
                 connection.close(reason).await;
                 tracing::info!(server = %slot.name, "disconnected: {reason}");
+                self.publish(ServerEvent::Lifecycle(slot.name.clone()));
                 was_live
             }
             None => false,
@@ -628,16 +646,26 @@ impl Supervisor {
                 reason,
             });
         };
-        let known = |tools: &[rmcp::model::Tool]| tools.iter().any(|t| t.name == tool);
-        if !known(&connection.tools()) {
-            let refreshed = connection.refresh_tools().await;
-            if !refreshed.as_deref().is_ok_and(|tools| known(tools)) {
-                return Err(Error::UnknownTool {
+        if !slot.state().entry.exposes(tool) {
+            return Err(Error::ToolNotAllowed {
+                server: server.to_string(),
+                tool: tool.to_string(),
+            });
+        }
+        let arguments = connection
+            .check_arguments(tool, arguments)
+            .await
+            .map_err(|e| match e {
+                ArgumentError::UnknownTool => Error::UnknownTool {
                     server: server.to_string(),
                     tool: tool.to_string(),
-                });
-            }
-        }
+                },
+                ArgumentError::Invalid(reason) => Error::InvalidArguments {
+                    server: server.to_string(),
+                    tool: tool.to_string(),
+                    reason,
+                },
+            })?;
         let started = Instant::now();
         let outcome = connection.call_tool(tool, arguments).await;
         let error = match &outcome {
@@ -679,6 +707,50 @@ impl Supervisor {
         let tasks = &self.inner.ctx.tasks;
         tasks.close();
         tasks.wait().await;
+    }
+
+    /// Publishes `event` to the gateway's sessions.
+    pub fn publish(&self, event: ServerEvent) {
+        let _ = self.inner.ctx.events.send(event);
+    }
+
+    /// What the servers tell the daemon from now on (list changes, log messages, connects
+    /// and disconnects), for one gateway session; it may lag (see [`crate::connection::EVENT_BACKLOG`]).
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<ServerEvent> {
+        self.inner.ctx.events.subscribe()
+    }
+
+    /// The live session with the server named `name` and its entry as now configured.
+    ///
+    /// # Errors
+    /// [`Error::UnknownServer`]; [`Error::NotConnected`] with the last error.
+    pub fn session(&self, name: &str) -> Result<(Arc<Connection>, ServerEntry)> {
+        let slot = self.slot(name)?;
+        let state = slot.state();
+        match &state.connection {
+            Some(connection) => Ok((connection.clone(), state.entry.clone())),
+            None => Err(Error::NotConnected {
+                server: name.to_string(),
+                reason: state.error.clone(),
+            }),
+        }
+    }
+
+    /// Every live session, by server name (sorted), with its entry.
+    pub fn sessions(&self) -> Vec<(String, Arc<Connection>, ServerEntry)> {
+        self.slots()
+            .into_iter()
+            .filter_map(|slot| {
+                let state = slot.state();
+                let connection = state.connection.clone()?;
+                Some((slot.name.clone(), connection, state.entry.clone()))
+            })
+            .collect()
+    }
+
+    /// Whether a server of that name is configured.
+    pub fn knows(&self, name: &str) -> bool {
+        self.slot(name).is_ok()
     }
 
     /// The tracker every long-lived task of the daemon is spawned on (the supervisor's own,

@@ -1,9 +1,13 @@
-//! The official MCP conformance suite's client scenarios, run against mcp-client through
-//! `conformance-client` (npm `@modelcontextprotocol/conformance`, on Node 22).
+//! The official MCP conformance suite (npm `@modelcontextprotocol/conformance`, on Node 22):
+//! its client scenarios run against mcp-client through `conformance-client`, its server
+//! scenarios against mcp-client's MCP gateway.
 
-use std::process::Command;
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use mag_tests::peers;
+use mag_tests::{Daemon, Proc, fixture, free_port, peers, wait_for_port};
+use serde_json::json;
 
 fn run_scenario(scenario: &str) {
     let peers = peers();
@@ -70,4 +74,76 @@ fn conformance_tools_call() {
 #[test]
 fn conformance_sse_retry() {
     run_scenario("sse-retry");
+}
+
+/// The suite's server scenarios (`--suite all`) against `url`: the names of the scenarios that
+/// passed and of those that failed, from its `✓ NAME: …` / `✗ NAME: …` summary lines.
+fn server_scenarios(url: &str) -> (BTreeSet<String>, BTreeSet<String>, String) {
+    let peers = peers();
+    let output = Command::new(peers.node22())
+        .arg(peers.conformance_js())
+        .args(["server", "--url", url, "--suite", "all"])
+        .output()
+        .expect("run the conformance suite");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let name = |line: &str| {
+        line.split(':')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let passed = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("✓ "))
+        .map(name)
+        .collect();
+    let failed = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("✗ "))
+        .map(name)
+        .collect();
+    (passed, failed, text)
+}
+
+/// SPEC §8: the server scenarios that pass against the conformance server of the fixtures
+/// (`tests/fixtures/conformance_server.py`, on the official Python SDK) also pass through
+/// mcp-client's gateway in front of it (`/servers/conf/mcp`), and the gateway passes
+/// `dns-rebinding-protection`.
+#[tokio::test]
+async fn conformance_server_scenarios_pass_through_the_gateway_as_directly() {
+    let port = free_port();
+    let mut server = Command::new(peers().python());
+    server
+        .arg(fixture("conformance_server.py"))
+        .arg(port.to_string())
+        .stdout(Stdio::null());
+    let _server = Proc::spawn(&mut server);
+    wait_for_port(port, Duration::from_secs(30));
+    let direct_url = format!("http://127.0.0.1:{port}/mcp");
+    let (direct, direct_failed, direct_text) =
+        tokio::task::spawn_blocking(move || server_scenarios(&direct_url))
+            .await
+            .unwrap();
+    assert!(
+        direct.len() >= 32 && direct_failed.is_empty(),
+        "the conformance server itself fails {direct_failed:?}:\n{direct_text}"
+    );
+    let daemon = Daemon::start(json!({
+        "conf": {"url": format!("http://127.0.0.1:{port}/mcp"), "autoConnect": true},
+    }));
+    let state = daemon
+        .wait_server("conf", Duration::from_secs(30), |s| s["connected"] == true)
+        .await;
+    assert_eq!(state["connected"], true, "{state}");
+    let gateway_url = format!("{}/servers/conf/mcp", daemon.base);
+    let (via, via_failed, via_text) =
+        tokio::task::spawn_blocking(move || server_scenarios(&gateway_url))
+            .await
+            .unwrap();
+    assert_eq!(
+        via, direct,
+        "through the gateway {via_failed:?} failed:\n{via_text}"
+    );
+    assert!(via.contains("dns-rebinding-protection"), "{via_text}");
 }

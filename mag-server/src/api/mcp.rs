@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
 use mag_common::http_edge::{EdgeError, read_body};
 use mag_common::wire::Servers;
 use serde::Deserialize;
@@ -375,4 +376,19 @@ pub(super) async fn restart_client(State(state): St) -> AppResult {
     Ok(Json(
         json!({"status": "restart_requested", "mcp_client": status}),
     ))
+}
+
+/// `/mcp` and `/servers/{name}/mcp` (any method): the MCP gateway of the mcp-client
+/// mag-server runs, under mag-server's own token (`MAG_API_TOKEN`), since that mcp-client
+/// holds a token no outside client knows.
+pub async fn gateway(State(state): St, request: Request) -> Response {
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| request.uri().path().to_string());
+    match state.plane.forward_mcp(&path_and_query, request).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
 }

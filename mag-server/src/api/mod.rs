@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Extension, FromRequest, Path, Request, State};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -78,6 +78,8 @@ pub fn router(state: AppState, edge: Edge) -> Router {
         )
         .route("/api/mcp/register-tool", post(generation::register_tool))
         .route("/api/mcp/ai-tools", get(generation::ai_tools))
+        .route("/mcp", any(mcp::gateway))
+        .route("/servers/{name}/mcp", any(mcp::gateway))
         .with_state(Arc::new(state));
     mag_common::http_edge::finish(routes, edge)
 }

@@ -1,4 +1,5 @@
 use super::*;
+use serde_json::Value;
 
 fn page(json: Value) -> Result<ToolsPage, String> {
     // As rmcp types a result it receives (untagged).

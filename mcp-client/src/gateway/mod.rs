@@ -1,0 +1,175 @@
+//! The MCP gateway (SPEC §8): mcp-client serves what it supervises as MCP over streamable
+//! HTTP (MCP spec 2025-11-25, Transports § Streamable HTTP, negotiating down to 2025-03-26),
+//! so that any MCP client reaches every server through one URL, with the daemon's
+//! reconnects, process hygiene and hot reload behind it.
+//!
+//! - `/mcp`: the aggregate of every connected server; tools and prompts under public names
+//!   ([`names`]), resources routed by URI.
+//! - `/servers/NAME/mcp`, or `/mcp` with the header `x-mcp-server-id: NAME`: one server,
+//!   transparent (its own names, capabilities and instructions).
+//!
+//! Built on rmcp's server side: a [`StreamableHttpService`] per scope (the aggregate, and one
+//! per server, made on first use), a [`session::Session`] per client session. The REST API
+//! and the gateway are two faces over the same [`Supervisor`]; the HTTP edge in front of both
+//! checks `Host`, `Origin`, `Content-Type` and the bearer token.
+
+pub mod names;
+mod notify;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use rmcp::transport::streamable_http_server::session::local::{LocalSessionManager, SessionConfig};
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::supervisor::Supervisor;
+use session::{Scope, Session};
+
+/// The header that picks one server on `/mcp`.
+pub const SERVER_HEADER: &str = "x-mcp-server-id";
+
+/// Default for how long a client session may stay idle before it ends.
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+
+/// How the gateway serves.
+#[derive(Clone, Debug)]
+pub struct GatewayOptions {
+    /// Between server and name in the aggregate's public names (`__`, or `.`).
+    pub separator: String,
+    /// A client session with no request for this long ends (`--session-idle`).
+    pub session_idle: Duration,
+    /// The largest request body, in bytes (the API's body limit).
+    pub body_limit: usize,
+}
+
+/// What every session of the gateway shares.
+pub(crate) struct Shared {
+    supervisor: Supervisor,
+    separator: String,
+}
+
+type Service = StreamableHttpService<Session, LocalSessionManager>;
+
+/// The gateway: the services of its scopes. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+    options: GatewayOptions,
+    stop: CancellationToken,
+    aggregate: Service,
+    single: Arc<Mutex<HashMap<String, Service>>>,
+}
+
+impl Gateway {
+    /// A gateway over `supervisor`; `stop` ends every session (shutdown).
+    pub fn new(supervisor: Supervisor, options: GatewayOptions, stop: CancellationToken) -> Self {
+        let shared = Arc::new(Shared {
+            supervisor,
+            separator: options.separator.clone(),
+        });
+        let aggregate = service(&shared, &options, &stop, Scope::All);
+        Self {
+            shared,
+            options,
+            stop,
+            aggregate,
+            single: Arc::default(),
+        }
+    }
+
+    /// The service of one server, made on first use.
+    fn single(&self, server: &str) -> Result<Service, Error> {
+        if !self.shared.supervisor.knows(server) {
+            return Err(Error::UnknownServer(server.to_string()));
+        }
+        let mut single = self.single.lock().unwrap_or_else(|p| p.into_inner());
+        let made = single.entry(server.to_string()).or_insert_with(|| {
+            service(
+                &self.shared,
+                &self.options,
+                &self.stop,
+                Scope::One(server.to_string()),
+            )
+        });
+        Ok(made.clone())
+    }
+
+    /// The routes: `/mcp` and `/servers/{name}/mcp`, every method (POST, GET for the
+    /// server's stream, DELETE to end a session).
+    pub fn routes(self) -> Router {
+        Router::new()
+            .route("/mcp", any(aggregate))
+            .route("/servers/{name}/mcp", any(one))
+            .with_state(self)
+    }
+}
+
+fn service(
+    shared: &Arc<Shared>,
+    options: &GatewayOptions,
+    stop: &CancellationToken,
+    scope: Scope,
+) -> Service {
+    let mut sessions = LocalSessionManager::default();
+    let mut session_config = SessionConfig::default();
+    session_config.keep_alive = Some(options.session_idle);
+    sessions.session_config = session_config;
+    // The HTTP edge in front checks Host and Origin (with the daemon's own settings).
+    let config = StreamableHttpServerConfig::default()
+        .disable_allowed_hosts()
+        .disable_allowed_origins()
+        .with_max_request_body_bytes(options.body_limit)
+        .with_cancellation_token(stop.child_token());
+    let shared = shared.clone();
+    StreamableHttpService::new(
+        move || Ok(Session::new(shared.clone(), scope.clone())),
+        Arc::new(sessions),
+        config,
+    )
+}
+
+async fn aggregate(State(gateway): State<Gateway>, request: Request) -> Response {
+    let server = request
+        .headers()
+        .get(SERVER_HEADER)
+        .map(|v| v.to_str().map(str::to_string));
+    let service = match server {
+        None => gateway.aggregate.clone(),
+        Some(Ok(server)) => match gateway.single(&server) {
+            Ok(service) => service,
+            Err(e) => return e.into_response(),
+        },
+        Some(Err(_)) => {
+            return Error::invalid_body(format!("the {SERVER_HEADER} header is not text"))
+                .into_response();
+        }
+    };
+    service
+        .handle(request)
+        .await
+        .map(axum::body::Body::new)
+        .into_response()
+}
+
+async fn one(
+    State(gateway): State<Gateway>,
+    Path(server): Path<String>,
+    request: Request,
+) -> Response {
+    match gateway.single(&server) {
+        Ok(service) => service
+            .handle(request)
+            .await
+            .map(axum::body::Body::new)
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}

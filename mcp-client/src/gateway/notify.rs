@@ -1,0 +1,161 @@
+//! The notifications a gateway session sends on its own (SPEC §8): `*/list_changed` when a
+//! server's lists change or it connects, drops, reconnects or is reloaded, the servers' log
+//! messages (tagged with the server in the aggregate) and `notifications/resources/updated`
+//! for the URIs the session subscribed to.
+
+// rmcp 3.9 marks logging deprecated for protocol 2026-07-28; the gateway serves 2025-11-25
+// and older, where it is current.
+#![allow(deprecated)]
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use rmcp::RoleServer;
+use rmcp::model::{
+    LoggingMessageNotification, PromptListChangedNotification, ResourceListChangedNotification,
+    ResourceUpdatedNotification, ResourceUpdatedNotificationParam, ServerNotification,
+    ToolListChangedNotification,
+};
+use rmcp::service::Peer;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::session::Scope;
+use crate::connection::ServerEvent;
+
+/// Which lists a change touches.
+#[derive(Clone, Copy, Default)]
+struct Lists {
+    tools: bool,
+    prompts: bool,
+    resources: bool,
+}
+
+const ALL: Lists = Lists {
+    tools: true,
+    prompts: true,
+    resources: true,
+};
+
+/// Starts the notification task of one session; it ends with `stop` (the session ended) or
+/// when the client can no longer be reached.
+pub(super) fn spawn(
+    shared: &Arc<Shared>,
+    scope: Scope,
+    peer: Peer<RoleServer>,
+    subscribed: Arc<Mutex<BTreeSet<(String, String)>>>,
+    stop: CancellationToken,
+) {
+    let mut events = shared.supervisor.events();
+    shared.supervisor.tasks().spawn(async move {
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => return,
+                event = events.recv() => event,
+            };
+            let sent = match event {
+                Ok(event) => {
+                    let ours = match &scope {
+                        Scope::All => true,
+                        Scope::One(server) => event.server() == server,
+                    };
+                    if !ours {
+                        continue;
+                    }
+                    send(&peer, &scope, event, &subscribed).await
+                }
+                // Fell behind: whatever was missed, every list may have changed.
+                Err(RecvError::Lagged(_)) => send_lists(&peer, ALL).await,
+                Err(RecvError::Closed) => return,
+            };
+            if !sent || peer.is_transport_closed() {
+                return;
+            }
+        }
+    });
+}
+
+/// Sends what `event` means to the client; `false` once the client is gone.
+async fn send(
+    peer: &Peer<RoleServer>,
+    scope: &Scope,
+    event: ServerEvent,
+    subscribed: &Mutex<BTreeSet<(String, String)>>,
+) -> bool {
+    let lists = match event {
+        ServerEvent::ToolsChanged(_) => Lists {
+            tools: true,
+            ..Lists::default()
+        },
+        ServerEvent::PromptsChanged(_) => Lists {
+            prompts: true,
+            ..Lists::default()
+        },
+        ServerEvent::ResourcesChanged(_) => Lists {
+            resources: true,
+            ..Lists::default()
+        },
+        ServerEvent::Lifecycle(_) => ALL,
+        ServerEvent::ResourceUpdated { server, uri } => {
+            let wanted = subscribed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&(server, uri.clone()));
+            if !wanted {
+                return true;
+            }
+            let notification = ServerNotification::ResourceUpdatedNotification(
+                ResourceUpdatedNotification::new(ResourceUpdatedNotificationParam::new(uri)),
+            );
+            return peer.send_notification(notification).await.is_ok();
+        }
+        ServerEvent::Log { server, mut params } => {
+            if let Scope::All = scope {
+                params.logger = Some(match params.logger.take() {
+                    Some(logger) => format!("{server}/{logger}"),
+                    None => server,
+                });
+            }
+            let notification = ServerNotification::LoggingMessageNotification(
+                LoggingMessageNotification::new(params),
+            );
+            return peer.send_notification(notification).await.is_ok();
+        }
+    };
+    send_lists(peer, lists).await
+}
+
+async fn send_lists(peer: &Peer<RoleServer>, lists: Lists) -> bool {
+    let mut notifications = Vec::new();
+    if lists.tools {
+        notifications.push(ServerNotification::ToolListChangedNotification(
+            ToolListChangedNotification {
+                method: Default::default(),
+                extensions: Default::default(),
+            },
+        ));
+    }
+    if lists.prompts {
+        notifications.push(ServerNotification::PromptListChangedNotification(
+            PromptListChangedNotification {
+                method: Default::default(),
+                extensions: Default::default(),
+            },
+        ));
+    }
+    if lists.resources {
+        notifications.push(ServerNotification::ResourceListChangedNotification(
+            ResourceListChangedNotification {
+                method: Default::default(),
+                extensions: Default::default(),
+            },
+        ));
+    }
+    for notification in notifications {
+        if peer.send_notification(notification).await.is_err() {
+            return false;
+        }
+    }
+    true
+}

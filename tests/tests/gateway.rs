@@ -1,0 +1,505 @@
+//! The MCP gateway (SPEC §8) against the official Python SDK client
+//! (`tests/fixtures/gateway_client.py`): the aggregate `/mcp` in front of server-everything
+//! and two servers whose tool names collide, one server through `/servers/NAME/mcp` and
+//! `x-mcp-server-id`, tool filters and argument validation on both faces, `list_changed`
+//! after an edit of `mcp.json`, and bad input at the endpoint.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use mag_tests::mag::{MagOptions, MagServer};
+use mag_tests::{Daemon, Proc, everything_entry, fixture, peers, py_stdio_entry};
+use serde_json::{Value, json};
+
+/// The Python SDK client of the fixtures, its steps read as they come.
+struct SdkClient {
+    _proc: Proc,
+    steps: mpsc::Receiver<Value>,
+}
+
+impl SdkClient {
+    fn start(url: &str, headers: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(peers().python());
+        command
+            .arg(fixture("gateway_client.py"))
+            .arg(url)
+            .args(headers)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut proc = Proc::spawn(&mut command);
+        let stdout = proc.child().stdout.take().expect("stdout");
+        let (sender, steps) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(step) = serde_json::from_str::<Value>(&line) {
+                    let _ = sender.send(step);
+                }
+            }
+        });
+        Self { _proc: proc, steps }
+    }
+
+    /// The next step, which must be `name`.
+    fn step(&self, name: &str) -> Value {
+        let step = self
+            .steps
+            .recv_timeout(Duration::from_secs(90))
+            .unwrap_or_else(|_| panic!("the SDK client did not reach step {name:?}"));
+        assert_eq!(step["step"], name, "unexpected step: {step}");
+        step
+    }
+}
+
+fn names(step: &Value) -> Vec<String> {
+    step["names"]
+        .as_array()
+        .expect("names")
+        .iter()
+        .map(|n| n.as_str().expect("name").to_string())
+        .collect()
+}
+
+/// Rewrites the daemon's `mcp.json` at once (as editors do: a new file renamed over it).
+fn write_config(daemon: &Daemon, servers: Value) {
+    let path = daemon.config_path();
+    let next = path.with_extension("json.new");
+    std::fs::write(&next, json!({"mcpServers": servers}).to_string()).unwrap();
+    std::fs::rename(next, path).unwrap();
+}
+
+/// Waits (up to 60 s) for `server` to be connected.
+async fn connected(daemon: &Daemon, server: &str) {
+    let state = daemon
+        .wait_server(server, Duration::from_secs(60), |s| s["connected"] == true)
+        .await;
+    assert_eq!(
+        state["connected"], true,
+        "{server} did not connect: {state}"
+    );
+}
+
+fn servers() -> Value {
+    let mut py = py_stdio_entry();
+    py["disabledTools"] = json!(["stats"]);
+    json!({
+        "everything": dict(everything_entry(), &[("autoConnect", json!(true))]),
+        "py": dict(py, &[("autoConnect", json!(true))]),
+        "py2": dict(py_stdio_entry(), &[("autoConnect", json!(true))]),
+    })
+}
+
+fn dict(mut entry: Value, fields: &[(&str, Value)]) -> Value {
+    for (key, value) in fields {
+        entry[*key] = value.clone();
+    }
+    entry
+}
+
+/// Checks the steps every run shares (calls, validation, prompts, resources, progress,
+/// sampling, elicitation, cancellation) and returns at the `ready` step.
+fn common_steps(client: &SdkClient, prefix: &str) {
+    let invalid = client.step("invalid");
+    assert_eq!(invalid["is_error"], true);
+    let text = invalid["text"].as_str().unwrap();
+    assert!(
+        text.contains("/message") && text.contains("string"),
+        "{text}"
+    );
+    let prompts = client.step("prompts");
+    assert!(names(&prompts).contains(&format!("{prefix}simple-prompt")));
+    assert_eq!(
+        client.step("prompt")["text"],
+        "This is a simple prompt without arguments."
+    );
+    let resource = client.step("resource");
+    assert!(resource["count"].as_u64().unwrap() > 0);
+    assert!(!resource["text"].as_str().unwrap().is_empty(), "{resource}");
+    let progress = client.step("progress");
+    assert_eq!(progress["updates"], json!([1.0, 2.0, 3.0]), "{progress}");
+    let sampling = client.step("sampling");
+    assert_eq!(sampling["is_error"], false);
+    assert!(
+        sampling["text"]
+            .as_str()
+            .unwrap()
+            .contains("sampled by the gateway test client"),
+        "{sampling}"
+    );
+    let elicitation = client.step("elicitation");
+    assert!(
+        elicitation["text"].as_str().unwrap().contains("Ada"),
+        "{elicitation}"
+    );
+    let cancel = client.step("cancel");
+    assert_eq!(cancel["cancelled"], true);
+    assert_eq!(cancel["stats"]["in_flight"], 0, "the call leaked: {cancel}");
+    assert_eq!(
+        cancel["stats"]["cancelled"], 1,
+        "not cancelled upstream: {cancel}"
+    );
+    client.step("ready");
+}
+
+#[tokio::test]
+async fn the_aggregate_serves_every_server_to_the_python_sdk() {
+    let daemon = Daemon::start(servers());
+    for server in ["everything", "py", "py2"] {
+        connected(&daemon, server).await;
+    }
+    let client = SdkClient::start(
+        &format!("{}/mcp", daemon.base),
+        &[],
+        &[
+            ("GATEWAY_PREFIX", "everything__"),
+            ("GATEWAY_CALL", "everything__echo,py__echo,py2__echo"),
+            ("GATEWAY_HIDDEN", "py__stats"),
+            ("GATEWAY_SLEEP", "py2__sleep"),
+            ("GATEWAY_STATS", "py2__stats"),
+        ],
+    );
+    let init = client.step("initialize");
+    assert_eq!(init["server"], "mcp-client");
+    assert!(init["capabilities"]["prompts"].is_object(), "{init}");
+    let tools = names(&client.step("tools"));
+    for name in ["everything__echo", "py__echo", "py2__echo", "py2__stats"] {
+        assert!(
+            tools.contains(&name.to_string()),
+            "{name} missing: {tools:?}"
+        );
+    }
+    assert!(
+        !tools.contains(&"py__stats".to_string()),
+        "disabledTools shown"
+    );
+    let valid = |name: &String| {
+        (1..=64).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    assert!(tools.iter().all(valid), "{tools:?}");
+    for (name, text) in [
+        ("everything__echo", "Echo: hi"),
+        ("py__echo", "hi"),
+        ("py2__echo", "hi"),
+    ] {
+        let call = client.step("call");
+        assert_eq!(call["name"], name);
+        assert_eq!(call["text"], text, "{call}");
+    }
+    let hidden = client.step("hidden");
+    assert!(
+        hidden["error"].is_string(),
+        "a hidden tool was called: {hidden}"
+    );
+    common_steps(&client, "everything__");
+    // A server added by editing mcp.json reaches the open session.
+    let mut edited = servers();
+    edited["py3"] = dict(py_stdio_entry(), &[("autoConnect", json!(true))]);
+    write_config(&daemon, edited);
+    let changed = client.step("changed");
+    assert_eq!(changed["seen"], true, "no tools/list_changed: {changed}");
+    let tools = names(&changed);
+    assert!(tools.contains(&"py3__echo".to_string()), "{tools:?}");
+}
+
+#[tokio::test]
+async fn one_server_is_transparent_and_its_filters_change_without_a_reconnect() {
+    let daemon = Daemon::start(servers());
+    for server in ["everything", "py", "py2"] {
+        connected(&daemon, server).await;
+    }
+    let pid = daemon.server("everything").await["pid"].clone();
+    let routes = [
+        (format!("{}/servers/everything/mcp", daemon.base), vec![]),
+        (
+            format!("{}/mcp", daemon.base),
+            vec!["x-mcp-server-id=everything"],
+        ),
+    ];
+    for (round, (url, headers)) in routes.iter().enumerate() {
+        let headers: Vec<&str> = headers.iter().map(|h| &**h).collect();
+        let client = SdkClient::start(
+            url,
+            &headers,
+            &[
+                ("GATEWAY_CALL", "echo"),
+                ("GATEWAY_HIDDEN", if round == 0 { "get-env" } else { "" }),
+                ("GATEWAY_WAIT", if round == 0 { "60" } else { "0" }),
+            ],
+        );
+        let init = client.step("initialize");
+        assert_eq!(init["server"], "mcp-servers/everything", "{init}");
+        let tools = names(&client.step("tools"));
+        assert!(tools.contains(&"echo".to_string()), "{tools:?}");
+        assert!(tools.iter().all(|t| !t.contains("__")), "{tools:?}");
+        assert_eq!(client.step("call")["text"], "Echo: hi");
+        if round == 0 {
+            // Not hidden yet: get-env answers.
+            assert!(client.step("hidden")["error"].is_null());
+        }
+        let invalid = client.step("invalid");
+        assert_eq!(invalid["is_error"], true, "{invalid}");
+        assert!(invalid["text"].as_str().unwrap().contains("/message"));
+        let prompts = client.step("prompts");
+        assert!(names(&prompts).contains(&"simple-prompt".to_string()));
+        client.step("prompt");
+        client.step("resource");
+        assert_eq!(client.step("progress")["updates"], json!([1.0, 2.0, 3.0]));
+        assert_eq!(client.step("sampling")["is_error"], false);
+        assert_eq!(client.step("elicitation")["is_error"], false);
+        client.step("ready");
+        if round == 0 {
+            let mut edited = servers();
+            edited["everything"]["disabledTools"] = json!(["get-env"]);
+            write_config(&daemon, edited);
+            let changed = client.step("changed");
+            assert_eq!(changed["seen"], true, "{changed}");
+            assert!(!names(&changed).contains(&"get-env".to_string()));
+            assert_eq!(
+                daemon.server("everything").await["pid"],
+                pid,
+                "a filter change reconnected the server"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn rest_hides_filtered_tools_and_validates_arguments() {
+    let daemon = Daemon::start(servers());
+    connected(&daemon, "py").await;
+    let (_, tools) = daemon.get("/tools").await;
+    let py: Vec<&str> = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["server_name"] == "py")
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(py.contains(&"echo") && !py.contains(&"stats"), "{py:?}");
+    let (status, answer) = daemon.call("py", "stats", json!({})).await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(answer["code"], "tool_not_allowed");
+    let (status, answer) = daemon.call("py", "echo", json!({"message": 5})).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["code"], "invalid_arguments");
+    let detail = answer["detail"].as_str().unwrap();
+    assert!(detail.contains("/message"), "{detail}");
+    let (status, answer) = daemon.call("py", "echo", json!({})).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["detail"].as_str().unwrap().contains("message"));
+}
+
+#[tokio::test]
+async fn bad_input_at_the_gateway_gets_clear_answers() {
+    let daemon =
+        Daemon::start(json!({"py": dict(py_stdio_entry(), &[("autoConnect", json!(true))])}));
+    connected(&daemon, "py").await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let url = format!("{}/mcp", daemon.base);
+    let accept = "application/json, text/event-stream";
+    // A page on another origin (DNS rebinding, cross-site POST): refused.
+    let answer = http
+        .post(&url)
+        .header("origin", "http://evil.example")
+        .header("content-type", "application/json")
+        .header("accept", accept)
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 403);
+    // Malformed JSON-RPC: a JSON-RPC error, not a hang or a crash.
+    let answer = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", accept)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_client_error(), "{}", answer.status());
+    // A session id nobody gave out.
+    let answer = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", accept)
+        .header("mcp-session-id", "no-such-session")
+        .body(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 404);
+    // Unknown servers, by path and by header.
+    let (status, body) = daemon.post("/servers/nope/mcp", json!({})).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["code"], "unknown_server");
+    let answer = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", accept)
+        .header("x-mcp-server-id", "nope")
+        .body(r#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 404);
+    // The daemon is still fine.
+    let (status, _) = daemon.get("/").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn mag_server_serves_the_gateway_under_its_own_token() {
+    let token = "gateway-test-token-0123456789";
+    let mut mag = MagServer::start_with(MagOptions {
+        servers: json!({
+            "everything": dict(everything_entry(), &[("autoConnect", json!(true))]),
+            "py": dict(py_stdio_entry(), &[("autoConnect", json!(true))]),
+        }),
+        env: vec![("MAG_API_TOKEN".into(), token.into())],
+        ..MagOptions::default()
+    });
+    mag.token = Some(token.into());
+    mag.wait_running().await;
+    mag.connect("everything").await;
+    mag.connect("py").await;
+    // Without mag-server's token: 401, before anything reaches mcp-client.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let answer = http
+        .post(format!("{}/mcp", mag.base))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401);
+    // With it: the aggregate and one server, streams and all.
+    let bearer = format!("Authorization=Bearer {token}");
+    let client = SdkClient::start(
+        &format!("{}/mcp", mag.base),
+        &[&bearer],
+        &[
+            ("GATEWAY_PREFIX", "everything__"),
+            ("GATEWAY_CALL", "everything__echo,py__echo"),
+            ("GATEWAY_SLEEP", "py__sleep"),
+            ("GATEWAY_STATS", "py__stats"),
+            ("GATEWAY_WAIT", "0"),
+        ],
+    );
+    assert_eq!(client.step("initialize")["server"], "mcp-client");
+    let tools = names(&client.step("tools"));
+    assert!(tools.contains(&"py__echo".to_string()), "{tools:?}");
+    assert_eq!(client.step("call")["text"], "Echo: hi");
+    assert_eq!(client.step("call")["text"], "hi");
+    common_steps(&client, "everything__");
+    let one = SdkClient::start(
+        &format!("{}/servers/py/mcp", mag.base),
+        &[&bearer],
+        &[("GATEWAY_CALL", "echo"), ("GATEWAY_WAIT", "0")],
+    );
+    assert_eq!(one.step("initialize")["server"], "mag-test-peer");
+    assert!(names(&one.step("tools")).contains(&"echo".to_string()));
+    assert_eq!(one.step("call")["text"], "hi");
+}
+
+/// Reads `data:` lines of an SSE answer until one parses as JSON that `wanted` accepts.
+async fn next_event(
+    stream: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    buffer: &mut String,
+    wanted: impl Fn(&Value) -> bool,
+) -> Value {
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        while let Some(end) = buffer.find('\n') {
+            let line: String = buffer.drain(..=end).collect();
+            if let Some(data) = line.trim_end().strip_prefix("data:")
+                && let Ok(event) = serde_json::from_str::<Value>(data.trim())
+                && wanted(&event)
+            {
+                return event;
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("no such event within 30 s")
+            .expect("the stream ended")
+            .expect("the stream failed");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test]
+async fn a_sampling_request_comes_on_the_stream_of_the_call_that_caused_it() {
+    let daemon = Daemon::start(json!({
+        "everything": dict(everything_entry(), &[("autoConnect", json!(true))]),
+    }));
+    connected(&daemon, "everything").await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let url = format!("{}/servers/everything/mcp", daemon.base);
+    let post = |body: Value, session: Option<&str>| {
+        let mut request = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body.to_string());
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let init = post(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {"sampling": {}},
+            "clientInfo": {"name": "raw-http", "version": "1"}}}),
+        None,
+    )
+    .await
+    .unwrap();
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    drop(init);
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    post(initialized, Some(&session)).await.unwrap();
+    // No GET stream: the request must come on the call's own stream.
+    let call = post(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "trigger-sampling-request", "arguments": {"prompt": "hi", "maxTokens": 5}}}),
+        Some(&session),
+    )
+    .await
+    .unwrap();
+    let mut stream = call.bytes_stream();
+    let mut buffer = String::new();
+    let asked = next_event(&mut stream, &mut buffer, |e| {
+        e["method"] == "sampling/createMessage"
+    })
+    .await;
+    let answer = json!({"jsonrpc": "2.0", "id": asked["id"], "result": {
+        "role": "assistant", "model": "m", "stopReason": "endTurn",
+        "content": {"type": "text", "text": "sampled on the call's stream"}}});
+    post(answer, Some(&session)).await.unwrap();
+    let result = next_event(&mut stream, &mut buffer, |e| e["id"] == 2).await;
+    let text = result["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.contains("sampled on the call's stream"), "{result}");
+}
