@@ -5,10 +5,11 @@
 //! `--runs` repetitions. Servers: `bench-echo-server` (a tiny rmcp server, "fast") and the
 //! Python `mcp` SDK server of the test fixtures ("python"). See BENCHMARKS.md.
 //!
-//! Usage: `mag-bench [--runs N] [--generation]` (default 5 runs), from a `dist` build
-//! next to `mcp-client` and `mag-server`; `--generation` measures only MCP generation
-//! ([`generation`]).
+//! Usage: `mag-bench [--runs N] [--generation | --gateway]` (default 5 runs), from a `dist`
+//! build next to `mcp-client` and `mag-server`; `--generation` measures only MCP generation
+//! ([`generation`]), `--gateway` only the MCP gateway ([`gateway`]).
 
+mod gateway;
 mod generation;
 
 use std::path::PathBuf;
@@ -275,6 +276,11 @@ async fn main() {
         report.print();
         return;
     }
+    if std::env::args().any(|a| a == "--gateway") {
+        gateway::run(&mut report, runs).await;
+        report.print();
+        return;
+    }
 
     // Sequential latency, fast and Python servers.
     for (name, entry) in [("fast", echo_server_entry()), ("python", python_entry())] {
@@ -515,6 +521,7 @@ async fn main() {
     );
     drop(daemon);
 
+    gateway::run(&mut report, runs).await;
     generation::run(&mut report, runs).await;
     report.print();
 }

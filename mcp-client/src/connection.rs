@@ -151,6 +151,8 @@ pub struct Connection {
     protocol_version: ProtocolVersion,
     connected_since: SystemTime,
     relay: Arc<Relay>,
+    /// The supervisor's tracker, for the short tasks a connection spawns.
+    tasks: TaskTracker,
 }
 
 /// How long a stdio server's session end waits, once its stdout closed, for the process's
@@ -315,6 +317,7 @@ impl Connection {
             protocol_version,
             connected_since: SystemTime::now(),
             relay,
+            tasks: ctx.tasks.clone(),
         });
         abandoned.0 = None;
         ctx.tasks.spawn(watch(connection.clone(), running, log));
@@ -466,7 +469,13 @@ impl Connection {
             )
             .await?;
         let _in_flight = self.relay.register(caller, handle.progress_token.clone());
-        let id = handle.id.clone();
+        // Until an outcome is known, dropping this future (the client's session ended, or
+        // the client went away) cancels the request on the server.
+        let mut unanswered = CancelOnDrop {
+            peer: Some(self.peer.clone()),
+            id: handle.id.clone(),
+            tasks: self.tasks.clone(),
+        };
         // The server's own error goes back as it sent it (code, message, data).
         let answer = self.bounded(self.timeout, async {
             match handle.await_response().await {
@@ -483,16 +492,15 @@ impl Connection {
             },
             _ = cancel.cancelled() => Err(CallError::Cancelled),
         };
-        if matches!(outcome, Err(CallError::Timeout(_) | CallError::Cancelled)) {
+        let peer = unanswered.peer.take();
+        if let (Some(peer), Err(CallError::Timeout(_) | CallError::Cancelled)) = (peer, &outcome) {
             let reason = match &outcome {
                 Err(CallError::Timeout(_)) => "mcp-client's timeout for the server passed",
                 _ => "the client cancelled the request",
             };
-            let notification =
-                ClientNotification::CancelledNotification(CancelledNotification::new(
-                    CancelledNotificationParam::new(Some(id), Some(reason.into())),
-                ));
-            let _ = self.peer.send_notification(notification).await;
+            let _ = peer
+                .send_notification(cancelled_notification(unanswered.id.clone(), reason))
+                .await;
         }
         outcome
     }
@@ -582,6 +590,39 @@ impl Connection {
         }
         // The transport's own close is bounded by rmcp; this only guards against a stuck one.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.ended.cancelled()).await;
+    }
+}
+
+/// `notifications/cancelled` for request `id` (MCP spec 2025-11-25, Utilities §
+/// Cancellation).
+fn cancelled_notification(id: rmcp::model::RequestId, reason: &str) -> ClientNotification {
+    ClientNotification::CancelledNotification(CancelledNotification::new(
+        CancelledNotificationParam::new(Some(id), Some(reason.into())),
+    ))
+}
+
+/// A forwarded request that, dropped while armed (`peer` set), sends the server
+/// `notifications/cancelled` for it from a task of its own (see [`Connection::forward`]).
+struct CancelOnDrop {
+    peer: Option<Peer<RoleClient>>,
+    id: rmcp::model::RequestId,
+    tasks: TaskTracker,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        // Outside a runtime (it is being torn down) the session ends with it anyway.
+        if let (Some(peer), Ok(runtime)) = (self.peer.take(), tokio::runtime::Handle::try_current())
+        {
+            let notification =
+                cancelled_notification(self.id.clone(), "the client's session ended");
+            self.tasks.spawn_on(
+                async move {
+                    let _ = peer.send_notification(notification).await;
+                },
+                &runtime,
+            );
+        }
     }
 }
 

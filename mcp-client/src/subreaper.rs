@@ -40,7 +40,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -68,6 +68,11 @@ const ROUNDS: usize = 3;
 
 /// The pids of the children mcp-client spawned and tokio waits for.
 static SPAWNED: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
+/// Held shared by each spawn from before the fork until its pid is in [`SPAWNED`], and
+/// exclusively by the reaper while it tells mcp-client's own children from orphans: spawns
+/// run side by side, and none is ever half-recorded while the reaper looks.
+static SPAWNS: RwLock<()> = RwLock::new(());
 
 /// Makes mcp-client the child subreaper of everything it starts and reaps the orphans that
 /// exit (see the module docs). Call once, inside the runtime, before any server starts.
@@ -99,10 +104,10 @@ pub fn start() {
     });
 }
 
-/// The right to spawn one child: holds the registry of spawned children from before the
-/// fork until [`Spawning::spawned`] records the pid. Never held across an `.await`.
+/// The right to spawn one child: keeps the reaper out ([`SPAWNS`]) from before the fork
+/// until [`Spawning::spawned`] records the pid. Never held across an `.await`.
 pub struct Spawning {
-    spawned: MutexGuard<'static, BTreeSet<u32>>,
+    _spawning: RwLockReadGuard<'static, ()>,
     marker: String,
 }
 
@@ -111,7 +116,7 @@ pub fn spawning() -> Spawning {
     static STARTS: AtomicU64 = AtomicU64::new(0);
     let n = STARTS.fetch_add(1, Ordering::Relaxed) + 1;
     Spawning {
-        spawned: SPAWNED.lock().unwrap_or_else(|p| p.into_inner()),
+        _spawning: SPAWNS.read().unwrap_or_else(|p| p.into_inner()),
         marker: format!("{}-{n}", std::process::id()),
     }
 }
@@ -124,8 +129,8 @@ impl Spawning {
 
     /// Records the child just started (tokio waits for it; the reaper leaves it alone).
     /// Returns its marker.
-    pub fn spawned(mut self, pid: u32) -> String {
-        self.spawned.insert(pid);
+    pub fn spawned(self, pid: u32) -> String {
+        spawned().insert(pid);
         self.marker
     }
 }
@@ -225,6 +230,8 @@ async fn end(processes: &[Process], grace: Duration) {
 fn escaped(marker: Option<&str>) -> Vec<Process> {
     let tree = Tree::load();
     let me = std::process::id();
+    // No spawn half-recorded: a child being spawned now is in `ours` before we look.
+    let _no_spawns = SPAWNS.write().unwrap_or_else(|p| p.into_inner());
     let ours = spawned();
     let mut found: Vec<Process> = tree
         .children(me)
@@ -254,7 +261,8 @@ fn reap_orphans() -> usize {
         .collect();
     let mut reaped = 0;
     for pid in zombies {
-        // Under the registry's lock: a child being spawned now is recorded before we look.
+        // No spawn half-recorded: a child being spawned now is recorded before we look.
+        let _no_spawns = SPAWNS.write().unwrap_or_else(|p| p.into_inner());
         let ours = spawned();
         let Ok(raw) = i32::try_from(pid) else {
             continue;

@@ -32,6 +32,7 @@ const NPM_PACKAGES: &[(&str, &str)] = &[
     ("@modelcontextprotocol/server-everything", "2026.8.31"),
     ("@modelcontextprotocol/server-filesystem", "2026.8.31"),
     ("@modelcontextprotocol/conformance", "0.1.16"),
+    ("@modelcontextprotocol/sdk", "1.32.2"),
     ("node", "22.23.3"),
 ];
 /// The PyPI packages the tests use, pinned.
@@ -78,6 +79,11 @@ impl Peers {
     }
 
     /// The conformance suite's CLI (run it with [`Self::node22`]).
+    pub fn typescript_sdk(&self) -> PathBuf {
+        self.node_modules().join("@modelcontextprotocol/sdk")
+    }
+
+    /// The conformance suite's entry point (`node THIS client|server …`).
     pub fn conformance_js(&self) -> PathBuf {
         self.node_modules()
             .join("@modelcontextprotocol/conformance/dist/index.js")

@@ -19,11 +19,36 @@ struct SdkClient {
     steps: mpsc::Receiver<Value>,
 }
 
+/// Which official SDK's client runs the steps.
+#[derive(Clone, Copy, Debug)]
+enum Sdk {
+    /// `gateway_client.py`, on PyPI `mcp`.
+    Python,
+    /// `gateway_client.mjs`, on npm `@modelcontextprotocol/sdk` (Node 22).
+    TypeScript,
+}
+
 impl SdkClient {
     fn start(url: &str, headers: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(peers().python());
+        Self::start_sdk(Sdk::Python, url, headers, env)
+    }
+
+    fn start_sdk(sdk: Sdk, url: &str, headers: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = match sdk {
+            Sdk::Python => {
+                let mut command = Command::new(peers().python());
+                command.arg(fixture("gateway_client.py"));
+                command
+            }
+            Sdk::TypeScript => {
+                let mut command = Command::new(peers().node22());
+                command
+                    .arg(fixture("gateway_client.mjs"))
+                    .env("MCP_SDK_DIR", peers().typescript_sdk());
+                command
+            }
+        };
         command
-            .arg(fixture("gateway_client.py"))
             .arg(url)
             .args(headers)
             .envs(env.iter().copied())
@@ -51,6 +76,14 @@ impl SdkClient {
         assert_eq!(step["step"], name, "unexpected step: {step}");
         step
     }
+}
+
+/// A JSON array of numbers as `f64`s (the SDKs write `1` or `1.0`).
+fn floats(values: &Value) -> Vec<f64> {
+    values
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
 }
 
 fn names(step: &Value) -> Vec<String> {
@@ -118,7 +151,7 @@ fn common_steps(client: &SdkClient, prefix: &str) {
     assert!(resource["count"].as_u64().unwrap() > 0);
     assert!(!resource["text"].as_str().unwrap().is_empty(), "{resource}");
     let progress = client.step("progress");
-    assert_eq!(progress["updates"], json!([1.0, 2.0, 3.0]), "{progress}");
+    assert_eq!(floats(&progress["updates"]), [1.0, 2.0, 3.0], "{progress}");
     let sampling = client.step("sampling");
     assert_eq!(sampling["is_error"], false);
     assert!(
@@ -145,11 +178,23 @@ fn common_steps(client: &SdkClient, prefix: &str) {
 
 #[tokio::test]
 async fn the_aggregate_serves_every_server_to_the_python_sdk() {
+    aggregate_with(Sdk::Python).await;
+}
+
+#[tokio::test]
+async fn the_aggregate_serves_every_server_to_the_typescript_sdk() {
+    aggregate_with(Sdk::TypeScript).await;
+}
+
+/// The aggregate in front of server-everything and two servers whose tool names collide,
+/// through `sdk`'s client: every step, then a server added by editing mcp.json.
+async fn aggregate_with(sdk: Sdk) {
     let daemon = Daemon::start(servers());
     for server in ["everything", "py", "py2"] {
         connected(&daemon, server).await;
     }
-    let client = SdkClient::start(
+    let client = SdkClient::start_sdk(
+        sdk,
         &format!("{}/mcp", daemon.base),
         &[],
         &[
@@ -248,7 +293,7 @@ async fn one_server_is_transparent_and_its_filters_change_without_a_reconnect() 
         assert!(names(&prompts).contains(&"simple-prompt".to_string()));
         client.step("prompt");
         client.step("resource");
-        assert_eq!(client.step("progress")["updates"], json!([1.0, 2.0, 3.0]));
+        assert_eq!(floats(&client.step("progress")["updates"]), [1.0, 2.0, 3.0]);
         assert_eq!(client.step("sampling")["is_error"], false);
         assert_eq!(client.step("elicitation")["is_error"], false);
         client.step("ready");
@@ -441,65 +486,144 @@ async fn next_event(
     }
 }
 
+/// A client session of the gateway over plain HTTP, with no GET stream: what an SDK does,
+/// by hand, to see exactly which stream carries what.
+struct RawSession {
+    http: reqwest::Client,
+    url: String,
+    id: String,
+}
+
+impl RawSession {
+    /// `initialize` (with `capabilities`) and `notifications/initialized` at `url`.
+    async fn open(url: &str, capabilities: Value) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let mut session = Self {
+            http,
+            url: url.to_string(),
+            id: String::new(),
+        };
+        let init = session
+            .post(
+                json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": capabilities,
+                "clientInfo": {"name": "raw-http", "version": "1"}}}),
+            )
+            .await;
+        session.id = init.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        drop(init);
+        session
+            .post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+        session
+    }
+
+    /// POSTs one JSON-RPC message in the session; the answer's body is not read.
+    async fn post(&self, body: Value) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body.to_string());
+        if !self.id.is_empty() {
+            request = request.header("mcp-session-id", &self.id);
+        }
+        request.send().await.expect("POST")
+    }
+
+    /// Ends the session (`DELETE`).
+    async fn end(&self) -> reqwest::StatusCode {
+        let ended = self
+            .http
+            .delete(&self.url)
+            .header("mcp-session-id", &self.id)
+            .send()
+            .await
+            .expect("DELETE");
+        ended.status()
+    }
+}
+
 #[tokio::test]
 async fn a_sampling_request_comes_on_the_stream_of_the_call_that_caused_it() {
     let daemon = Daemon::start(json!({
         "everything": dict(everything_entry(), &[("autoConnect", json!(true))]),
     }));
     connected(&daemon, "everything").await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
     let url = format!("{}/servers/everything/mcp", daemon.base);
-    let post = |body: Value, session: Option<&str>| {
-        let mut request = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(body.to_string());
-        if let Some(session) = session {
-            request = request.header("mcp-session-id", session);
-        }
-        request.send()
-    };
-    let init = post(
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {"sampling": {}},
-            "clientInfo": {"name": "raw-http", "version": "1"}}}),
-        None,
-    )
-    .await
-    .unwrap();
-    let session = init.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    drop(init);
-    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-    post(initialized, Some(&session)).await.unwrap();
+    let session = RawSession::open(&url, json!({"sampling": {}})).await;
     // No GET stream: the request must come on the call's own stream.
-    let call = post(
-        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+    let call = session
+        .post(
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
             "name": "trigger-sampling-request", "arguments": {"prompt": "hi", "maxTokens": 5}}}),
-        Some(&session),
-    )
-    .await
-    .unwrap();
+        )
+        .await;
     let mut stream = call.bytes_stream();
     let mut buffer = String::new();
     let asked = next_event(&mut stream, &mut buffer, |e| {
         e["method"] == "sampling/createMessage"
     })
     .await;
-    let answer = json!({"jsonrpc": "2.0", "id": asked["id"], "result": {
-        "role": "assistant", "model": "m", "stopReason": "endTurn",
-        "content": {"type": "text", "text": "sampled on the call's stream"}}});
-    post(answer, Some(&session)).await.unwrap();
+    session
+        .post(json!({"jsonrpc": "2.0", "id": asked["id"], "result": {
+            "role": "assistant", "model": "m", "stopReason": "endTurn",
+            "content": {"type": "text", "text": "sampled on the call's stream"}}}))
+        .await;
     let result = next_event(&mut stream, &mut buffer, |e| e["id"] == 2).await;
     let text = result["result"]["content"][0]["text"]
         .as_str()
         .unwrap_or_default();
     assert!(text.contains("sampled on the call's stream"), "{result}");
+}
+
+#[tokio::test]
+async fn a_call_in_flight_is_cancelled_on_the_server_when_its_session_ends() {
+    let daemon = Daemon::start(json!({
+        "py": dict(py_stdio_entry(), &[("autoConnect", json!(true))]),
+    }));
+    connected(&daemon, "py").await;
+    let url = format!("{}/servers/py/mcp", daemon.base);
+    let session = RawSession::open(&url, json!({})).await;
+    // A long call whose client then ends its session.
+    let call = session
+        .post(
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "sleep", "arguments": {"ms": 30000}}}),
+        )
+        .await;
+    let started = py_stats_until(&daemon, 1).await;
+    assert_eq!(started["in_flight"], 1, "the call did not start: {started}");
+    drop(call);
+    let ended = session.end().await;
+    assert!(ended.is_success(), "{ended}");
+    let last = py_stats_until(&daemon, 0).await;
+    assert_eq!(last["in_flight"], 0, "the call leaked: {last}");
+    assert_eq!(last["cancelled"], 1, "not cancelled on the server: {last}");
+}
+
+/// `py`'s stats once `in_flight` is `wanted` (or after 5 s).
+async fn py_stats_until(daemon: &Daemon, wanted: u64) -> Value {
+    let mut stats = Value::Null;
+    for _ in 0..100 {
+        stats = py_stats(daemon).await;
+        if stats["in_flight"] == wanted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stats
+}
+
+/// `stats` of the `py` server (its `sleep` calls: in flight, cancelled, completed), by REST.
+async fn py_stats(daemon: &Daemon) -> Value {
+    let (_, answer) = daemon.call("py", "stats", json!({})).await;
+    serde_json::from_str(mag_tests::text(&answer)).expect("stats JSON")
 }

@@ -144,6 +144,50 @@ impl Session {
         ))
     }
 
+    /// Every page of a list of every aggregated server offering it (`offered`), in server
+    /// order, each item with its server.
+    async fn gather<T>(
+        &self,
+        context: &RequestContext<RoleServer>,
+        offered: fn(&ServerCapabilities) -> bool,
+        request: fn(PaginatedRequestParams) -> ClientRequest,
+        take: fn(ServerResult) -> Option<Page<T>>,
+    ) -> Result<Vec<(String, T)>, ErrorData> {
+        let mut listed = Vec::new();
+        for (server, _, _) in self.offering(offered) {
+            let items = self.list_all(&server, context, request, take).await?;
+            listed.extend(items.into_iter().map(|item| (server.clone(), item)));
+        }
+        Ok(listed)
+    }
+
+    /// Keeps, of items listed by several servers under the same `key` (a resource URI or
+    /// template), the first server's, and records where each key goes.
+    fn route_first<T>(&self, listed: Vec<(String, T)>, key: fn(&T) -> &String) -> Vec<T> {
+        let mut routes = self.resources.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = std::collections::HashSet::new();
+        let mut kept = Vec::new();
+        for (server, item) in listed {
+            if seen.insert(key(&item).clone()) {
+                routes.insert(key(&item).clone(), server);
+                kept.push(item);
+            }
+        }
+        kept
+    }
+
+    /// Sends `request` to `server` and takes the kind of result `take` accepts.
+    async fn forward_as<R>(
+        &self,
+        server: &str,
+        request: ClientRequest,
+        context: &RequestContext<RoleServer>,
+        take: fn(ServerResult) -> Option<R>,
+    ) -> Result<R, ErrorData> {
+        let answer = self.forward(server, request, context).await?;
+        take(answer).ok_or_else(|| unexpected(server))
+    }
+
     /// The aggregate's servers offering a capability.
     fn offering(
         &self,
@@ -483,32 +527,26 @@ impl ServerHandler for Session {
             let request = ClientRequest::ListPromptsRequest(ListPromptsRequest::with_param(
                 request.unwrap_or_default(),
             ));
-            return match self.forward(server, request, &context).await? {
-                ServerResult::ListPromptsResult(result) => Ok(result),
-                _ => Err(unexpected(server)),
-            };
+            return self
+                .forward_as(server, request, &context, |answer| match answer {
+                    ServerResult::ListPromptsResult(result) => Some(result),
+                    _ => None,
+                })
+                .await;
         }
-        let mut listed = Vec::new();
-        for (server, _, _) in self.offering(|c| c.prompts.is_some()) {
-            let prompts = self
-                .list_all(
-                    &server,
-                    &context,
-                    |p| ClientRequest::ListPromptsRequest(ListPromptsRequest::with_param(p)),
-                    |answer| match answer {
-                        ServerResult::ListPromptsResult(r) => Some((r.prompts, r.next_cursor)),
-                        _ => None,
-                    },
-                )
-                .await?;
-            listed.extend(prompts.into_iter().map(|p| (server.clone(), p)));
-        }
-        let pairs: Vec<(String, String)> = listed
-            .iter()
-            .map(|(server, prompt)| (server.clone(), prompt.name.clone()))
-            .collect();
+        let listed = self
+            .gather(
+                &context,
+                |c| c.prompts.is_some(),
+                |p| ClientRequest::ListPromptsRequest(ListPromptsRequest::with_param(p)),
+                |answer| match answer {
+                    ServerResult::ListPromptsResult(r) => Some((r.prompts, r.next_cursor)),
+                    _ => None,
+                },
+            )
+            .await?;
         let (catalog, names) = Catalog::build(
-            pairs.iter().map(|(s, n)| (s.as_str(), n.as_str())),
+            listed.iter().map(|(s, p)| (s.as_str(), p.name.as_str())),
             &self.shared.separator,
         );
         *self.prompts.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
@@ -550,37 +588,25 @@ impl ServerHandler for Session {
             let request = ClientRequest::ListResourcesRequest(ListResourcesRequest::with_param(
                 request.unwrap_or_default(),
             ));
-            return match self.forward(server, request, &context).await? {
-                ServerResult::ListResourcesResult(result) => Ok(result),
-                _ => Err(unexpected(server)),
-            };
+            return self
+                .forward_as(server, request, &context, |answer| match answer {
+                    ServerResult::ListResourcesResult(result) => Some(result),
+                    _ => None,
+                })
+                .await;
         }
-        let mut resources = Vec::new();
-        let mut routes = HashMap::new();
-        for (server, _, _) in self.offering(|c| c.resources.is_some()) {
-            let listed = self
-                .list_all(
-                    &server,
-                    &context,
-                    |p| ClientRequest::ListResourcesRequest(ListResourcesRequest::with_param(p)),
-                    |answer| match answer {
-                        ServerResult::ListResourcesResult(r) => Some((r.resources, r.next_cursor)),
-                        _ => None,
-                    },
-                )
-                .await?;
-            for resource in listed {
-                // The first server in name order that lists a URI serves it.
-                if !routes.contains_key(&resource.uri) {
-                    routes.insert(resource.uri.clone(), server.clone());
-                    resources.push(resource);
-                }
-            }
-        }
-        self.resources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(routes);
+        let listed = self
+            .gather(
+                &context,
+                |c| c.resources.is_some(),
+                |p| ClientRequest::ListResourcesRequest(ListResourcesRequest::with_param(p)),
+                |answer| match answer {
+                    ServerResult::ListResourcesResult(r) => Some((r.resources, r.next_cursor)),
+                    _ => None,
+                },
+            )
+            .await?;
+        let resources = self.route_first(listed, |r| &r.uri);
         Ok(ListResourcesResult::with_all_items(resources))
     }
 
@@ -593,42 +619,31 @@ impl ServerHandler for Session {
             let request = ClientRequest::ListResourceTemplatesRequest(
                 ListResourceTemplatesRequest::with_param(request.unwrap_or_default()),
             );
-            return match self.forward(server, request, &context).await? {
-                ServerResult::ListResourceTemplatesResult(result) => Ok(result),
-                _ => Err(unexpected(server)),
-            };
+            return self
+                .forward_as(server, request, &context, |answer| match answer {
+                    ServerResult::ListResourceTemplatesResult(result) => Some(result),
+                    _ => None,
+                })
+                .await;
         }
-        let mut templates = Vec::new();
-        let mut routes = HashMap::new();
-        for (server, _, _) in self.offering(|c| c.resources.is_some()) {
-            let listed = self
-                .list_all(
-                    &server,
-                    &context,
-                    |p| {
-                        ClientRequest::ListResourceTemplatesRequest(
-                            ListResourceTemplatesRequest::with_param(p),
-                        )
-                    },
-                    |answer| match answer {
-                        ServerResult::ListResourceTemplatesResult(r) => {
-                            Some((r.resource_templates, r.next_cursor))
-                        }
-                        _ => None,
-                    },
-                )
-                .await?;
-            for template in listed {
-                if !routes.contains_key(&template.uri_template) {
-                    routes.insert(template.uri_template.clone(), server.clone());
-                    templates.push(template);
-                }
-            }
-        }
-        self.resources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(routes);
+        let listed = self
+            .gather(
+                &context,
+                |c| c.resources.is_some(),
+                |p| {
+                    ClientRequest::ListResourceTemplatesRequest(
+                        ListResourceTemplatesRequest::with_param(p),
+                    )
+                },
+                |answer| match answer {
+                    ServerResult::ListResourceTemplatesResult(r) => {
+                        Some((r.resource_templates, r.next_cursor))
+                    }
+                    _ => None,
+                },
+            )
+            .await?;
+        let templates = self.route_first(listed, |t| &t.uri_template);
         Ok(ListResourceTemplatesResult::with_all_items(templates))
     }
 
