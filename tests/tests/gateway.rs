@@ -627,3 +627,54 @@ async fn py_stats(daemon: &Daemon) -> Value {
     let (_, answer) = daemon.call("py", "stats", json!({})).await;
     serde_json::from_str(mag_tests::text(&answer)).expect("stats JSON")
 }
+
+#[tokio::test]
+async fn the_aggregate_lists_come_in_pages_with_opaque_cursors() {
+    // 7 × server-everything's 16 tools: more than one page of 100.
+    let names: Vec<String> = (0..7).map(|i| format!("e{i}")).collect();
+    let servers: serde_json::Map<String, Value> = names
+        .iter()
+        .map(|name| {
+            let entry = dict(everything_entry(), &[("autoConnect", json!(true))]);
+            (name.clone(), entry)
+        })
+        .collect();
+    let daemon = Daemon::start(Value::Object(servers));
+    for name in &names {
+        connected(&daemon, name).await;
+    }
+    let session = RawSession::open(&format!("{}/mcp", daemon.base), json!({})).await;
+    let list = |id: u64, cursor: Option<&Value>| {
+        let mut params = json!({});
+        if let Some(cursor) = cursor {
+            params["cursor"] = cursor.clone();
+        }
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": params})
+    };
+    let mut all = Vec::new();
+    let mut cursor: Option<Value> = None;
+    for id in 2..10 {
+        let answer = session.post(list(id, cursor.as_ref())).await;
+        let mut stream = answer.bytes_stream();
+        let page = next_event(&mut stream, &mut String::new(), |e| e["id"] == id).await;
+        let tools = page["result"]["tools"].as_array().expect("tools").clone();
+        assert!(tools.len() <= 100, "a page of {}", tools.len());
+        all.extend(
+            tools
+                .iter()
+                .map(|t| t["name"].as_str().unwrap().to_string()),
+        );
+        match page["result"].get("nextCursor") {
+            Some(next) if !next.is_null() => cursor = Some(next.clone()),
+            _ => break,
+        }
+    }
+    assert_eq!(all.len(), 7 * 16, "{all:?}");
+    let unique: std::collections::BTreeSet<&String> = all.iter().collect();
+    assert_eq!(unique.len(), all.len(), "a tool listed twice");
+    // A cursor the gateway never gave out: invalid params.
+    let answer = session.post(list(20, Some(&json!("made-up")))).await;
+    let mut stream = answer.bytes_stream();
+    let refused = next_event(&mut stream, &mut String::new(), |e| e["id"] == 20).await;
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+}

@@ -15,6 +15,7 @@
 
 pub mod names;
 mod notify;
+pub mod pages;
 mod session;
 
 use std::collections::HashMap;

@@ -27,6 +27,7 @@ use rmcp::{RoleServer, ServerHandler};
 use tokio_util::sync::CancellationToken;
 
 use super::names::Catalog;
+use super::pages;
 use super::{Shared, notify};
 use crate::connection::{ArgumentError, CallError, Caller, Connection};
 use crate::error::Error;
@@ -270,6 +271,11 @@ impl Session {
     }
 }
 
+/// The cursor a list request carries, if any.
+fn cursor(request: &Option<PaginatedRequestParams>) -> Option<&str> {
+    request.as_ref().and_then(|r| r.cursor.as_deref())
+}
+
 /// One page of a list: its items and the cursor of the next page.
 type Page<T> = (Vec<T>, Option<String>);
 
@@ -416,7 +422,7 @@ impl ServerHandler for Session {
 
     async fn list_tools(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let servers = self.servers();
@@ -448,7 +454,10 @@ impl ServerHandler for Session {
                     .collect()
             }
         };
-        Ok(ListToolsResult::with_all_items(tools))
+        let (tools, next) = pages::page(tools, cursor(&request))?;
+        let mut result = ListToolsResult::with_all_items(tools);
+        result.next_cursor = next;
+        Ok(result)
     }
 
     async fn call_tool(
@@ -558,7 +567,10 @@ impl ServerHandler for Session {
                 prompt
             })
             .collect();
-        Ok(ListPromptsResult::with_all_items(prompts))
+        let (prompts, next) = pages::page(prompts, cursor(&request))?;
+        let mut result = ListPromptsResult::with_all_items(prompts);
+        result.next_cursor = next;
+        Ok(result)
     }
 
     async fn get_prompt(
@@ -607,7 +619,10 @@ impl ServerHandler for Session {
             )
             .await?;
         let resources = self.route_first(listed, |r| &r.uri);
-        Ok(ListResourcesResult::with_all_items(resources))
+        let (resources, next) = pages::page(resources, cursor(&request))?;
+        let mut result = ListResourcesResult::with_all_items(resources);
+        result.next_cursor = next;
+        Ok(result)
     }
 
     async fn list_resource_templates(
@@ -644,7 +659,10 @@ impl ServerHandler for Session {
             )
             .await?;
         let templates = self.route_first(listed, |t| &t.uri_template);
-        Ok(ListResourceTemplatesResult::with_all_items(templates))
+        let (templates, next) = pages::page(templates, cursor(&request))?;
+        let mut result = ListResourceTemplatesResult::with_all_items(templates);
+        result.next_cursor = next;
+        Ok(result)
     }
 
     async fn read_resource(
