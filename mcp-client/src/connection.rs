@@ -461,6 +461,7 @@ impl Connection {
             }),
             _ => None,
         };
+        let mut in_flight = self.relay.register(caller);
         let handle = self
             .bounded(
                 self.timeout,
@@ -468,7 +469,7 @@ impl Connection {
                     .send_request_with_option(request, PeerRequestOptions::no_options()),
             )
             .await?;
-        let _in_flight = self.relay.register(caller, handle.progress_token.clone());
+        in_flight.track_progress(caller, handle.progress_token.clone());
         // Until an outcome is known, dropping this future (the client's session ended, or
         // the client went away) cancels the request on the server.
         let mut unanswered = CancelOnDrop {

@@ -147,6 +147,21 @@ pub struct InFlight<'a> {
     progress: Option<ProgressToken>,
 }
 
+impl InFlight<'_> {
+    /// Routes the server's progress for the request, sent with progress token `upstream`,
+    /// to `caller` with the caller's own token (when it gave one).
+    pub fn track_progress(&mut self, caller: &Caller, upstream: ProgressToken) {
+        if let Some(token) = caller.progress_token.clone() {
+            self.relay
+                .progress
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(upstream.clone(), (caller.peer.clone(), token));
+            self.progress = Some(upstream);
+        }
+    }
+}
+
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.relay
@@ -186,24 +201,18 @@ impl Relay {
         &self.server
     }
 
-    /// Registers `caller` for a request sent to the server with progress token `upstream`.
-    pub fn register(&self, caller: &Caller, upstream: ProgressToken) -> InFlight<'_> {
+    /// Registers `caller` for a request about to be sent to the server, before it is sent,
+    /// so that a server-to-client request it causes at once finds its caller.
+    pub fn register(&self, caller: &Caller) -> InFlight<'_> {
         let id = self.next_caller.fetch_add(1, Ordering::Relaxed);
         self.callers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((id, caller.clone()));
-        let progress = caller.progress_token.clone().map(|token| {
-            self.progress
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(upstream.clone(), (caller.peer.clone(), token));
-            upstream
-        });
         InFlight {
             relay: self,
             id,
-            progress,
+            progress: None,
         }
     }
 
