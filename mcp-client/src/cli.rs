@@ -55,6 +55,10 @@ struct Cli {
     /// `30m`, `90s`).
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration, value_name = "DURATION")]
     session_idle: std::time::Duration,
+    /// At most this many MCP client sessions of the gateway at once; a new one beyond it is
+    /// answered 503 (each costs ~60 KiB and lives until it ends or idles out).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    max_sessions: usize,
 }
 
 /// Parses the command line and runs the daemon until a signal or `POST /shutdown`.
@@ -111,6 +115,7 @@ pub fn main() -> ExitCode {
                 .flatten(),
             name_separator: cli.name_separator,
             session_idle: cli.session_idle,
+            max_sessions: cli.max_sessions,
         };
         crate::run(options, listener, Box::pin(shutdown_signal())).await
     });

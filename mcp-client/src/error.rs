@@ -73,6 +73,12 @@ pub enum Error {
     /// The daemon is shutting down and takes no new work (503).
     #[error("mcp-client is shutting down")]
     ShuttingDown,
+    /// The MCP gateway has as many client sessions as `--max-sessions` allows (503).
+    #[error(
+        "the MCP gateway has {0} client sessions, its limit (--max-sessions): end one (DELETE) \
+         or wait for idle ones to expire"
+    )]
+    TooManySessions(usize),
     /// A local I/O failure (500): reading the config, opening a log file.
     #[error("{context}: {source}")]
     Io {
@@ -104,6 +110,7 @@ impl Error {
             Self::Config(_) => "invalid_config",
             Self::Edge(e) => e.code(),
             Self::ShuttingDown => "shutting_down",
+            Self::TooManySessions(_) => "too_many_sessions",
             Self::Io { .. } => "io_error",
         }
     }
@@ -132,7 +139,7 @@ impl Error {
             Self::Connect { .. } => StatusCode::BAD_REQUEST,
             Self::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Edge(e) => e.status(),
-            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::TooManySessions(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -69,6 +69,8 @@ pub struct Options {
     pub name_separator: String,
     /// How long an idle MCP client session of the gateway lives (`--session-idle`).
     pub session_idle: Duration,
+    /// At most this many MCP client sessions of the gateway at once (`--max-sessions`).
+    pub max_sessions: usize,
 }
 
 /// Runs the daemon on `listener` until `shutdown` resolves or `POST /shutdown` is called;
@@ -168,6 +170,7 @@ pub async fn run(
             separator: options.name_separator.clone(),
             session_idle: options.session_idle,
             body_limit: options.body_limit,
+            max_sessions: options.max_sessions,
         },
         stop.clone(),
     );

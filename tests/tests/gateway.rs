@@ -678,3 +678,44 @@ async fn the_aggregate_lists_come_in_pages_with_opaque_cursors() {
     let refused = next_event(&mut stream, &mut String::new(), |e| e["id"] == 20).await;
     assert_eq!(refused["error"]["code"], -32602, "{refused}");
 }
+
+#[tokio::test]
+async fn client_sessions_are_capped() {
+    let daemon = Daemon::start_with(
+        json!({"py": dict(py_stdio_entry(), &[("autoConnect", json!(true))])}),
+        &["--max-sessions", "2"],
+        &[],
+    );
+    connected(&daemon, "py").await;
+    let aggregate = format!("{}/mcp", daemon.base);
+    let one = format!("{}/servers/py/mcp", daemon.base);
+    let first = RawSession::open(&aggregate, json!({})).await;
+    let _second = RawSession::open(&one, json!({})).await;
+    // A third, on either route: 503 with the reason, and the open sessions still work.
+    let third = first
+        .http
+        .post(&aggregate)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "third", "version": "1"}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), 503);
+    let body: Value = third.json().await.unwrap();
+    assert_eq!(body["code"], "too_many_sessions", "{body}");
+    let listed = first
+        .post(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+        .await;
+    let mut stream = listed.bytes_stream();
+    let tools = next_event(&mut stream, &mut String::new(), |e| e["id"] == 2).await;
+    assert!(tools["result"]["tools"].is_array(), "{tools}");
+    // Ending one makes room.
+    assert!(first.end().await.is_success());
+    let _again = RawSession::open(&aggregate, json!({})).await;
+}

@@ -49,6 +49,9 @@ pub struct GatewayOptions {
     pub session_idle: Duration,
     /// The largest request body, in bytes (the API's body limit).
     pub body_limit: usize,
+    /// At most this many client sessions at once, over all scopes (`--max-sessions`); an
+    /// `initialize` beyond it is answered 503 `too_many_sessions`.
+    pub max_sessions: usize,
 }
 
 /// What every session of the gateway shares.
@@ -67,6 +70,8 @@ pub struct Gateway {
     stop: CancellationToken,
     aggregate: Service,
     single: Arc<Mutex<HashMap<String, Service>>>,
+    /// The session managers of every scope, to count the sessions.
+    managers: Arc<Mutex<Vec<Arc<LocalSessionManager>>>>,
 }
 
 impl Gateway {
@@ -76,14 +81,37 @@ impl Gateway {
             supervisor,
             separator: options.separator.clone(),
         });
-        let aggregate = service(&shared, &options, &stop, Scope::All);
+        let managers: Arc<Mutex<Vec<Arc<LocalSessionManager>>>> = Arc::default();
+        let aggregate = service(&shared, &options, &stop, Scope::All, &managers);
         Self {
             shared,
             options,
             stop,
             aggregate,
             single: Arc::default(),
+            managers,
         }
+    }
+
+    /// Refuses a new session (`new_session`: a request without `Mcp-Session-Id`) when the
+    /// gateway has [`GatewayOptions::max_sessions`] of them.
+    async fn admit(&self, new_session: bool) -> Result<(), Error> {
+        if !new_session {
+            return Ok(());
+        }
+        let managers = self
+            .managers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut open = 0;
+        for manager in managers {
+            open += manager.sessions.read().await.len();
+        }
+        if open >= self.options.max_sessions {
+            return Err(Error::TooManySessions(open));
+        }
+        Ok(())
     }
 
     /// The service of one server, made on first use.
@@ -98,6 +126,7 @@ impl Gateway {
                 &self.options,
                 &self.stop,
                 Scope::One(server.to_string()),
+                &self.managers,
             )
         });
         Ok(made.clone())
@@ -118,6 +147,7 @@ fn service(
     options: &GatewayOptions,
     stop: &CancellationToken,
     scope: Scope,
+    managers: &Mutex<Vec<Arc<LocalSessionManager>>>,
 ) -> Service {
     let mut sessions = LocalSessionManager::default();
     let mut session_config = SessionConfig::default();
@@ -130,9 +160,14 @@ fn service(
         .with_max_request_body_bytes(options.body_limit)
         .with_cancellation_token(stop.child_token());
     let shared = shared.clone();
+    let sessions = Arc::new(sessions);
+    managers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(sessions.clone());
     StreamableHttpService::new(
         move || Ok(Session::new(shared.clone(), scope.clone())),
-        Arc::new(sessions),
+        sessions,
         config,
     )
 }
@@ -142,6 +177,10 @@ async fn aggregate(State(gateway): State<Gateway>, request: Request) -> Response
         .headers()
         .get(SERVER_HEADER)
         .map(|v| v.to_str().map(str::to_string));
+    let new_session = !request.headers().contains_key("mcp-session-id");
+    if let Err(e) = gateway.admit(new_session).await {
+        return e.into_response();
+    }
     let service = match server {
         None => gateway.aggregate.clone(),
         Some(Ok(server)) => match gateway.single(&server) {
@@ -165,6 +204,10 @@ async fn one(
     Path(server): Path<String>,
     request: Request,
 ) -> Response {
+    let new_session = !request.headers().contains_key("mcp-session-id");
+    if let Err(e) = gateway.admit(new_session).await {
+        return e.into_response();
+    }
     match gateway.single(&server) {
         Ok(service) => service
             .handle(request)
