@@ -13,8 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use rmcp::RoleClient;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, CancelledNotification,
-    CancelledNotificationParam, ClientNotification, ClientRequest, ErrorData, JsonObject,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest, ErrorData, JsonObject,
     PingRequest, ProtocolVersion, ServerPeerInfo, ServerResult, Tool,
 };
 use rmcp::service::{
@@ -594,39 +593,6 @@ impl Connection {
     }
 }
 
-/// `notifications/cancelled` for request `id` (MCP spec 2025-11-25, Utilities §
-/// Cancellation).
-fn cancelled_notification(id: rmcp::model::RequestId, reason: &str) -> ClientNotification {
-    ClientNotification::CancelledNotification(CancelledNotification::new(
-        CancelledNotificationParam::new(Some(id), Some(reason.into())),
-    ))
-}
-
-/// A forwarded request that, dropped while armed (`peer` set), sends the server
-/// `notifications/cancelled` for it from a task of its own (see [`Connection::forward`]).
-struct CancelOnDrop {
-    peer: Option<Peer<RoleClient>>,
-    id: rmcp::model::RequestId,
-    tasks: TaskTracker,
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        // Outside a runtime (it is being torn down) the session ends with it anyway.
-        if let (Some(peer), Ok(runtime)) = (self.peer.take(), tokio::runtime::Handle::try_current())
-        {
-            let notification =
-                cancelled_notification(self.id.clone(), "the client's session ended");
-            self.tasks.spawn_on(
-                async move {
-                    let _ = peer.send_notification(notification).await;
-                },
-                &runtime,
-            );
-        }
-    }
-}
-
 /// What a cancelled connect returns; the supervisor, which cancelled it, gives the reason.
 fn cancelled() -> ConnectError {
     ConnectError::Cancelled("the connect was cancelled".into())
@@ -810,7 +776,7 @@ mod relay;
 mod tools;
 use handler::Handler;
 pub use relay::{Caller, EVENT_BACKLOG, ServerEvent};
-use relay::{Relay, Relayed};
+use relay::{CancelOnDrop, Relay, Relayed, cancelled_notification};
 use tools::list_all_tools;
 #[cfg(test)]
 use tools::{ToolsPage, read_tools_page};

@@ -13,15 +13,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rmcp::model::{
-    ClientCapabilities, ClientResult, ErrorCode, ErrorData, GetExtensions, JsonRpcMessage,
-    JsonRpcNotification, LoggingMessageNotificationParam, ProgressNotification,
-    ProgressNotificationParam, ProgressToken, RequestId, ServerNotification, ServerRequest,
+    CancelledNotification, CancelledNotificationParam, ClientCapabilities, ClientNotification,
+    ClientResult, ErrorCode, ErrorData, GetExtensions, JsonRpcMessage, JsonRpcNotification,
+    LoggingMessageNotificationParam, ProgressNotification, ProgressNotificationParam,
+    ProgressToken, RequestId, ServerNotification, ServerRequest,
 };
 use rmcp::service::{OriginatingRequestId, Peer, RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use rmcp::{RoleClient, RoleServer};
 use tokio::sync::broadcast;
-use tokio_util::task::AbortOnDropHandle;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 /// Something a server told the daemon that the gateway's client sessions may need to hear.
 #[derive(Clone, Debug)]
@@ -297,5 +298,41 @@ impl Relay {
                 None,
             ),
         })
+    }
+}
+
+/// `notifications/cancelled` for request `id` (MCP spec 2025-11-25, Utilities §
+/// Cancellation).
+pub(super) fn cancelled_notification(
+    id: rmcp::model::RequestId,
+    reason: &str,
+) -> ClientNotification {
+    ClientNotification::CancelledNotification(CancelledNotification::new(
+        CancelledNotificationParam::new(Some(id), Some(reason.into())),
+    ))
+}
+
+/// A forwarded request that, dropped while armed (`peer` set), sends the server
+/// `notifications/cancelled` for it from a task of its own (see [`Connection::forward`]).
+pub(super) struct CancelOnDrop {
+    pub(super) peer: Option<Peer<RoleClient>>,
+    pub(super) id: rmcp::model::RequestId,
+    pub(super) tasks: TaskTracker,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        // Outside a runtime (it is being torn down) the session ends with it anyway.
+        if let (Some(peer), Ok(runtime)) = (self.peer.take(), tokio::runtime::Handle::try_current())
+        {
+            let notification =
+                cancelled_notification(self.id.clone(), "the client's session ended");
+            self.tasks.spawn_on(
+                async move {
+                    let _ = peer.send_notification(notification).await;
+                },
+                &runtime,
+            );
+        }
     }
 }
