@@ -405,8 +405,9 @@ impl Supervisor {
             let Some(connection) = slot.connection() else {
                 continue;
             };
-            let entry = slot.state().entry.clone();
-            for tool in connection.tools().iter().filter(|t| entry.exposes(&t.name)) {
+            let listed = connection.tools();
+            let state = slot.state();
+            for tool in listed.iter().filter(|t| state.entry.exposes(&t.name)) {
                 tools.push(ToolView {
                     server_name: slot.name.clone(),
                     name: tool.name.to_string(),

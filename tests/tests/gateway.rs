@@ -103,6 +103,22 @@ fn write_config(daemon: &Daemon, servers: Value) {
     std::fs::rename(next, path).unwrap();
 }
 
+/// mcp-client with `servers` (each with `autoConnect`), once every one is connected.
+async fn running(servers: &[(&str, Value)]) -> Daemon {
+    let config: serde_json::Map<String, Value> = servers
+        .iter()
+        .map(|(name, entry)| {
+            let entry = dict(entry.clone(), &[("autoConnect", json!(true))]);
+            (name.to_string(), entry)
+        })
+        .collect();
+    let daemon = Daemon::start(Value::Object(config));
+    for (name, _) in servers {
+        connected(&daemon, name).await;
+    }
+    daemon
+}
+
 /// Waits (up to 60 s) for `server` to be connected.
 async fn connected(daemon: &Daemon, server: &str) {
     let state = daemon
@@ -341,9 +357,7 @@ async fn rest_hides_filtered_tools_and_validates_arguments() {
 
 #[tokio::test]
 async fn bad_input_at_the_gateway_gets_clear_answers() {
-    let daemon =
-        Daemon::start(json!({"py": dict(py_stdio_entry(), &[("autoConnect", json!(true))])}));
-    connected(&daemon, "py").await;
+    let daemon = running(&[("py", py_stdio_entry())]).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -553,10 +567,7 @@ impl RawSession {
 
 #[tokio::test]
 async fn a_sampling_request_comes_on_the_stream_of_the_call_that_caused_it() {
-    let daemon = Daemon::start(json!({
-        "everything": dict(everything_entry(), &[("autoConnect", json!(true))]),
-    }));
-    connected(&daemon, "everything").await;
+    let daemon = running(&[("everything", everything_entry())]).await;
     let url = format!("{}/servers/everything/mcp", daemon.base);
     let session = RawSession::open(&url, json!({"sampling": {}})).await;
     // No GET stream: the request must come on the call's own stream.
@@ -586,10 +597,7 @@ async fn a_sampling_request_comes_on_the_stream_of_the_call_that_caused_it() {
 
 #[tokio::test]
 async fn a_call_in_flight_is_cancelled_on_the_server_when_its_session_ends() {
-    let daemon = Daemon::start(json!({
-        "py": dict(py_stdio_entry(), &[("autoConnect", json!(true))]),
-    }));
-    connected(&daemon, "py").await;
+    let daemon = running(&[("py", py_stdio_entry())]).await;
     let url = format!("{}/servers/py/mcp", daemon.base);
     let session = RawSession::open(&url, json!({})).await;
     // A long call whose client then ends its session.
@@ -632,17 +640,8 @@ async fn py_stats(daemon: &Daemon) -> Value {
 async fn the_aggregate_lists_come_in_pages_with_opaque_cursors() {
     // 7 × server-everything's 16 tools: more than one page of 100.
     let names: Vec<String> = (0..7).map(|i| format!("e{i}")).collect();
-    let servers: serde_json::Map<String, Value> = names
-        .iter()
-        .map(|name| {
-            let entry = dict(everything_entry(), &[("autoConnect", json!(true))]);
-            (name.clone(), entry)
-        })
-        .collect();
-    let daemon = Daemon::start(Value::Object(servers));
-    for name in &names {
-        connected(&daemon, name).await;
-    }
+    let servers: Vec<(&str, Value)> = names.iter().map(|n| (&**n, everything_entry())).collect();
+    let daemon = running(&servers).await;
     let session = RawSession::open(&format!("{}/mcp", daemon.base), json!({})).await;
     let list = |id: u64, cursor: Option<&Value>| {
         let mut params = json!({});

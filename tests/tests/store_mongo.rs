@@ -282,14 +282,7 @@ async fn mongo_schema(uri: &str, database: &str) {
         }
     }
     let parsed = generation.get_document("parsed_results").unwrap();
-    for key in [
-        "analysis",
-        "todo",
-        "folder_name",
-        "script_files",
-        "dependencies",
-        "readme",
-    ] {
+    for key in mag_server::generation::parse::REQUIRED_SECTIONS {
         assert!(
             parsed.contains_key(key),
             "parsed_results lacks {key}: {parsed}"

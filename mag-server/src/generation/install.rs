@@ -518,6 +518,15 @@ fn write_files(writes: &[(PathBuf, String)], log_dir: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// A toolsmith whose tools and logs live in `dir`.
+    fn smith_in(dir: &tempfile::TempDir) -> Toolsmith {
+        Toolsmith {
+            tools_dir: dir.path().join("tools"),
+            log_dir: dir.path().join("logs"),
+            python: "python3".into(),
+        }
+    }
+
     #[test]
     fn names_used_as_paths_are_checked() {
         for good in ["clock", "weather_lookup-2", "时钟", "v1.2"] {
@@ -585,11 +594,7 @@ mod tests {
     #[test]
     fn unique_names_skip_folders_and_servers() {
         let dir = tempfile::tempdir().unwrap();
-        let smith = Toolsmith {
-            tools_dir: dir.path().join("tools"),
-            log_dir: dir.path().join("logs"),
-            python: "python3".into(),
-        };
+        let smith = smith_in(&dir);
         smith.reserve("t", false, &[]).unwrap().settle(true);
         assert!(matches!(
             smith.reserve("t", false, &[]),
@@ -657,11 +662,7 @@ mod tests {
     #[tokio::test]
     async fn a_discarded_folder_frees_its_name_at_once_and_goes_in_the_background() {
         let dir = tempfile::tempdir().unwrap();
-        let smith = Toolsmith {
-            tools_dir: dir.path().join("tools"),
-            log_dir: dir.path().join("logs"),
-            python: "python3".into(),
-        };
+        let smith = smith_in(&dir);
         smith.reserve("t", false, &[]).unwrap().settle(true);
         let venv = smith.dir_of("t").join(".venv/lib/site-packages/pkg");
         std::fs::create_dir_all(&venv).unwrap();
@@ -682,11 +683,7 @@ mod tests {
     #[test]
     fn the_sweep_finishes_deletions_cut_short() {
         let dir = tempfile::tempdir().unwrap();
-        let smith = Toolsmith {
-            tools_dir: dir.path().join("tools"),
-            log_dir: dir.path().join("logs"),
-            python: "python3".into(),
-        };
+        let smith = smith_in(&dir);
         let left = smith.tools_dir.join(".discarded-t-00000000000000ff");
         std::fs::create_dir_all(left.join(".venv")).unwrap();
         std::fs::write(left.join(INSTALLING_MARKER), b"").unwrap();

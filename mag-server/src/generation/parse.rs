@@ -89,6 +89,17 @@ pub fn merge(parsed: &mut Map<String, Value>, found: Sections) {
     parsed.insert("script_files".into(), Value::Object(files));
 }
 
+/// The `parsed_results` fields a finished design must have (MAG's
+/// `ai_mcp_generator.py`), in the order they are reported missing.
+pub const REQUIRED_SECTIONS: [&str; 6] = [
+    "analysis",
+    "todo",
+    "folder_name",
+    "script_files",
+    "dependencies",
+    "readme",
+];
+
 /// The parts a finished design still lacks, in MAG's words: each simple field that is
 /// missing or empty, `script_files` when there are none, and `main.py脚本` when there are
 /// some but no `main.py`.
@@ -99,14 +110,7 @@ pub fn missing_parts(parsed: &Map<String, Value>) -> Vec<String> {
         _ => false,
     };
     let mut missing = Vec::new();
-    for field in [
-        "analysis",
-        "todo",
-        "folder_name",
-        "script_files",
-        "dependencies",
-        "readme",
-    ] {
+    for field in REQUIRED_SECTIONS {
         if !present(field) {
             missing.push(field.to_owned());
         }

@@ -37,15 +37,13 @@ use session::{Scope, Session};
 /// The header that picks one server on `/mcp`.
 pub const SERVER_HEADER: &str = "x-mcp-server-id";
 
-/// Default for how long a client session may stay idle before it ends.
-pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
-
 /// How the gateway serves.
 #[derive(Clone, Debug)]
 pub struct GatewayOptions {
     /// Between server and name in the aggregate's public names (`__`, or `.`).
     pub separator: String,
-    /// A client session with no request for this long ends (`--session-idle`).
+    /// A client session with no request for this long ends (`--session-idle`, default
+    /// 30 min).
     pub session_idle: Duration,
     /// The largest request body, in bytes (the API's body limit).
     pub body_limit: usize,

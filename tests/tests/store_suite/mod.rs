@@ -440,32 +440,28 @@ pub(crate) async fn concurrent_saves_one_wins(store: Store) {
     const WRITERS: usize = 8;
     // Round 1 of one new id.
     let id = new_conversation_id();
-    let mut tasks = tokio::task::JoinSet::new();
-    for writer in 0..WRITERS {
-        let store = store.clone();
-        let save = first_round(&id, &format!("writer{writer}"), writer as i64, "race");
-        tasks.spawn(async move { (store.save_round(&save).await, save) });
-    }
-    let results = tasks.join_all().await;
-    let winners: Vec<&RoundSave> = results
-        .iter()
-        .filter(|(r, _)| r.is_ok())
-        .map(|(_, s)| s)
+    let saves = (0..WRITERS)
+        .map(|writer| first_round(&id, &format!("writer{writer}"), writer as i64, "race"))
         .collect();
-    assert_eq!(winners.len(), 1, "round 1 winners: {results:?}");
-    for (result, _) in &results {
-        if let Err(e) = result {
-            assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
-        }
-    }
-    let r1 = winners[0].clone();
+    let r1 = race(&store, saves, "round 1").await;
     assert_eq!(get(&store, &id).await.unwrap(), record_of(&[&r1]));
 
     // Round 2, from writers that all read round 1.
+    let saves = (0..WRITERS)
+        .map(|writer| after(&r1, 1_000 + writer as i64, &format!("writer {writer}")))
+        .collect();
+    let r2 = race(&store, saves, "round 2").await;
+    let record = get(&store, &id).await.unwrap();
+    assert_eq!(record, record_of(&[&r1, &r2]));
+    assert_eq!(record.conversation.round_count, 2);
+}
+
+/// Saves `saves` all at once: exactly one wins, the others get a conflict; returns the
+/// winner (`what` names the round in failures).
+async fn race(store: &Store, saves: Vec<RoundSave>, what: &str) -> RoundSave {
     let mut tasks = tokio::task::JoinSet::new();
-    for writer in 0..WRITERS {
+    for save in saves {
         let store = store.clone();
-        let save = after(&r1, 1_000 + writer as i64, &format!("writer {writer}"));
         tasks.spawn(async move { (store.save_round(&save).await, save) });
     }
     let results = tasks.join_all().await;
@@ -474,13 +470,11 @@ pub(crate) async fn concurrent_saves_one_wins(store: Store) {
         .filter(|(r, _)| r.is_ok())
         .map(|(_, s)| s)
         .collect();
-    assert_eq!(winners.len(), 1, "round 2 winners: {results:?}");
+    assert_eq!(winners.len(), 1, "{what} winners: {results:?}");
     for (result, _) in &results {
         if let Err(e) = result {
             assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
         }
     }
-    let record = get(&store, &id).await.unwrap();
-    assert_eq!(record, record_of(&[&r1, winners[0]]));
-    assert_eq!(record.conversation.round_count, 2);
+    winners[0].clone()
 }
