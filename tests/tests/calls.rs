@@ -227,6 +227,10 @@ async fn a_killed_remote_server_fails_the_call_in_flight_and_shows_disconnected(
     let status = daemon.server("remote").await;
     assert_eq!(status["connected"], false, "{status}");
     assert!(retrying(&status), "{status}");
+    // Reaped, so its listening socket is surely closed (a connect to a dying process can be
+    // reset instead of refused).
+    let mut server = server;
+    server.proc.wait_timeout(Duration::from_secs(10));
     // Connecting by hand while it is down names the cause.
     let (status, answer) = daemon
         .post("/connect_server", json!({"server_name": "remote"}))
@@ -255,5 +259,5 @@ async fn a_killed_remote_server_fails_the_call_in_flight_and_shows_disconnected(
     let (_, answer) = daemon
         .call("remote", "echo", json!({"message": "back"}))
         .await;
-    assert_eq!(text(&answer), "back");
+    assert_eq!(text(&answer), "back", "{answer}");
 }
