@@ -65,25 +65,33 @@ pub async fn run(report: &mut Report, runs: usize) {
     let direct = direct_session(&echo_server_entry()).await;
     let one = http_session(&format!("{}/servers/fast/mcp", daemon.base)).await;
     let all = http_session(&format!("{}/mcp", daemon.base)).await;
-    let routes: [(&str, &Session, &str); 3] = [
+    // The same server kind over rmcp's streamable HTTP with no gateway: the transport's floor.
+    let port = mag_tests::free_port();
+    let _http_server = mag_tests::Proc::spawn(
+        std::process::Command::new(super::sibling("bench-echo-server"))
+            .args(["--http", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    mag_tests::wait_for_port(port, Duration::from_secs(10));
+    let bare = http_session(&format!("http://127.0.0.1:{port}/mcp")).await;
+    let routes: [(&str, &Session, &str); 4] = [
         ("direct", &direct, "echo"),
         ("/servers/fast/mcp", &one, "echo"),
         ("/mcp", &all, "fast__echo"),
+        ("rmcp HTTP, no gateway", &bare, "echo"),
     ];
 
     // Sequential latency, interleaved so all three see the same machine load.
-    let mut p50s: Vec<[f64; 3]> = Vec::new();
+    let mut p50s: Vec<[f64; 4]> = Vec::new();
     for _ in 0..runs {
         for _ in 0..WARMUP_CALLS {
             for (_, session, tool) in &routes {
                 call(session.peer(), tool).await;
             }
         }
-        let mut samples = [
-            Vec::with_capacity(LATENCY_CALLS),
-            Vec::with_capacity(LATENCY_CALLS),
-            Vec::with_capacity(LATENCY_CALLS),
-        ];
+        let mut samples: [Vec<Duration>; 4] =
+            std::array::from_fn(|_| Vec::with_capacity(LATENCY_CALLS));
         for _ in 0..LATENCY_CALLS {
             for (i, (_, session, tool)) in routes.iter().enumerate() {
                 samples[i].push(timed(call(session.peer(), tool)).await);
@@ -106,17 +114,31 @@ pub async fn run(report: &mut Report, runs: usize) {
         "gateway: added p50, /servers/fast/mcp ; /mcp (target ≤ 150 µs)",
         format!("{} ; {}", spread(&added(1), "µs"), spread(&added(2), "µs")),
     );
+    report.row(
+        "rmcp streamable HTTP without the gateway (bench-echo-server --http): p50 ; added over direct",
+        format!("{} ; {}", spread(&column(3), "µs"), spread(&added(3), "µs")),
+    );
+    let over_floor = |i: usize| p50s.iter().map(|s| s[i] - s[3]).collect::<Vec<_>>();
+    report.row(
+        "gateway: added p50 over rmcp HTTP without it, /servers/fast/mcp ; /mcp",
+        format!(
+            "{} ; {}",
+            spread(&over_floor(1), "µs"),
+            spread(&over_floor(2), "µs")
+        ),
+    );
 
     // Throughput at c = 64, each route against direct in the same repetition.
     let peers: Arc<Vec<(Peer<RoleClient>, &'static str)>> = Arc::new(vec![
         (direct.peer().clone(), "echo"),
         (one.peer().clone(), "echo"),
         (all.peer().clone(), "fast__echo"),
+        (bare.peer().clone(), "echo"),
     ]);
-    let mut ratios = [Vec::new(), Vec::new()];
-    let mut rates = [Vec::new(), Vec::new()];
+    let mut ratios = [Vec::new(), Vec::new(), Vec::new()];
+    let mut rates = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..runs {
-        let mut measured = [0f64; 3];
+        let mut measured = [0f64; 4];
         for (i, rate) in measured.iter_mut().enumerate() {
             let peers = peers.clone();
             *rate = throughput(64, 6400, move |_| {
@@ -128,7 +150,7 @@ pub async fn run(report: &mut Report, runs: usize) {
             })
             .await;
         }
-        for i in 0..2 {
+        for i in 0..3 {
             rates[i].push(measured[i + 1]);
             ratios[i].push(measured[i + 1] / measured[0] * 100.0);
         }
@@ -145,7 +167,15 @@ pub async fn run(report: &mut Report, runs: usize) {
         "gateway: throughput c=64 / direct, /servers/fast/mcp ; /mcp (target ≥ 80 %)",
         format!("{} ; {}", spread(&ratios[0], "%"), spread(&ratios[1], "%")),
     );
-    for session in [direct, one, all] {
+    report.row(
+        "rmcp streamable HTTP without the gateway: throughput c=64 ; / direct",
+        format!(
+            "{} ; {}",
+            spread(&rates[2], "calls/s"),
+            spread(&ratios[2], "%")
+        ),
+    );
+    for session in [direct, one, all, bare] {
         session.cancel().await.ok();
     }
 

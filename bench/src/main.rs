@@ -5,9 +5,10 @@
 //! `--runs` repetitions. Servers: `bench-echo-server` (a tiny rmcp server, "fast") and the
 //! Python `mcp` SDK server of the test fixtures ("python"). See BENCHMARKS.md.
 //!
-//! Usage: `mag-bench [--runs N] [--generation | --gateway]` (default 5 runs), from a `dist`
-//! build next to `mcp-client` and `mag-server`; `--generation` measures only MCP generation
-//! ([`generation`]), `--gateway` only the MCP gateway ([`gateway`]).
+//! Usage: `mag-bench [--runs N] [--rest] [--gateway] [--generation]` (default 5 runs), from a
+//! `dist` build next to `mcp-client` and `mag-server`; each flag picks a part (none: all):
+//! `--rest` mcp-client's REST API, `--gateway` the MCP gateway ([`gateway`]), `--generation`
+//! MCP generation ([`generation`]).
 
 mod gateway;
 mod generation;
@@ -222,19 +223,14 @@ fn rss_mib(pid: u32) -> f64 {
     kib / 1024.0
 }
 
-/// A process's CPU time (user + system) in seconds, from /proc (100 ticks per second).
+/// A process's CPU time (user + system, all its threads, also those that have ended) in
+/// seconds, to the nanosecond: its CPU-time clock (`clock_getcpuclockid(3)`), not the
+/// 10 ms ticks of `/proc/PID/stat`.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let ticks: u64 = stat
-        .rsplit_once(") ")
-        .unwrap()
-        .1
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .map(|f| f.parse::<u64>().unwrap())
-        .sum();
-    ticks as f64 / 100.0
+    let clock = nix::time::clock_getcpuclockid(nix::unistd::Pid::from_raw(pid as i32))
+        .expect("the CPU-time clock of a child process");
+    let time = nix::time::clock_gettime(clock).expect("read the CPU-time clock");
+    time.tv_sec() as f64 + time.tv_nsec() as f64 * 1e-9
 }
 
 /// The report's rows, each printed to stderr as it comes and all as a Markdown table at
@@ -271,17 +267,26 @@ async fn main() {
     );
     let _ = peers();
     let mut report = Report { rows: Vec::new() };
-    if std::env::args().any(|a| a == "--generation") {
-        generation::run(&mut report, runs).await;
-        report.print();
-        return;
+    let parts = ["--rest", "--gateway", "--generation"];
+    let chosen: Vec<String> = std::env::args()
+        .filter(|a| parts.contains(&a.as_str()))
+        .collect();
+    let wanted = |part: &str| chosen.is_empty() || chosen.iter().any(|c| c == part);
+    if wanted("--rest") {
+        rest(&mut report, runs).await;
     }
-    if std::env::args().any(|a| a == "--gateway") {
+    if wanted("--gateway") {
         gateway::run(&mut report, runs).await;
-        report.print();
-        return;
     }
+    if wanted("--generation") {
+        generation::run(&mut report, runs).await;
+    }
+    report.print();
+}
 
+/// mcp-client's REST API against direct sessions: latency, throughput, CPU and memory,
+/// connects, cold start and reload.
+async fn rest(report: &mut Report, runs: usize) {
     // Sequential latency, fast and Python servers.
     for (name, entry) in [("fast", echo_server_entry()), ("python", python_entry())] {
         let daemon = Daemon::start(json!({name: entry}));
@@ -520,10 +525,6 @@ async fn main() {
         spread(&ratios, "×"),
     );
     drop(daemon);
-
-    gateway::run(&mut report, runs).await;
-    generation::run(&mut report, runs).await;
-    report.print();
 }
 
 /// Starts mcp-client with an empty config and times until `GET /` answers 200, in ms.

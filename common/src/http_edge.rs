@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -307,7 +307,8 @@ impl Edge {
 /// Adds what both APIs share at the edge to `router`: the checks of [`Edge`] on every
 /// request (403, 415, then the token: 401), a JSON 404 for unknown paths and 405 for wrong
 /// methods, the body limit (413 from `Content-Length` before reading, or once a body of
-/// unknown length passes it) and [`BODY_TIMEOUT`].
+/// unknown length passes it). Bodies get their time limits where they are read: by
+/// [`read_body`], or [`body_timeout`] for routes whose bodies another library reads.
 pub fn finish(router: Router, edge: Edge) -> Router {
     let limit = edge.body_limit;
     let edge = Arc::new(edge);
@@ -318,9 +319,6 @@ pub fn finish(router: Router, edge: Edge) -> Router {
         .fallback(|uri: Uri| async move { EdgeError::NoRoute(uri.path().to_string()) })
         .method_not_allowed_fallback(|| async { EdgeError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            BODY_TIMEOUT,
-        ))
         // Bodies of unknown length (chunked) are cut at the limit as they arrive.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))
         .layer(axum::middleware::from_fn(
@@ -401,51 +399,85 @@ async fn refuse_overlong(request: Request, next: axum::middleware::Next, limit: 
 /// # Errors
 /// [`EdgeError::BodyTooLarge`], [`EdgeError::BodyTimeout`], [`EdgeError::MalformedJson`],
 /// [`EdgeError::InvalidBody`].
-pub async fn read_json<T: DeserializeOwned, S: Send + Sync>(
+pub async fn read_json<T: DeserializeOwned>(
     request: Request,
-    state: &S,
     limit: usize,
 ) -> Result<T, EdgeError> {
-    let bytes = read_body(request, state, limit).await?;
+    let bytes = read_body(request, limit).await?;
     serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => EdgeError::InvalidBody(e.to_string()),
         _ => EdgeError::MalformedJson(e.to_string()),
     })
 }
 
-/// Reads `request`'s body as bytes, within [`BODY_DEADLINE`]; errors as [`read_json`].
+/// Reads `request`'s body as bytes: at most `limit` bytes, no pause over [`BODY_TIMEOUT`],
+/// all of it within [`BODY_DEADLINE`]; errors as [`read_json`].
+///
+/// A piece of the body that has already arrived is taken without arming a timer (each
+/// wait polls the body before its deadline), so the usual small body that comes with its
+/// head costs no timer at all.
 ///
 /// # Errors
-/// [`EdgeError::BodyTooLarge`], [`EdgeError::BodyTimeout`], [`EdgeError::MalformedJson`].
-pub async fn read_body<S: Send + Sync>(
-    request: Request,
-    state: &S,
-    limit: usize,
-) -> Result<Bytes, EdgeError> {
-    tokio::time::timeout(BODY_DEADLINE, Bytes::from_request(request, state))
-        .await
-        .map_err(|_| EdgeError::BodyTimeout)?
-        .map_err(|rejection| {
-            let timed_out = {
-                let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
-                let mut found = false;
-                while let Some(error) = source {
-                    if error.is::<tower_http::timeout::TimeoutError>() {
-                        found = true;
-                        break;
-                    }
-                    source = error.source();
-                }
-                found
-            };
-            if timed_out {
-                EdgeError::BodyTimeout
-            } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                EdgeError::BodyTooLarge(limit)
-            } else {
-                EdgeError::MalformedJson(rejection.body_text())
-            }
-        })
+/// [`EdgeError::BodyTooLarge`], [`EdgeError::BodyTimeout`], [`EdgeError::MalformedJson`]
+/// (the connection failed mid-body).
+pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, EdgeError> {
+    use http_body_util::BodyExt;
+    let deadline = tokio::time::Instant::now() + BODY_DEADLINE;
+    let mut body = request.into_body();
+    let mut first: Option<Bytes> = None;
+    let mut more = Vec::new();
+    loop {
+        let pause_ends = (tokio::time::Instant::now() + BODY_TIMEOUT).min(deadline);
+        let frame = match tokio::time::timeout_at(pause_ends, body.frame()).await {
+            Err(_) => return Err(EdgeError::BodyTimeout),
+            Ok(None) => break,
+            Ok(Some(frame)) => frame.map_err(|e| body_error(&e, limit))?,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let had = first.as_ref().map_or(0, Bytes::len) + more.len();
+        if had + data.len() > limit {
+            return Err(EdgeError::BodyTooLarge(limit));
+        }
+        match &first {
+            None => first = Some(data),
+            Some(_) => more.extend_from_slice(&data),
+        }
+    }
+    Ok(match (first, more.is_empty()) {
+        (None, _) => Bytes::new(),
+        (Some(only), true) => only,
+        (Some(first), false) => {
+            let mut all = Vec::with_capacity(first.len() + more.len());
+            all.extend_from_slice(&first);
+            all.extend_from_slice(&more);
+            Bytes::from(all)
+        }
+    })
+}
+
+/// What a failed body read means: over the limit of [`finish`]'s length layer, or a
+/// connection that failed mid-body.
+fn body_error(error: &axum::Error, limit: usize) -> EdgeError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if cause.is::<http_body_util::LengthLimitError>() {
+            return EdgeError::BodyTooLarge(limit);
+        }
+        source = cause.source();
+    }
+    EdgeError::MalformedJson(format!("the request body could not be read: {error}"))
+}
+
+/// Gives the routes of `router` the pause limit of [`BODY_TIMEOUT`] on their request
+/// bodies (408 past it), for routes whose bodies another library reads (the MCP gateway:
+/// rmcp; mag-server's forwarding: reqwest). Routes that read with [`read_body`] have it
+/// already, without a timer per piece of body.
+pub fn body_timeout<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        BODY_TIMEOUT,
+    ))
 }
 
 /// Whether `headers` carry `Authorization: Bearer TOKEN` (the scheme in any case, RFC 7235

@@ -51,7 +51,7 @@ pub fn router(state: AppState, edge: Edge, gateway: crate::gateway::Gateway) -> 
         .route("/shutdown", post(shutdown))
         .route("/metrics", get(metrics))
         .with_state(state)
-        .merge(gateway.routes());
+        .merge(mag_common::http_edge::body_timeout(gateway.routes()));
     mag_common::http_edge::finish(routes, edge)
 }
 
@@ -74,7 +74,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
     type Rejection = Error;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Error> {
-        read_json(request, state, state.body_limit)
+        read_json(request, state.body_limit)
             .await
             .map(Body)
             .map_err(Error::from)
@@ -105,7 +105,7 @@ async fn load_config(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Json<LoadConfigAnswer>, Error> {
-    let bytes = read_body(request, &state, state.body_limit).await?;
+    let bytes = read_body(request, state.body_limit).await?;
     if bytes.trim_ascii_start().first() != Some(&b'{')
         && serde_json::from_slice::<Value>(&bytes).is_ok()
     {

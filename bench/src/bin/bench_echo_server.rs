@@ -1,5 +1,9 @@
-//! A tiny, fast MCP server over stdio for the benchmarks (rmcp): `echo{message}` answers at
-//! once, `sleep{ms}` answers after `ms` milliseconds.
+//! A tiny, fast MCP server for the benchmarks (rmcp): `echo{message}` answers at once,
+//! `sleep{ms}` answers after `ms` milliseconds.
+//!
+//! Usage: `bench-echo-server` (stdio), or `bench-echo-server --http PORT`: streamable HTTP
+//! at `http://127.0.0.1:PORT/mcp` (rmcp's session mode, as the gateway serves), the floor
+//! of what rmcp's HTTP transport costs without the gateway.
 
 use std::time::Duration;
 
@@ -47,15 +51,43 @@ impl ServerHandler for Echo {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = Echo {
         tool_router: Echo::tool_router(),
     };
-    server
-        .serve(rmcp::transport::stdio())
-        .await?
-        .waiting()
-        .await?;
-    Ok(())
+    let port: Option<u16> = std::env::args()
+        .skip_while(|a| a != "--http")
+        .nth(1)
+        .map(|p| p.parse().expect("--http PORT"));
+    match port {
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async {
+                server
+                    .serve(rmcp::transport::stdio())
+                    .await?
+                    .waiting()
+                    .await?;
+                Ok(())
+            }),
+        Some(port) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(async {
+                use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+                use rmcp::transport::streamable_http_server::{
+                    StreamableHttpServerConfig, StreamableHttpService,
+                };
+                let service = StreamableHttpService::new(
+                    move || Ok(server.clone()),
+                    LocalSessionManager::default().into(),
+                    StreamableHttpServerConfig::default(),
+                );
+                let app = axum::Router::new().route_service("/mcp", service);
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+                axum::serve(listener, app).await?;
+                Ok(())
+            }),
+    }
 }

@@ -72,7 +72,7 @@ pub(super) struct SetConfigBody<'a> {
 /// "applied": {"added", "updated", "removed"} | null, "failed_removals": [{"server",
 /// "error"}]}`.
 pub(super) async fn set_config(State(state): St, request: Request) -> AppResult {
-    let bytes = read_body(request, &state, state.body_limit).await?;
+    let bytes = read_body(request, state.body_limit).await?;
     if bytes.trim_ascii_start().first() != Some(&b'{')
         && serde_json::from_slice::<Value>(&bytes).is_ok()
     {

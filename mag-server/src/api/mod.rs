@@ -78,8 +78,11 @@ pub fn router(state: AppState, edge: Edge) -> Router {
         )
         .route("/api/mcp/register-tool", post(generation::register_tool))
         .route("/api/mcp/ai-tools", get(generation::ai_tools))
-        .route("/mcp", any(mcp::gateway))
-        .route("/servers/{name}/mcp", any(mcp::gateway))
+        .merge(mag_common::http_edge::body_timeout(
+            Router::new()
+                .route("/mcp", any(mcp::gateway))
+                .route("/servers/{name}/mcp", any(mcp::gateway)),
+        ))
         .with_state(Arc::new(state));
     mag_common::http_edge::finish(routes, edge)
 }
@@ -91,7 +94,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for Body<T> {
     type Rejection = Error;
 
     async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self> {
-        read_json(request, state, state.body_limit)
+        read_json(request, state.body_limit)
             .await
             .map(Body)
             .map_err(Error::from)
