@@ -19,10 +19,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sse_stream::SseStream;
 
 /// How long the endpoint may take to accept the connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -340,7 +340,9 @@ async fn stream_answer(
             message: error_message(&text, key.as_deref()),
         });
     }
-    let mut events = SseStream::from_bytes_stream(response.bytes_stream());
+    // Parsed as the WHATWG SSE rules say (comments, unknown fields, repeated fields and CRLF
+    // are taken or ignored, never an error), which real providers and proxies rely on.
+    let mut events = response.bytes_stream().eventsource();
     let mut done = Completion::default();
     loop {
         let event = match tokio::time::timeout(idle, events.next()).await {
@@ -354,8 +356,10 @@ async fn stream_answer(
             Ok(Some(Err(e))) => return Err(transport(format!("the stream broke: {e}"))),
             Ok(Some(Ok(event))) => event,
         };
-        let Some(data) = event.data else { continue };
-        let data = data.trim();
+        let data = event.data.trim();
+        if data.is_empty() {
+            continue;
+        }
         if data == "[DONE]" {
             return Ok(done);
         }

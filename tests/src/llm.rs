@@ -75,6 +75,15 @@ pub enum Reply {
         /// The assistant's answer.
         text: String,
     },
+    /// Streams `text` as [`Reply::text`] does, every event framed the way real providers
+    /// and proxies frame theirs, all of which the WHATWG SSE rules say to take or ignore:
+    /// CRLF line ends, a comment line, `event:` twice, `id:`, `retry:` twice (once not a
+    /// number), a field no one knows and a line with no colon; and a comment-only
+    /// keep-alive between events.
+    Noisy {
+        /// The assistant's answer.
+        text: String,
+    },
     /// Streams the first chunk of `text`, then waits `pause` before streaming the rest
     /// like [`Reply::Text`] (for tests that act mid-stream).
     Slow {
@@ -318,6 +327,10 @@ async fn chat_completions(
             let tokens = (pieces(&reasoning).len() + pieces(&text).len()) as u64;
             completion(&meta, &text, 10, tokens)
         }
+        Reply::Noisy { text } => {
+            let tokens = pieces(&text).len() as u64;
+            completion(&meta, &text, 10, tokens)
+        }
         Reply::Drop { .. } => streamed(
             vec![Step::Pause(FLUSH_PAUSE), Step::Cut],
             "application/json",
@@ -380,6 +393,23 @@ fn steps(meta: &Meta, reply: Reply) -> Vec<Step> {
             }
             (text, usize::MAX, None, Some((10, tokens)))
         }
+        Reply::Noisy { text } => {
+            let tokens = pieces(&text).len() as u64;
+            let mut steps = self::steps(
+                meta,
+                Reply::Text {
+                    text,
+                    prompt_tokens: 10,
+                    completion_tokens: tokens,
+                },
+            );
+            for (i, step) in steps.iter_mut().enumerate() {
+                if let Step::Event(event) = step {
+                    *event = noisy(event, i);
+                }
+            }
+            return steps;
+        }
         Reply::Drop { text, chunks } => (text, chunks, None, None),
         Reply::Error { .. } => unreachable!("errors are not streamed"),
     };
@@ -420,6 +450,15 @@ fn steps(meta: &Meta, reply: Reply) -> Vec<Step> {
     }
     steps.push(Step::Event("data: [DONE]\n\n".to_string()));
     steps
+}
+
+/// `event` (`data: …` lines and a blank line), framed as [`Reply::Noisy`] says; the `i`th.
+fn noisy(event: &str, i: usize) -> String {
+    let data = event.trim_end_matches('\n').replace('\n', "\r\n");
+    format!(
+        ": keep-alive\r\n\r\n: OPENROUTER PROCESSING\r\nevent: message\r\nevent: message\r\n\
+         id: {i}\r\nretry: 3000\r\nretry: soon\r\nx-vendor-trace: abc\r\nheartbeat\r\n{data}\r\n\r\n"
+    )
 }
 
 /// One `chat.completion.chunk` event with one choice.

@@ -207,6 +207,20 @@ async fn reasoning_is_kept_and_runaway_answers_fail_their_round() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_llm_stream_framed_as_providers_and_proxies_do_is_read_whole() {
+    // CRLF, comments, repeated `event:` and `retry:`, `id:`, unknown fields, a line with no
+    // colon, comment-only keep-alives: the WHATWG SSE rules take or ignore each of them.
+    let (llm, mag, _settings) = scripted_mag(&[]);
+    llm.push(Reply::Noisy {
+        text: uninstallable_design(),
+    });
+    let round = generate(&mag, round("A tool that reverses text.", None)).await;
+    assert!(round.find("error").is_none(), "{round:?}");
+    assert!(round.find("saved").is_some(), "{round:?}");
+    assert_eq!(round.text(), uninstallable_design());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_conversation_runs_one_round_at_a_time_and_says_so_at_once() {
     let (llm, mag, _settings) = scripted_mag(&[]);
     llm.push(Reply::text(round1()));

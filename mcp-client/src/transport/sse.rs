@@ -8,19 +8,22 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures::{Stream, StreamExt};
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Client, Url};
 use rmcp::RoleClient;
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
-use sse_stream::{Sse, SseStream};
 
 use crate::error::ConnectError;
 use crate::transport::{ServerMessage, read_server_message};
 use mag_common::error_chain;
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<Sse, sse_stream::Error>> + Send>>;
+/// The server's events, parsed as the WHATWG SSE rules say (comments, unknown and repeated
+/// fields, CRLF taken or ignored, never an error).
+type EventStream =
+    Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Error>>> + Send>>;
 
 /// An open legacy SSE session: the event stream and the endpoint to POST to.
 pub struct SseTransport {
@@ -99,12 +102,11 @@ impl SseTransport {
                 without_query(&base)
             )));
         }
-        let mut events: EventStream =
-            Box::pin(SseStream::from_bytes_stream(response.bytes_stream()));
+        let mut events: EventStream = Box::pin(response.bytes_stream().eventsource());
         let endpoint = loop {
             match events.next().await {
-                Some(Ok(event)) if event.event.as_deref() == Some("endpoint") => {
-                    let data = event.data.unwrap_or_default();
+                Some(Ok(event)) if event.event == "endpoint" => {
+                    let data = event.data;
                     let endpoint = base.join(data.trim()).map_err(|e| {
                         ConnectError::Protocol(format!(
                             "invalid endpoint event {}: {e}",
@@ -177,11 +179,10 @@ impl Transport<RoleClient> for SseTransport {
                     return None;
                 }
             };
-            if !matches!(event.event.as_deref(), None | Some("message")) {
+            if event.event != "message" {
                 continue;
             }
-            let Some(data) = event.data else { continue };
-            match read_server_message(data.as_bytes()) {
+            match read_server_message(event.data.as_bytes()) {
                 ServerMessage::Valid(message) => return Some(message),
                 ServerMessage::Repaired { message, why } => {
                     tracing::warn!(
