@@ -426,10 +426,11 @@ impl ControlPlane {
         self.inner.client.tools(GENERAL_TIMEOUT).await
     }
 
-    /// `POST /api/mcp/test-tool`: calls the tool.
+    /// `POST /api/mcp/test-tool`: calls the tool; a server that is not connected is
+    /// connected first, as MAG's executor does (`execution_time` counts the connect).
     ///
     /// # Errors
-    /// 404 unknown server or tool, 409 not connected (mcp-client's), 503, 504.
+    /// 404 unknown server or tool, a failed connect, 409 disabled (mcp-client's), 503, 504.
     pub async fn test_tool(&self, test: ToolTest) -> Result<ToolTested> {
         let within = self.ready_for(&test.server_name).await?;
         let started = Instant::now();
@@ -438,7 +439,13 @@ impl ControlPlane {
             tool_name: test.tool_name.clone(),
             params: Some(Value::Object(test.params.clone())),
         };
-        let answer = self.inner.client.tool_call(&call, within).await?;
+        let answer = match self.inner.client.tool_call(&call, within).await {
+            Err(Error::Upstream { code, .. }) if code == "not_connected" => {
+                self.connect(&test.server_name).await?;
+                self.inner.client.tool_call(&call, within).await?
+            }
+            other => other?,
+        };
         Ok(ToolTested {
             test,
             answer,

@@ -212,9 +212,16 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let detail = mag_common::secrets::redact(&self.to_string());
-        let mut body = json!({"detail": detail, "code": self.code()});
+        let mut body = json!({"detail": detail.clone(), "code": self.code()});
         match &self {
             Self::StaleRevision { expected, current } => {
+                // MAG's 409 (mcp_routes.py): `detail` is an object its frontend reads.
+                body["detail"] = json!({
+                    "error": "version_conflict",
+                    "message": detail,
+                    "current_version": current,
+                    "expected_version": expected,
+                });
                 body["current_version"] = json!(current);
                 body["expected_version"] = json!(expected);
             }

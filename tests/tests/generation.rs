@@ -218,6 +218,17 @@ async fn an_llm_stream_framed_as_providers_and_proxies_do_is_read_whole() {
     assert!(round.find("error").is_none(), "{round:?}");
     assert!(round.find("saved").is_some(), "{round:?}");
     assert_eq!(round.text(), uninstallable_design());
+
+    // MAG's template endpoint: the system prompt a new conversation starts with.
+    let (status, template) = mag.get("/api/mcp/ai-generator-template").await;
+    assert_eq!(status, 200, "{template}");
+    let text = template["template"].as_str().unwrap();
+    assert!(
+        text.starts_with("You are an engineer who designs"),
+        "{template}"
+    );
+    assert!(!text.contains("{EXISTING_TOOLS}"), "{template}");
+    assert!(template["note"].is_string(), "{template}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -59,7 +59,16 @@ async fn config_round_trip_keeps_every_field_and_refuses_a_stale_version() {
     assert_eq!(status, 409, "{refused}");
     assert_eq!(refused["code"], "stale_revision");
     assert_eq!(refused["current_version"], answer["version"]);
-    assert!(refused["detail"].as_str().unwrap().contains("changed"));
+    // MAG's shape: `detail` is an object.
+    assert_eq!(refused["detail"]["error"], "version_conflict", "{refused}");
+    assert!(
+        refused["detail"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("changed")
+    );
+    assert_eq!(refused["detail"]["current_version"], answer["version"]);
+    assert_eq!(refused["detail"]["expected_version"], config["version"]);
     assert_eq!(std::fs::read(&mag.config).unwrap(), written);
 
     // GET shows what was written.
@@ -260,6 +269,28 @@ async fn forwarded_endpoints_keep_mags_shapes() {
     assert_eq!(not["status"], "not_connected");
     let (status, off) = mag.post("/api/mcp/connect/off", json!({})).await;
     assert_eq!(status, 409, "{off}");
+
+    // test-tool as MAG's executor: a disconnected server is connected first, and every
+    // failure is a 200 with `status: "error"`.
+    let (status, back) = mag.test_tool("two", "echo", json!({"message": "hi"})).await;
+    assert_eq!(status, 200, "{back}");
+    assert_eq!(back["status"], "success", "{back}");
+    assert_eq!(back["result"][0]["text"], "hi", "{back}");
+    let (_, live) = mag.get("/api/mcp/status").await;
+    assert_eq!(live["two"]["connected"], true, "{live}");
+    for (server, tool, code) in [
+        ("nope", "echo", "unknown_server"),
+        ("one", "nope", "unknown_tool"),
+        ("broken", "echo", "connect_failed"),
+        ("off", "echo", "server_disabled"),
+    ] {
+        let (status, failed) = mag.test_tool(server, tool, json!({})).await;
+        assert_eq!(status, 200, "{server}/{tool}: {failed}");
+        assert_eq!(failed["status"], "error", "{server}/{tool}: {failed}");
+        assert_eq!(failed["code"], code, "{server}/{tool}: {failed}");
+        assert!(!failed["error"].as_str().unwrap().is_empty(), "{failed}");
+        assert_eq!(failed["server_name"], server, "{failed}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -326,12 +357,6 @@ async fn bad_input_is_refused_with_a_detail() {
             json!({"server_name": "py", "tool_name": "echo", "params": [1]}).to_string(),
             422,
             "invalid_body",
-        ),
-        (
-            "/api/mcp/test-tool",
-            json!({"server_name": "nope", "tool_name": "echo"}).to_string(),
-            404,
-            "unknown_server",
         ),
         ("/api/mcp/connect/nope", "{}".into(), 404, "unknown_server"),
         (

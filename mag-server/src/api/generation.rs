@@ -288,6 +288,15 @@ pub(super) async fn register_tool(
     }
 }
 
+/// `GET /api/mcp/ai-generator-template`: MAG's `{"template", "note"}`, the template being
+/// the system prompt a new conversation starts with (the current servers' tools in it).
+pub(super) async fn ai_generator_template(State(state): St) -> AppResult {
+    Ok(Json(json!({
+        "template": state.generator.system_prompt().await,
+        "note": "The template can be used as a system prompt, with your requirement as the user input.",
+    })))
+}
+
 /// `GET /api/mcp/ai-tools`: the generated tools' folder names, sorted.
 pub(super) async fn ai_tools(State(state): St) -> AppResult {
     let names = state.generator.toolsmith().list()?;

@@ -328,10 +328,11 @@ pub(super) struct TestToolBody {
     params: Option<Value>,
 }
 
-/// `POST /api/mcp/test-tool`: MAG's answer, `{"status": "success" | "error",
+/// `POST /api/mcp/test-tool`: MAG's answer, always 200 once the body reads (MAG's
+/// `mcp_routes.py` answers every failure so): `{"status": "success" | "error",
 /// "server_name", "tool_name", "params", "result" (the content blocks), "error",
-/// "execution_time" (seconds)}`; a tool error or timeout is `"status": "error"` with
-/// mcp-client's `code`.
+/// "execution_time" (seconds)}`; a tool error, an unknown server or tool, a failed connect
+/// or a timeout is `"status": "error"` with its `code`.
 pub(super) async fn test_tool(State(state): St, Body(body): Body<TestToolBody>) -> AppResult {
     let params = match body.params {
         None | Some(Value::Null) => Map::new(),
@@ -343,7 +344,22 @@ pub(super) async fn test_tool(State(state): St, Body(body): Body<TestToolBody>) 
         tool_name: body.tool_name,
         params,
     };
-    let tested = state.plane.test_tool(test).await?;
+    let started = std::time::Instant::now();
+    let tested = match state.plane.test_tool(test.clone()).await {
+        Ok(tested) => tested,
+        Err(e) => {
+            return Ok(Json(json!({
+                "status": "error",
+                "server_name": test.server_name,
+                "tool_name": test.tool_name,
+                "params": test.params,
+                "result": null,
+                "error": mag_common::secrets::redact(&e.to_string()),
+                "code": e.code(),
+                "execution_time": started.elapsed().as_secs_f64(),
+            })));
+        }
+    };
     let mut result = json!({
         "server_name": tested.test.server_name,
         "tool_name": tested.test.tool_name,

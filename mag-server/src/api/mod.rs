@@ -78,6 +78,10 @@ pub fn router(state: AppState, edge: Edge) -> Router {
         )
         .route("/api/mcp/register-tool", post(generation::register_tool))
         .route("/api/mcp/ai-tools", get(generation::ai_tools))
+        .route(
+            "/api/mcp/ai-generator-template",
+            get(generation::ai_generator_template),
+        )
         .merge(mag_common::http_edge::body_timeout(
             Router::new()
                 .route("/mcp", any(mcp::gateway))

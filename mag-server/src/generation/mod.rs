@@ -422,8 +422,9 @@ impl Generator {
     }
 
     /// The system prompt: the template with the servers mcp-client knows (and their
-    /// tools) in place of `{EXISTING_TOOLS}`; "none" when mcp-client cannot say.
-    async fn system_prompt(&self) -> String {
+    /// tools) in place of `{EXISTING_TOOLS}`; "none" when mcp-client cannot say (within
+    /// 3 s). Also what `GET /api/mcp/ai-generator-template` answers.
+    pub async fn system_prompt(&self) -> String {
         let tools = match tokio::time::timeout(Duration::from_secs(3), self.inner.plane.tools())
             .await
         {
