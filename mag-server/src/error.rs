@@ -97,6 +97,10 @@ pub enum Error {
     /// A request that cannot be served as asked (400), e.g. a blank `requirement`.
     #[error("{0}")]
     BadRequest(String),
+    /// The end instruction came without the conversation it finishes (400; in a stream,
+    /// MAG's `parameter_error` event).
+    #[error("the end instruction needs the conversation_id of the design to finish")]
+    EndWithoutConversation,
     /// No `[[models]]` table has this name (404).
     #[error("no model named {0:?} is configured (see [[models]] in the settings file)")]
     UnknownModel(String),
@@ -162,7 +166,7 @@ impl Error {
             Self::ClientState(_) => "client_state",
             Self::Io { .. } => "io_error",
             Self::DataDirInUse(_) => "data_dir_in_use",
-            Self::BadRequest(_) => "bad_request",
+            Self::BadRequest(_) | Self::EndWithoutConversation => "bad_request",
             Self::UnknownModel(_) => "unknown_model",
             Self::ConversationNotFound(_) => "conversation_not_found",
             Self::ConversationBusy(_) => "conversation_busy",
@@ -195,7 +199,7 @@ impl Error {
             Self::Io { .. } | Self::ToolInstall { .. } | Self::DataDirInUse(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::EndWithoutConversation => StatusCode::BAD_REQUEST,
             Self::UnknownModel(_) | Self::ConversationNotFound(_) => StatusCode::NOT_FOUND,
             Self::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(StoreError::Conflict(_))

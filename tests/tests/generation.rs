@@ -272,7 +272,10 @@ async fn bad_generation_requests_get_clear_errors() {
             json!({"requirement": "x", "model_name": MODEL, "conversation_id": "../etc"}),
             400,
         ),
-        (json!({"requirement": "<end>END</end>"}), 400),
+        (
+            json!({"requirement": "<end>END</end>", "stream": false}),
+            400,
+        ),
         (
             json!({"requirement": "<end>END</end>", "conversation_id": "mcp_0000000000000000"}),
             404,
@@ -286,6 +289,19 @@ async fn bad_generation_requests_get_clear_errors() {
     }
     let (status, answer) = mag.post_raw("/api/mcp/generate", "{not json").await;
     assert_eq!(status, 400, "{answer}");
+    // Streamed, an end without a conversation is MAG's `parameter_error` event, then
+    // `[DONE]` (unstreamed it is the 400 above).
+    let end = generate(&mag, round("<end>END</end>", None)).await;
+    assert_eq!(end.status, 200, "{end:?}");
+    let error = end.find("error").unwrap_or_else(|| panic!("{end:?}"));
+    assert_eq!(error["type"], "parameter_error", "{end:?}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("conversation_id")
+    );
+    assert!(end.done && end.events.len() == 1, "{end:?}");
     assert!(
         llm.requests().is_empty(),
         "no bad request reached the model"

@@ -130,6 +130,16 @@ pub(super) async fn generate(State(state): St, Body(request): Body<GenerateReque
     let stream = request.stream;
     let prepared = match state.generator.prepare(request).await {
         Ok(prepared) => prepared,
+        // MAG answers this one in the stream (`ai_mcp_generator.py`).
+        Err(e @ Error::EndWithoutConversation) if stream => {
+            let error = error_json(&e.to_string(), ErrorKind::Parameter).to_string();
+            let body = futures::stream::iter([
+                SseEvent::default().data(error),
+                SseEvent::default().data("[DONE]"),
+            ])
+            .map(Ok::<_, Infallible>);
+            return Sse::new(body).into_response();
+        }
         Err(e) => return e.into_response(),
     };
     let id = prepared.conversation_id().to_owned();

@@ -42,6 +42,9 @@ pub enum ErrorKind {
     Database,
     /// The end could not install the tool (`assembly_error`).
     Assembly,
+    /// The request lacks something the round needs (`parameter_error`), e.g. the end
+    /// instruction without a conversation.
+    Parameter,
 }
 
 impl ErrorKind {
@@ -51,6 +54,7 @@ impl ErrorKind {
             Self::Api => "api_error",
             Self::Database => "database_error",
             Self::Assembly => "assembly_error",
+            Self::Parameter => "parameter_error",
         }
     }
 }

@@ -20,8 +20,9 @@
 //! the tool ([`install`]) and answers `{"completion": {"tool_name", "message", ...}}`.
 //!
 //! Event types of `error` (MAG's): `api_error` (the LLM failed), `database_error` (the
-//! store failed), `assembly_error` (the end could not install the tool). The checks of step
-//! 1 answer HTTP errors before any event.
+//! store failed), `assembly_error` (the end could not install the tool), `parameter_error`
+//! (the end without a `conversation_id`, streamed as MAG does; 400 unstreamed). The other
+//! checks of step 1 answer HTTP errors before any event.
 
 pub mod events;
 pub mod install;
@@ -246,9 +247,7 @@ impl Generator {
         }
         if requirement == END_INSTRUCTION {
             let Some(id) = request.conversation_id else {
-                return Err(Error::BadRequest(
-                    "the end instruction needs the conversation_id of the design to finish".into(),
-                ));
+                return Err(Error::EndWithoutConversation);
             };
             let lock = self.lock(&id)?;
             let record = self
