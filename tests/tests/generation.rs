@@ -229,6 +229,29 @@ async fn an_llm_stream_framed_as_providers_and_proxies_do_is_read_whole() {
     );
     assert!(!text.contains("{EXISTING_TOOLS}"), "{template}");
     assert!(template["note"].is_string(), "{template}");
+
+    // The models MAG's pages pick from: the settings' [[models]], never a key or its
+    // variable's name.
+    let (status, models) = mag.get("/api/models").await;
+    assert_eq!(status, 200, "{models}");
+    assert_eq!(
+        models,
+        json!([
+            {"name": MODEL, "base_url": llm.base_url(), "model": "gpt-scripted"},
+            {"name": HASTY_MODEL, "base_url": llm.base_url(), "model": "gpt-scripted"},
+        ])
+    );
+    let (status, one) = mag.get(&format!("/api/models/{MODEL}")).await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["status"], "success", "{one}");
+    assert_eq!(one["data"]["model"], "gpt-scripted", "{one}");
+    for answer in [&models, &one] {
+        let text = answer.to_string();
+        assert!(!text.contains(API_KEY) && !text.contains("MAG_TEST_LLM_KEY"), "{text}");
+    }
+    let (status, none) = mag.get("/api/models/no/such").await;
+    assert_eq!(status, 404, "{none}");
+    assert_eq!(none["code"], "unknown_model", "{none}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

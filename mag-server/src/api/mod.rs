@@ -26,6 +26,7 @@
 
 mod generation;
 mod mcp;
+mod models;
 
 use std::sync::Arc;
 
@@ -78,6 +79,8 @@ pub fn router(state: AppState, edge: Edge) -> Router {
         )
         .route("/api/mcp/register-tool", post(generation::register_tool))
         .route("/api/mcp/ai-tools", get(generation::ai_tools))
+        .route("/api/models", get(models::list))
+        .route("/api/models/{*name}", get(models::one))
         .route(
             "/api/mcp/ai-generator-template",
             get(generation::ai_generator_template),

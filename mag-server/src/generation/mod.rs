@@ -174,6 +174,11 @@ enum Step {
 }
 
 impl Generator {
+    /// The configured `[[models]]`, in the settings' order.
+    pub fn models(&self) -> &[Model] {
+        &self.inner.models
+    }
+
     /// The core over a store, the configured models, the control plane (to register
     /// tools) and the tools' installer.
     ///
