@@ -247,7 +247,10 @@ async fn an_llm_stream_framed_as_providers_and_proxies_do_is_read_whole() {
     assert_eq!(one["data"]["model"], "gpt-scripted", "{one}");
     for answer in [&models, &one] {
         let text = answer.to_string();
-        assert!(!text.contains(API_KEY) && !text.contains("MAG_TEST_LLM_KEY"), "{text}");
+        assert!(
+            !text.contains(API_KEY) && !text.contains("MAG_TEST_LLM_KEY"),
+            "{text}"
+        );
     }
     let (status, none) = mag.get("/api/models/no/such").await;
     assert_eq!(status, 404, "{none}");

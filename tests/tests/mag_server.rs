@@ -21,10 +21,16 @@ async fn config_round_trip_keeps_every_field_and_refuses_a_stale_version() {
     let mag = MagServer::start(json!({"py": entry}));
     mag.wait_running().await;
 
-    // GET: the file's servers, fields as written, and the revision of its bytes.
+    // GET: the file's servers, fields as written plus the ones MAG fills on every entry
+    // (where absent), and the revision of its bytes.
     let (status, config) = mag.get("/api/mcp/config").await;
     assert_eq!(status, 200, "{config}");
-    assert_eq!(config["mcpServers"]["py"], entry);
+    let mut shown = entry.clone();
+    shown["transportType"] = json!("stdio");
+    shown["timeout"] = json!(60);
+    shown["autoApprove"] = json!([]);
+    shown["disabled"] = json!(false);
+    assert_eq!(config["mcpServers"]["py"], shown);
     let bytes = std::fs::read(&mag.config).unwrap();
     assert_eq!(config["version"], revision(&bytes));
 
@@ -71,9 +77,21 @@ async fn config_round_trip_keeps_every_field_and_refuses_a_stale_version() {
     assert_eq!(refused["detail"]["expected_version"], config["version"]);
     assert_eq!(std::fs::read(&mag.config).unwrap(), written);
 
-    // GET shows what was written.
+    // GET shows what was written, MAG's filled fields added where absent (an
+    // `autoApprove` written is kept).
     let (_, again) = mag.get("/api/mcp/config").await;
-    assert_eq!(again["mcpServers"], new["mcpServers"]);
+    for (name, written) in new["mcpServers"].as_object().unwrap() {
+        let shown = &again["mcpServers"][name];
+        for (field, value) in written.as_object().unwrap() {
+            assert_eq!(shown[field], *value, "{name}.{field}: {again}");
+        }
+        assert_eq!(shown["transportType"], "stdio", "{again}");
+    }
+    assert_eq!(
+        again["mcpServers"]["second"]["autoApprove"],
+        json!(["echo"])
+    );
+    assert_eq!(again["mcpServers"]["py"]["autoApprove"], json!([]));
     assert_eq!(again["comment"], new["comment"]);
     assert_eq!(again["version"], answer["version"]);
 }

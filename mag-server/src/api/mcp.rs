@@ -51,11 +51,44 @@ fn folders_left(left: &[FolderLeft]) -> Value {
 /// `GET /api/mcp/config`: the file's fields (`mcpServers` first) and `"version"`.
 pub(super) async fn get_config(State(state): St) -> AppResult {
     let file = state.plane.config().await?;
+    let servers = file
+        .servers
+        .into_iter()
+        .map(|(name, entry)| (name, with_mags_fields(entry)))
+        .collect();
     let mut answer = Map::new();
-    answer.insert("mcpServers".into(), Value::Object(file.servers));
+    answer.insert("mcpServers".into(), Value::Object(servers));
     answer.extend(file.extra);
     answer.insert("version".into(), json!(file.version));
     Ok(Json(Value::Object(answer)))
+}
+
+/// `entry` with the fields MAG fills on every entry it writes (`mcp_schema.py`) and its
+/// MCP page shows, where absent: `transportType` (as mcp-client reads the entry: from
+/// `type`, else `command` → `stdio`, `url` → `streamable_http`), `timeout` (60),
+/// `autoApprove` (`[]`), `disabled` (`false`). The file keeps what was written; an entry
+/// that does not validate is answered as it is.
+fn with_mags_fields(entry: Value) -> Value {
+    let Ok(parsed) = serde_json::from_value::<mag_common::config::ServerEntry>(entry.clone())
+    else {
+        return entry;
+    };
+    let Value::Object(mut fields) = entry else {
+        return entry;
+    };
+    let defaults = [
+        ("transportType", json!(parsed.transport.as_str())),
+        (
+            "timeout",
+            json!(mag_common::config::DEFAULT_TIMEOUT.as_secs()),
+        ),
+        ("autoApprove", json!([])),
+        ("disabled", json!(false)),
+    ];
+    for (field, value) in defaults {
+        fields.entry(field).or_insert(value);
+    }
+    Value::Object(fields)
 }
 
 /// MAG's `{"config": {"mcpServers": {...}}, "version": REV}`; the config is read from the
