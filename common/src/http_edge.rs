@@ -171,12 +171,15 @@ impl IntoResponse for EdgeError {
 }
 
 /// What a daemon's HTTP edge accepts (see the module docs).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Edge {
     /// The address the API listens on: `Host` may name its IP.
     pub listen: SocketAddr,
     /// When set, every request but `GET open_path` wants `Authorization: Bearer TOKEN`.
     pub token: Option<Arc<str>>,
+    /// A second credential a bearer may carry instead of the token (mag-server: MAG's
+    /// JWTs); when set, requests without either are refused as with `token`.
+    pub bearer: Option<Arc<dyn BearerScheme>>,
     /// The path served with `GET` without the token (liveness); such a request gets an
     /// [`Authorized`]`(false)` extension.
     pub open_path: &'static str,
@@ -189,8 +192,42 @@ pub struct Edge {
     pub body_limit: usize,
 }
 
-/// Whether the request carried the token (or none is configured); set on every request
-/// that reaches a handler.
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("bearer", &self.bearer.is_some())
+            .field("open_path", &self.open_path)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("body_limit", &self.body_limit)
+            .finish()
+    }
+}
+
+/// A daemon's own bearer credential, checked when the request's bearer is not the token.
+pub trait BearerScheme: Send + Sync + 'static {
+    /// Whether `credential` (what follows `Bearer `) is valid; when it is, whatever the
+    /// handlers need to know of it (e.g. the user) goes into `extensions`.
+    fn admit(&self, credential: &str, extensions: &mut axum::http::Extensions) -> bool;
+}
+
+/// The credential of `Authorization: Bearer CREDENTIAL` (the scheme in any case, RFC 7235
+/// § 2.1), trimmed; empty when absent.
+pub fn bearer_credential(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim_start().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .unwrap_or_default()
+}
+
+/// Whether the request carried the token or the daemon's own credential (or neither is
+/// configured); set on every request that reaches a handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Authorized(pub bool);
 
@@ -344,10 +381,18 @@ pub fn finish(router: Router, edge: Edge) -> Router {
                         drop(log);
                         return refused.into_response();
                     }
-                    let authorized = edge
-                        .token
-                        .as_deref()
-                        .is_none_or(|token| bearer_matches(request.headers(), token));
+                    let authorized = match (edge.token.as_deref(), &edge.bearer) {
+                        (None, None) => true,
+                        (token, bearer) => {
+                            token.is_some_and(|token| bearer_matches(request.headers(), token))
+                                || bearer.as_ref().is_some_and(|scheme| {
+                                    let credential =
+                                        bearer_credential(request.headers()).to_owned();
+                                    !credential.is_empty()
+                                        && scheme.admit(&credential, request.extensions_mut())
+                                })
+                        }
+                    };
                     let open =
                         request.method() == Method::GET && request.uri().path() == edge.open_path;
                     if !authorized && !open {
@@ -483,14 +528,7 @@ pub fn body_timeout<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Rout
 /// Whether `headers` carry `Authorization: Bearer TOKEN` (the scheme in any case, RFC 7235
 /// § 2.1), compared in constant time.
 pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.trim_start().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        })
-        .unwrap_or_default();
+    let given = bearer_credential(headers);
     use subtle::ConstantTimeEq;
     given.as_bytes().ct_eq(token.as_bytes()).into()
 }
@@ -619,6 +657,7 @@ mod tests {
 
     fn edge() -> Edge {
         Edge {
+            bearer: None,
             listen: "127.0.0.1:8765".parse().unwrap(),
             token: None,
             open_path: "/",

@@ -97,6 +97,9 @@ pub enum Error {
     /// A request that cannot be served as asked (400), e.g. a blank `requirement`.
     #[error("{0}")]
     BadRequest(String),
+    /// The caller may not see or change this conversation: another user's (403).
+    #[error("conversation {0:?} belongs to another user")]
+    Forbidden(String),
     /// The end instruction came without the conversation it finishes (400; in a stream,
     /// MAG's `parameter_error` event).
     #[error("the end instruction needs the conversation_id of the design to finish")]
@@ -167,6 +170,7 @@ impl Error {
             Self::Io { .. } => "io_error",
             Self::DataDirInUse(_) => "data_dir_in_use",
             Self::BadRequest(_) | Self::EndWithoutConversation => "bad_request",
+            Self::Forbidden(_) => "forbidden",
             Self::UnknownModel(_) => "unknown_model",
             Self::ConversationNotFound(_) => "conversation_not_found",
             Self::ConversationBusy(_) => "conversation_busy",
@@ -200,6 +204,7 @@ impl Error {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             Self::BadRequest(_) | Self::EndWithoutConversation => StatusCode::BAD_REQUEST,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UnknownModel(_) | Self::ConversationNotFound(_) => StatusCode::NOT_FOUND,
             Self::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(StoreError::Conflict(_))

@@ -9,6 +9,7 @@
 //! operation, without HTTP), [`api`] (thin HTTP handlers), [`error`].
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config_store;
@@ -108,6 +109,9 @@ pub async fn run(
     let edge = mag_common::http_edge::Edge {
         listen: addr,
         token: settings.api_token.as_ref().map(|t| t.expose().into()),
+        bearer: settings.jwt.as_ref().map(|jwt| {
+            crate::auth::JwtScheme::new(jwt) as Arc<dyn mag_common::http_edge::BearerScheme>
+        }),
         open_path: "/health",
         allowed_origins: settings.allowed_origins.clone(),
         allowed_hosts: settings.allowed_hosts.clone(),

@@ -38,7 +38,10 @@ pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
         MAG_CLIENT_TOKEN  the token of an mcp-client started elsewhere, to adopt it\n  \
         MONGODB_URL       conversations in this MongoDB (unset or empty: the embedded store\n                    \
                           in the data dir)\n  \
-        MONGODB_DB        the database [default: mag]"
+        MONGODB_DB        the database [default: mag]\n  \
+        JWT_SECRET_KEY    also accept MAG's access tokens signed with this key (per-user\n                    \
+                          conversations; `role: admin` sees all)\n  \
+        JWT_ALGORITHM     their algorithm: HS256, HS384 or HS512 [default: HS256]"
 )]
 pub struct Cli {
     /// The TOML settings file [default: config/mag-server.toml, when it exists].
@@ -243,6 +246,9 @@ pub struct Settings {
     pub connect_concurrency: usize,
     /// `MAG_API_TOKEN`: when set, every endpoint but `/health` wants it as a bearer token.
     pub api_token: Option<Secret>,
+    /// `JWT_SECRET_KEY` and `JWT_ALGORITHM` (MAG's): when the key is set, MAG's access
+    /// tokens are accepted besides `MAG_API_TOKEN`.
+    pub jwt: Option<crate::auth::JwtSettings>,
     /// `MAG_CLIENT_TOKEN`: the token of an mcp-client that mag-server adopts rather than
     /// spawns (one it spawns gets a fresh random token).
     pub client_token: Option<Secret>,
@@ -295,6 +301,13 @@ impl Settings {
         let mut settings = Self::merge(cli, std::env::current_exe().ok())?;
         settings.api_token = token_from_env("MAG_API_TOKEN")?;
         settings.client_token = token_from_env("MAG_CLIENT_TOKEN")?;
+        if let Some(key) = token_from_env("JWT_SECRET_KEY")? {
+            let algorithm = std::env::var("JWT_ALGORITHM").unwrap_or_else(|_| "HS256".into());
+            settings.jwt = Some(
+                crate::auth::JwtSettings::new(key, &algorithm)
+                    .map_err(|e| SettingsError(format!("JWT_ALGORITHM: {e}")))?,
+            );
+        }
         settings.mongodb_url = Secret::from_env_value(std::env::var("MONGODB_URL").ok());
         if let Some(db) = std::env::var("MONGODB_DB").ok().filter(|d| !d.is_empty()) {
             settings.mongodb_db = db;
@@ -420,6 +433,7 @@ impl Settings {
                 .or(file.connect_concurrency)
                 .unwrap_or(8),
             api_token: None,
+            jwt: None,
             client_token: None,
             settings_file,
             python: cli

@@ -157,6 +157,7 @@ pub async fn run(
         source,
     })?;
     let edge = http_edge::Edge {
+        bearer: None,
         listen: addr,
         token: options.token.as_deref().map(Into::into),
         open_path: "/",

@@ -402,3 +402,100 @@ async fn a_real_llm_endpoint_when_configured() {
     assert!(answer.done && answer.find("saved").is_some(), "{answer:?}");
     assert!(!answer.text().is_empty());
 }
+
+/// A MAG token (HS256 over `secret`): `sub`, `type`, `role`, expiring `exp_in` s from now.
+fn mag_jwt(secret: &str, sub: &str, kind: &str, role: &str, exp_in: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": sub, "type": kind, "role": role, "exp": now + exp_in}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_users_see_only_their_own_conversations_at_mags_paths() {
+    const SECRET: &str = "mag-test-jwt-secret";
+    const OPERATOR: &str = "mag-test-operator-token";
+    let (llm, mut mag, _settings) = scripted_mag(&[
+        ("JWT_SECRET_KEY", SECRET.into()),
+        ("MAG_API_TOKEN", OPERATOR.into()),
+    ]);
+    let alice = mag_jwt(SECRET, "alice", "access", "user", 3600);
+    let bob = mag_jwt(SECRET, "bob", "access", "user", 3600);
+    let admin = mag_jwt(SECRET, "root", "access", "admin", 3600);
+
+    // Alice designs a round; the user_id in her body does not override her token's.
+    mag.token = Some(alice.clone());
+    llm.push(Reply::text(round1()));
+    let mut body = round("A tool that reverses text.", None);
+    body["user_id"] = json!("mallory");
+    let first = generate(&mag, body).await;
+    assert!(first.find("saved").is_some(), "{first:?}");
+    let id = first.conversation_id.clone().unwrap();
+    let (status, list) = mag.get("/api/chat/conversations").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["total_count"], 1, "{list}");
+    assert_eq!(list["conversations"][0]["_id"], id.as_str(), "{list}");
+    assert_eq!(list["conversations"][0]["user_id"], "alice", "{list}");
+    let (status, detail) = mag.get(&format!("/api/chat/conversations/{id}")).await;
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["generation_type"], "mcp", "{detail}");
+    assert_eq!(detail["rounds"].as_array().unwrap().len(), 1, "{detail}");
+
+    // Bob sees none of it, on MAG's paths and on ours, and cannot continue it.
+    mag.token = Some(bob.clone());
+    let (status, list) = mag.get("/api/chat/conversations").await;
+    assert_eq!((status, &list["total_count"]), (200, &json!(0)), "{list}");
+    let (_, list) = mag.get("/api/mcp/conversations").await;
+    assert_eq!(list["total_count"], 0, "{list}");
+    for path in [
+        format!("/api/chat/conversations/{id}"),
+        format!("/api/mcp/conversations/{id}"),
+    ] {
+        let (status, answer) = mag.get(&path).await;
+        assert_eq!(status, 403, "{path}: {answer}");
+        assert_eq!(answer["code"], "forbidden", "{answer}");
+    }
+    let (status, _) = mag
+        .delete(&format!("/api/chat/conversations/{id}/permanent"))
+        .await;
+    assert_eq!(status, 403);
+    let sneaky = generate(&mag, round("Add the rest.", Some(&id))).await;
+    assert_eq!(sneaky.status, 403, "{sneaky:?}");
+
+    // An admin and the operator's token reach everything.
+    mag.token = Some(admin);
+    let (status, _) = mag.get(&format!("/api/chat/conversations/{id}")).await;
+    assert_eq!(status, 200);
+    mag.token = Some(OPERATOR.into());
+    let (status, list) = mag.get("/api/mcp/conversations").await;
+    assert_eq!((status, &list["total_count"]), (200, &json!(1)), "{list}");
+
+    // Bad tokens are 401: another key, expired, a refresh token, garbage, none.
+    for bad in [
+        Some(mag_jwt("another-secret", "alice", "access", "user", 3600)),
+        Some(mag_jwt(SECRET, "alice", "access", "user", -120)),
+        Some(mag_jwt(SECRET, "alice", "refresh", "user", 3600)),
+        Some("not.a.jwt".to_string()),
+        None,
+    ] {
+        mag.token = bad.clone();
+        let (status, answer) = mag.get("/api/chat/conversations").await;
+        assert_eq!(status, 401, "{bad:?}: {answer}");
+    }
+
+    // Alice deletes it for good.
+    mag.token = Some(alice);
+    let (status, gone) = mag
+        .delete(&format!("/api/chat/conversations/{id}/permanent"))
+        .await;
+    assert_eq!(status, 200, "{gone}");
+    assert_eq!(gone["status"], "success", "{gone}");
+    let (status, _) = mag.get(&format!("/api/chat/conversations/{id}")).await;
+    assert_eq!(status, 404);
+}

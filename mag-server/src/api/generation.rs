@@ -16,14 +16,15 @@ use futures::{FutureExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{AppResult, Body, Segment, St};
+use super::{AppResult, Body, Segment, St, Who};
+use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::generation::install::ToolFiles;
 use crate::generation::{ErrorKind, Event, GenerateRequest, Installed, Outcome};
 use crate::store::{Conversation, ConversationRecord, ListQuery, rfc3339};
 
 /// A conversation's metadata in MAG's shape.
-fn conversation_json(c: &Conversation) -> Value {
+pub(super) fn conversation_json(c: &Conversation) -> Value {
     json!({
         "_id": c.id,
         "conversation_id": c.id,
@@ -41,7 +42,7 @@ fn conversation_json(c: &Conversation) -> Value {
 
 /// A whole conversation in MAG's detail shape: its metadata plus `rounds`,
 /// `parsed_results` and `"generation_type": "mcp"`.
-fn record_json(record: &ConversationRecord) -> Value {
+pub(super) fn record_json(record: &ConversationRecord) -> Value {
     let mut answer = conversation_json(&record.conversation);
     answer["generation_type"] = json!("mcp");
     answer["rounds"] = json!(record.generation.rounds);
@@ -126,7 +127,20 @@ fn outcome_json(outcome: Outcome) -> Value {
 /// round (for the end instruction, the install's result). Errors found before the round
 /// starts (bad request, unknown model, store down) are plain HTTP errors; later ones end
 /// the stream with an error event, also a panic of the round's task.
-pub(super) async fn generate(State(state): St, Body(request): Body<GenerateRequest>) -> Response {
+pub(super) async fn generate(
+    State(state): St,
+    Who(caller): Who,
+    Body(mut request): Body<GenerateRequest>,
+) -> Response {
+    // A JWT names the user; a `user_id` in the body does not override it (MAG's rule).
+    if caller.from_token {
+        request.user_id = Some(caller.user_id.clone());
+    }
+    if let Some(id) = &request.conversation_id
+        && let Err(e) = check_owner(&state, &caller, id).await
+    {
+        return e.into_response();
+    }
     let stream = request.stream;
     let prepared = match state.generator.prepare(request).await {
         Ok(prepared) => prepared,
@@ -209,9 +223,10 @@ pub(super) struct ListParams {
 const LIST_LIMIT: i64 = 200;
 
 /// `GET /api/mcp/conversations`: `{"conversations": [metadata], "total_count"}`, newest
-/// first.
+/// first; a JWT user (not an admin) sees only their own.
 pub(super) async fn conversations(
     State(state): St,
+    Who(caller): Who,
     params: std::result::Result<Query<ListParams>, QueryRejection>,
 ) -> AppResult {
     let Query(params) = params.map_err(|e| Error::BadRequest(e.body_text()))?;
@@ -223,11 +238,14 @@ pub(super) async fn conversations(
     if i64::try_from(skip).is_err() {
         return Err(Error::BadRequest("skip is too large".into()));
     }
-    let query = ListQuery {
+    let mut query = ListQuery {
         user_id: params.user_id.filter(|u| !u.is_empty()),
         limit,
         skip,
     };
+    if caller.from_token && !caller.admin {
+        query.user_id = Some(caller.user_id);
+    }
     let list: Vec<Value> = state
         .generator
         .conversations(&query)
@@ -240,23 +258,47 @@ pub(super) async fn conversations(
     ))
 }
 
-fn conversation_id(path: Segment) -> Result<String> {
+pub(super) fn conversation_id(path: Segment) -> Result<String> {
     path.map(|Path(id)| id)
         .map_err(|e| Error::BadRequest(e.body_text()))
 }
 
+/// 403 unless a JWT user may see conversation `id` (requests without a JWT may, on these
+/// paths; MAG's `/api/chat` paths check every caller, see `chat.rs`). A conversation not
+/// stored yet passes (its round creates it for the caller).
+async fn check_owner(state: &super::AppState, caller: &Caller, id: &str) -> Result<()> {
+    if !caller.from_token || caller.admin {
+        return Ok(());
+    }
+    match state.generator.conversation(id).await {
+        Ok(record) if !caller.may_access(&record.conversation.user_id) => {
+            Err(Error::Forbidden(id.to_owned()))
+        }
+        Ok(_) | Err(Error::ConversationNotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// `GET /api/mcp/conversations/{id}`: the conversation with its rounds and
-/// `parsed_results`.
-pub(super) async fn conversation(State(state): St, path: Segment) -> AppResult {
+/// `parsed_results`; 403 for another user's (a JWT user's view).
+pub(super) async fn conversation(State(state): St, Who(caller): Who, path: Segment) -> AppResult {
     let id = conversation_id(path)?;
     let record = state.generator.conversation(&id).await?;
+    if caller.from_token && !caller.may_access(&record.conversation.user_id) {
+        return Err(Error::Forbidden(id));
+    }
     Ok(Json(record_json(&record)))
 }
 
 /// `DELETE /api/mcp/conversations/{id}`: `{"status": "success", "message",
-/// "conversation_id"}` (MAG's permanent delete).
-pub(super) async fn delete_conversation(State(state): St, path: Segment) -> AppResult {
+/// "conversation_id"}` (MAG's permanent delete); 403 for another user's (a JWT user).
+pub(super) async fn delete_conversation(
+    State(state): St,
+    Who(caller): Who,
+    path: Segment,
+) -> AppResult {
     let id = conversation_id(path)?;
+    check_owner(&state, &caller, &id).await?;
     state.generator.delete_conversation(&id).await?;
     Ok(Json(json!({
         "status": "success",

@@ -24,6 +24,7 @@
 //! Every error is `{"detail", "code"}` ([`Error`]); bad bodies get 400 (not JSON), 422
 //! (wrong shape) or 413 (over the limit).
 
+mod chat;
 mod generation;
 mod mcp;
 mod models;
@@ -37,6 +38,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::auth::Caller;
 use mag_common::http_edge::{Authorized, Edge, read_json};
 
 use crate::control::ControlPlane;
@@ -79,6 +81,12 @@ pub fn router(state: AppState, edge: Edge) -> Router {
         )
         .route("/api/mcp/register-tool", post(generation::register_tool))
         .route("/api/mcp/ai-tools", get(generation::ai_tools))
+        .route("/api/chat/conversations", get(chat::list))
+        .route("/api/chat/conversations/{id}", get(chat::one))
+        .route(
+            "/api/chat/conversations/{id}/permanent",
+            axum::routing::delete(chat::delete_permanently),
+        )
         .route("/api/models", get(models::list))
         .route("/api/models/{*name}", get(models::one))
         .route(
@@ -105,6 +113,24 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for Body<T> {
             .await
             .map(Body)
             .map_err(Error::from)
+    }
+}
+
+/// Who the request acts for: the JWT's user, else MAG's default user (see [`crate::auth`]).
+pub struct Who(pub Caller);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Who {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        Ok(Who(parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_else(Caller::default_user)))
     }
 }
 

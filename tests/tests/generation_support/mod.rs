@@ -145,12 +145,13 @@ pub fn http() -> reqwest::Client {
 }
 
 pub async fn generate(mag: &MagServer, body: Value) -> Streamed {
-    let response = http()
+    let mut request = http()
         .post(format!("{}/api/mcp/generate", mag.base))
-        .json(&body)
-        .send()
-        .await
-        .expect("POST /api/mcp/generate");
+        .json(&body);
+    if let Some(token) = &mag.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("POST /api/mcp/generate");
     let status = response.status().as_u16();
     let conversation_id = response
         .headers()
