@@ -238,6 +238,14 @@ impl MagServer {
             .unwrap_or_else(|| panic!("GET {path}: no answer"))
     }
 
+    /// `PUT path` with a JSON body: status and JSON body.
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        let body = Some(body.to_string());
+        self.request_within(reqwest::Method::PUT, path, body, Duration::from_secs(120))
+            .await
+            .unwrap_or_else(|| panic!("PUT {path}: no answer"))
+    }
+
     /// `POST path` with a JSON body: status and JSON body.
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.post_raw(path, body.to_string()).await

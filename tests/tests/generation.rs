@@ -446,6 +446,52 @@ async fn jwt_users_see_only_their_own_conversations_at_mags_paths() {
     assert_eq!(status, 200, "{detail}");
     assert_eq!(detail["generation_type"], "mcp", "{detail}");
     assert_eq!(detail["rounds"].as_array().unwrap().len(), 1, "{detail}");
+    // Her title, tags and status, as MAG's conversation list edits them.
+    let base = format!("/api/chat/conversations/{id}");
+    for (field, body, key, want) in [
+        (
+            "title",
+            json!({"title": "  Reverser  "}),
+            "title",
+            json!("Reverser"),
+        ),
+        (
+            "tags",
+            json!({"tags": [" text ", "tools"]}),
+            "tags",
+            json!(["text", "tools"]),
+        ),
+        (
+            "status",
+            json!({"status": "favorite"}),
+            "new_status",
+            json!("favorite"),
+        ),
+    ] {
+        let (status, answer) = mag.put(&format!("{base}/{field}"), body).await;
+        assert_eq!(status, 200, "{field}: {answer}");
+        assert_eq!(answer["status"], "success", "{answer}");
+        assert_eq!(answer[key], want, "{answer}");
+    }
+    for (field, body, want) in [
+        ("title", json!({"title": "   "}), 400),
+        ("tags", json!({"tags": ["x".repeat(21)]}), 422),
+        ("status", json!({"status": "archived"}), 422),
+    ] {
+        let (status, answer) = mag.put(&format!("{base}/{field}"), body).await;
+        assert_eq!(status, want, "{field}: {answer}");
+    }
+    let (_, list) = mag.get("/api/chat/conversations").await;
+    let listed = &list["conversations"][0];
+    assert_eq!(
+        (&listed["title"], &listed["tags"], &listed["status"]),
+        (
+            &json!("Reverser"),
+            &json!(["text", "tools"]),
+            &json!("favorite")
+        ),
+        "{list}"
+    );
 
     // Bob sees none of it, on MAG's paths and on ours, and cannot continue it.
     mag.token = Some(bob.clone());
@@ -463,6 +509,13 @@ async fn jwt_users_see_only_their_own_conversations_at_mags_paths() {
     }
     let (status, _) = mag
         .delete(&format!("/api/chat/conversations/{id}/permanent"))
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = mag
+        .put(
+            &format!("/api/chat/conversations/{id}/title"),
+            json!({"title": "mine now"}),
+        )
         .await;
     assert_eq!(status, 403);
     let sneaky = generate(&mag, round("Add the rest.", Some(&id))).await;

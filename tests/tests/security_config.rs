@@ -438,8 +438,12 @@ async fn mag_server_answers_503_at_once_while_mcp_client_restarts() {
         let (status, answer) = mag.get(path).await;
         assert_eq!(status, 503, "{path}: {answer}");
     }
+    // test-tool answers as MAG's executor does (SPEC §9 over §5): 200, `status: "error"`,
+    // with the cause, also at once.
     let (status, answer) = mag.test_tool("x", "y", json!({})).await;
-    assert_eq!(status, 503, "{answer}");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "error", "{answer}");
+    assert_eq!(answer["code"], "mcp_client_unavailable", "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -87,6 +87,18 @@ pub fn router(state: AppState, edge: Edge) -> Router {
             "/api/chat/conversations/{id}/permanent",
             axum::routing::delete(chat::delete_permanently),
         )
+        .route(
+            "/api/chat/conversations/{id}/title",
+            axum::routing::put(chat::set_title),
+        )
+        .route(
+            "/api/chat/conversations/{id}/tags",
+            axum::routing::put(chat::set_tags),
+        )
+        .route(
+            "/api/chat/conversations/{id}/status",
+            axum::routing::put(chat::set_status),
+        )
         .route("/api/models", get(models::list))
         .route("/api/models/{*name}", get(models::one))
         .route(

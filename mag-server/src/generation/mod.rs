@@ -43,7 +43,7 @@ use crate::error::{Error, Result};
 use crate::llm::{self, Model, TokenUsage};
 use crate::store::{
     CONVERSATION_TYPE, Conversation, ConversationRecord, DEFAULT_USER, DateTime, ListQuery, McpGen,
-    Round, RoundSave, Store, empty_parsed_results, new_conversation_id,
+    MetaChange, Round, RoundSave, Store, empty_parsed_results, new_conversation_id,
 };
 use install::{ToolFiles, Toolsmith};
 
@@ -331,6 +331,25 @@ impl Generator {
             .get(id)
             .await?
             .ok_or_else(|| Error::ConversationNotFound(id.to_owned()))
+    }
+
+    /// Sets a conversation's title, tags or status (MAG's `/api/chat/conversations/{id}/…`)
+    /// and its `updated_at`.
+    ///
+    /// # Errors
+    /// [`Error::ConversationNotFound`], [`Error::Store`].
+    pub async fn update_conversation(&self, id: &str, change: MetaChange) -> Result<()> {
+        check_conversation_id(id)?;
+        if self
+            .inner
+            .store
+            .update(id, &change, DateTime::now())
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(Error::ConversationNotFound(id.to_owned()))
+        }
     }
 
     /// `DELETE /api/mcp/conversations/{id}` (MAG's permanent delete).

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 
 use super::{
     CONVERSATION_TYPE, Conversation, ConversationRecord, ConversationStore, DateTime, ListQuery,
-    McpGen, Round, RoundSave, StoreError, TokenUsage,
+    McpGen, MetaChange, Round, RoundSave, StoreError, TokenUsage,
 };
 
 /// The schema version this build writes (`PRAGMA user_version`).
@@ -484,6 +484,27 @@ fn delete(conn: &mut Connection, path: &Path, id: &str) -> Result<bool, StoreErr
     Ok(deleted > 0)
 }
 
+fn update(
+    conn: &mut Connection,
+    path: &Path,
+    id: &str,
+    change: &MetaChange,
+    at: DateTime,
+) -> Result<bool, StoreError> {
+    let (column, value) = match change {
+        MetaChange::Title(title) => ("title", title.clone()),
+        MetaChange::Tags(tags) => ("tags", to_json(tags)),
+        MetaChange::Status(status) => ("status", status.clone()),
+    };
+    let changed = conn
+        .execute(
+            &format!("UPDATE conversations SET {column} = ?2, updated_at = ?3 WHERE id = ?1"),
+            rusqlite::params![id, value, at.timestamp_millis()],
+        )
+        .map_err(|e| sqlite_error(path, &e))?;
+    Ok(changed > 0)
+}
+
 #[async_trait]
 impl ConversationStore for EmbeddedStore {
     fn backend(&self) -> &'static str {
@@ -525,5 +546,16 @@ impl ConversationStore for EmbeddedStore {
     async fn delete(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
         self.run(move |conn, path| delete(conn, path, &id)).await
+    }
+
+    async fn update(
+        &self,
+        id: &str,
+        change: &MetaChange,
+        at: DateTime,
+    ) -> Result<bool, StoreError> {
+        let (id, change) = (id.to_owned(), change.clone());
+        self.run(move |conn, path| update(conn, path, &id, &change, at))
+            .await
     }
 }

@@ -218,6 +218,22 @@ pub trait ConversationStore: Send + Sync {
 
     /// Deletes a conversation and its rounds; `false` when there was none.
     async fn delete(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Sets one field of a conversation's metadata (MAG's title, tags and status
+    /// endpoints) and its `updated_at` to `at`; `false` when there is none with that id.
+    async fn update(&self, id: &str, change: &MetaChange, at: DateTime)
+    -> Result<bool, StoreError>;
+}
+
+/// One change to a conversation's metadata ([`ConversationStore::update`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaChange {
+    /// `title`.
+    Title(String),
+    /// `tags`, replaced whole.
+    Tags(Vec<String>),
+    /// `status`: MAG's `active`, `deleted` (soft) or `favorite`.
+    Status(String),
 }
 
 /// A shared store.

@@ -39,8 +39,8 @@ use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::{
-    CONVERSATION_TYPE, Conversation, ConversationRecord, ConversationStore, ListQuery, McpGen,
-    RoundSave, StoreError, url_secrets,
+    CONVERSATION_TYPE, Conversation, ConversationRecord, ConversationStore, DateTime, ListQuery,
+    McpGen, MetaChange, RoundSave, StoreError, url_secrets,
 };
 
 /// The `conversations` collection.
@@ -529,6 +529,29 @@ impl ConversationStore for MongoStore {
 
     async fn delete(&self, id: &str) -> Result<bool, StoreError> {
         self.guarded(self.delete_conversation(id)).await
+    }
+
+    async fn update(
+        &self,
+        id: &str,
+        change: &MetaChange,
+        at: DateTime,
+    ) -> Result<bool, StoreError> {
+        let set = match change {
+            MetaChange::Title(title) => doc! {"title": title, "updated_at": at},
+            MetaChange::Tags(tags) => doc! {"tags": tags, "updated_at": at},
+            MetaChange::Status(status) => doc! {"status": status, "updated_at": at},
+        };
+        let updated = self
+            .guarded(
+                self.bounded(
+                    "update the conversations document",
+                    self.conversations
+                        .update_one(doc! {"_id": id}, doc! {"$set": set}),
+                ),
+            )
+            .await?;
+        Ok(updated.matched_count > 0)
     }
 }
 

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use mag_server::store::{
-    CONVERSATION_TYPE, Conversation, ConversationRecord, DateTime, ListQuery, McpGen, Round,
-    RoundSave, Store, StoreError, TokenUsage, empty_parsed_results, new_conversation_id,
+    CONVERSATION_TYPE, Conversation, ConversationRecord, DateTime, ListQuery, McpGen, MetaChange,
+    Round, RoundSave, Store, StoreError, TokenUsage, empty_parsed_results, new_conversation_id,
 };
 use serde_json::{Map, Value, json};
 
@@ -160,6 +160,7 @@ pub(crate) async fn suite(mut fresh: impl AsyncFnMut() -> Store) {
     taken_id_conflicts(fresh().await).await;
     list_orders_filters_and_pages(fresh().await).await;
     delete_removes(fresh().await).await;
+    update_sets_one_field(fresh().await).await;
     unicode_and_large_messages(fresh().await).await;
     concurrent_saves_one_wins(fresh().await).await;
 }
@@ -386,6 +387,42 @@ pub(crate) async fn delete_removes(store: Store) {
         .await
         .expect("round 1 on a freed id");
     assert_eq!(get(&store, &id).await.unwrap(), record_of(&[&again]));
+}
+
+/// `update` (MAG's title, tags and status endpoints): one field and `updated_at` change,
+/// nothing else; `false` for an unknown id.
+pub(crate) async fn update_sets_one_field(store: Store) {
+    let id = new_conversation_id();
+    let r1 = first_round(&id, "alice", 0, "a weather tool");
+    store.save_round(&r1).await.unwrap();
+    let mut want = record_of(&[&r1]);
+    for (n, change) in [
+        MetaChange::Title("Weather, finally".into()),
+        MetaChange::Tags(vec!["weather".into(), "天气".into()]),
+        MetaChange::Status("favorite".into()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let at = DateTime::from_millis(T0 + 10_000 + n as i64);
+        assert!(store.update(&id, &change, at).await.expect("update"));
+        match &change {
+            MetaChange::Title(title) => want.conversation.title = title.clone(),
+            MetaChange::Tags(tags) => want.conversation.tags = tags.clone(),
+            MetaChange::Status(status) => want.conversation.status = status.clone(),
+        }
+        want.conversation.updated_at = at;
+        assert_eq!(get(&store, &id).await.unwrap(), want, "after {change:?}");
+    }
+    let listed = store.list(&query(None, 10, 0)).await.unwrap();
+    assert_eq!(listed, [want.conversation.clone()]);
+    let at = DateTime::from_millis(T0);
+    assert!(
+        !store
+            .update("mcp_never_was", &MetaChange::Status("active".into()), at)
+            .await
+            .unwrap()
+    );
 }
 
 /// Unicode, control characters, arbitrary message fields and a 1 MiB message read back
