@@ -15,6 +15,9 @@
 //!   names the `Host` it calls), it must be `application/json`, else 415
 //!   `unsupported_media_type` (a cross-site `text/plain` POST needs no CORS preflight).
 //!
+//! Pages of the origins taken get CORS answers ([`finish`]'s CORS layer answers their
+//! preflights before these checks); any other origin gets none.
+//!
 //! Refusals are logged, at most one line every 10 s with a count, so a page that loops
 //! cannot fill the disk.
 //!
@@ -278,6 +281,25 @@ impl Edge {
         }
     }
 
+    /// Whether a page of `origin` (an `Origin` header's value) may call the API: a
+    /// loopback origin (`http(s)://localhost|127.x|[::1][:port]`; not `null`) or one of
+    /// `allowed_origins`.
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        let normalized = origin.trim_end_matches('/').to_ascii_lowercase();
+        let loopback = url::Url::parse(origin).is_ok_and(|url| {
+            matches!(url.scheme(), "http" | "https")
+                && url.host_str().is_some_and(|host| {
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    Self::is_loopback_name(&host.to_ascii_lowercase())
+                })
+        });
+        loopback
+            || self
+                .allowed_origins
+                .iter()
+                .any(|a| a.trim().trim_end_matches('/').to_ascii_lowercase() == normalized)
+    }
+
     /// Checks `Origin` and, for a browser request with a body, `Content-Type` (see the
     /// module docs).
     ///
@@ -288,19 +310,7 @@ impl Edge {
             return Ok(());
         };
         let origin = origin.to_str().unwrap_or("(not text)").trim();
-        let normalized = origin.trim_end_matches('/').to_ascii_lowercase();
-        let loopback = url::Url::parse(origin).is_ok_and(|url| {
-            matches!(url.scheme(), "http" | "https")
-                && url.host_str().is_some_and(|host| {
-                    let host = host.trim_start_matches('[').trim_end_matches(']');
-                    Self::is_loopback_name(&host.to_ascii_lowercase())
-                })
-        });
-        let allowed = self
-            .allowed_origins
-            .iter()
-            .any(|a| a.trim().trim_end_matches('/').to_ascii_lowercase() == normalized);
-        if !loopback && !allowed {
+        if !self.origin_allowed(origin) {
             return Err(EdgeError::ForbiddenOrigin(
                 origin.chars().take(200).collect(),
             ));
@@ -349,6 +359,7 @@ impl Edge {
 pub fn finish(router: Router, edge: Edge) -> Router {
     let limit = edge.body_limit;
     let edge = Arc::new(edge);
+    let cors = cors(edge.clone());
     let refusals = Arc::new(std::sync::Mutex::new(LogEvery::new(Duration::from_secs(
         10,
     ))));
@@ -403,6 +414,35 @@ pub fn finish(router: Router, edge: Edge) -> Router {
                 }
             },
         ))
+        .layer(cors)
+}
+
+/// CORS for the pages [`Edge::origin_allowed`] admits (a frontend on another loopback port,
+/// e.g. MAG's at `http://localhost:5173`, or an MCP client running in a browser):
+/// preflights are answered here, before the token and `Content-Type` checks (a preflight
+/// carries neither); a page of any other origin gets no CORS headers, so the browser keeps
+/// every answer from it (and the edge refuses its requests anyway). Per the Fetch
+/// standard's CORS protocol; MCP's session headers are allowed and exposed.
+fn cors(edge: Arc<Edge>) -> tower_http::cors::CorsLayer {
+    use axum::http::HeaderName;
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let mcp = |name: &'static str| HeaderName::from_static(name);
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origin.to_str().is_ok_and(|o| edge.origin_allowed(o))
+        }))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::ACCEPT,
+            mcp("mcp-session-id"),
+            mcp("mcp-protocol-version"),
+            mcp("last-event-id"),
+            mcp("x-mcp-server-id"),
+        ])
+        .expose_headers([mcp("mcp-session-id"), mcp("x-conversation-id")])
+        .max_age(Duration::from_secs(600))
 }
 
 /// How long, and for how many bytes at most, the rest of a body refused as too large is

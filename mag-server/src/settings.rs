@@ -108,8 +108,8 @@ pub struct Cli {
     #[arg(long, env = "MAG_PYTHON", value_name = "PATH")]
     pub python: Option<PathBuf>,
     /// Web origins (scheme://host[:port], comma-separated) whose requests are taken, besides
-    /// loopback ones (no CORS: e.g. MAG's frontend behind the same proxy); any other Origin
-    /// is refused (403).
+    /// loopback ones (their pages also get CORS answers, e.g. MAG's frontend); any other
+    /// Origin is refused (403).
     #[arg(
         long,
         env = "MAG_ALLOWED_ORIGINS",

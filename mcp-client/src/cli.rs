@@ -29,8 +29,8 @@ struct Cli {
     #[arg(long, default_value_t = mag_common::config::DEFAULT_CONFIG_LIMIT, value_name = "BYTES")]
     config_limit: u64,
     /// Web origins (scheme://host[:port], comma-separated) whose requests are taken, besides
-    /// loopback ones (no CORS: for pages served through the same proxy); a request with any
-    /// other Origin is refused (403).
+    /// loopback ones (their pages also get CORS answers); a request with any other Origin is
+    /// refused (403).
     #[arg(long, value_delimiter = ',', value_name = "ORIGINS")]
     allowed_origins: Vec<String>,
     /// Host names (comma-separated) the API answers to besides its own address and loopback

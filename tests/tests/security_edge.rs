@@ -179,6 +179,86 @@ async fn a_web_page_cannot_add_a_server_through_mag_server() {
 
 /// A server on 127.0.0.1 that answers every request with HTTP 500; its port.
 #[tokio::test(flavor = "multi_thread")]
+async fn pages_of_taken_origins_get_cors_answers_and_others_none() {
+    // MAG's frontend (Vite's port) calls mag-server with a token: the browser first sends a
+    // preflight without it, then the request; a page elsewhere gets no CORS headers.
+    let mag = MagServer::start_with(MagOptions {
+        servers: json!({}),
+        env: vec![("MAG_API_TOKEN".into(), "cors-test-token".into())],
+        ..MagOptions::default()
+    });
+    mag.wait_running().await;
+    let url = format!("{}/api/mcp/config", mag.base);
+    let preflight = |origin: &'static str| {
+        http()
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let answer = preflight("http://localhost:5173").await.unwrap();
+    assert!(answer.status().is_success(), "{answer:?}");
+    let headers = answer.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "http://localhost:5173"
+    );
+    let allowed = headers["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        allowed.contains("authorization") && allowed.contains("content-type"),
+        "{allowed}"
+    );
+    assert!(
+        headers["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    let answer = http()
+        .get(&url)
+        .header("origin", "http://localhost:5173")
+        .bearer_auth("cors-test-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        answer.headers()["access-control-allow-origin"],
+        "http://localhost:5173"
+    );
+
+    let answer = preflight("http://evil.example").await.unwrap();
+    assert!(
+        answer
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "{answer:?}"
+    );
+    let answer = http()
+        .get(&url)
+        .header("origin", "http://evil.example")
+        .bearer_auth("cors-test-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 403);
+    assert!(
+        answer
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn health_without_the_token_is_liveness_only() {
     let mut mag = MagServer::start_with(MagOptions {
         servers: json!({}),
