@@ -16,20 +16,12 @@ use crate::settings::Secret;
 
 pub use crate::store::DEFAULT_USER;
 
-/// `JWT_SECRET_KEY` and `JWT_ALGORITHM`.
-#[derive(Clone)]
+/// `JWT_SECRET_KEY` and `JWT_ALGORITHM` (the key shows redacted in `Debug`, as every
+/// [`Secret`]).
+#[derive(Clone, Debug)]
 pub struct JwtSettings {
     key: Secret,
     algorithm: Algorithm,
-}
-
-impl std::fmt::Debug for JwtSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtSettings")
-            .field("key", &self.key)
-            .field("algorithm", &self.algorithm)
-            .finish()
-    }
 }
 
 impl JwtSettings {
@@ -77,6 +69,16 @@ impl Caller {
     /// Whether this caller may see or change a conversation of `owner` (MAG's rule).
     pub fn may_access(&self, owner: &str) -> bool {
         self.admin || self.user_id == owner
+    }
+
+    /// This caller on mag-server's own `/api/mcp` paths: a JWT's user as they are; a
+    /// request without a JWT acts for the operator there and reaches every owner's
+    /// conversations (MAG's `/api/chat` paths take the caller as it is).
+    pub fn on_operator_paths(self) -> Self {
+        Self {
+            admin: self.admin || !self.from_token,
+            ..self
+        }
     }
 }
 

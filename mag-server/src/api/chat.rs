@@ -8,25 +8,14 @@ use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::generation::{conversation_id, conversation_json, record_json};
+use super::generation::{conversation_id, conversation_json, delete, record_json};
 use super::{AppResult, Body, Segment, St, Who};
 use crate::auth::Caller;
 use crate::error::{Error, Result};
-use crate::store::{ConversationRecord, ListQuery, MetaChange};
+use crate::store::{ListQuery, MetaChange};
 
 /// MAG's cap on the list (`limit=200`).
 const LIST_LIMIT: i64 = 200;
-
-/// The conversation `id`, when `caller` may reach it: 404 when there is none, 403 when
-/// it is another user's.
-async fn owned(state: &super::AppState, caller: &Caller, id: &str) -> Result<ConversationRecord> {
-    let record = state.generator.conversation(id).await?;
-    if caller.may_access(&record.conversation.user_id) {
-        Ok(record)
-    } else {
-        Err(Error::Forbidden(id.to_owned()))
-    }
-}
 
 /// `GET /api/chat/conversations`: the caller's own, newest first, at most 200:
 /// `{"conversations": [metadata], "total_count"}`.
@@ -52,7 +41,7 @@ pub(super) async fn list(State(state): St, Who(caller): Who) -> AppResult {
 /// `generation_type: "mcp"`, `parsed_results`, and the metadata); 404, 403.
 pub(super) async fn one(State(state): St, Who(caller): Who, path: Segment) -> AppResult {
     let id = conversation_id(path)?;
-    let record = owned(&state, &caller, &id).await?;
+    let record = state.generator.conversation(&caller, &id).await?;
     Ok(Json(record_json(&record)))
 }
 
@@ -63,14 +52,7 @@ pub(super) async fn delete_permanently(
     Who(caller): Who,
     path: Segment,
 ) -> AppResult {
-    let id = conversation_id(path)?;
-    owned(&state, &caller, &id).await?;
-    state.generator.delete_conversation(&id).await?;
-    Ok(Json(json!({
-        "status": "success",
-        "message": format!("conversation {id:?} was deleted permanently"),
-        "conversation_id": id,
-    })))
+    delete(&state, &caller, path).await
 }
 
 /// MAG's `UpdateConversationTitleRequest` (its `user_id` is ignored: the caller counts).
@@ -104,8 +86,10 @@ async fn change(
     change: MetaChange,
 ) -> Result<String> {
     let id = conversation_id(path)?;
-    owned(state, caller, &id).await?;
-    state.generator.update_conversation(&id, change).await?;
+    state
+        .generator
+        .update_conversation(caller, &id, change)
+        .await?;
     Ok(id)
 }
 

@@ -136,13 +136,9 @@ pub(super) async fn generate(
     if caller.from_token {
         request.user_id = Some(caller.user_id.clone());
     }
-    if let Some(id) = &request.conversation_id
-        && let Err(e) = check_owner(&state, &caller, id).await
-    {
-        return e.into_response();
-    }
     let stream = request.stream;
-    let prepared = match state.generator.prepare(request).await {
+    let caller = caller.on_operator_paths();
+    let prepared = match state.generator.prepare(request, &caller).await {
         Ok(prepared) => prepared,
         // MAG answers this one in the stream (`ai_mcp_generator.py`).
         Err(e @ Error::EndWithoutConversation) if stream => {
@@ -243,7 +239,8 @@ pub(super) async fn conversations(
         limit,
         skip,
     };
-    if caller.from_token && !caller.admin {
+    let caller = caller.on_operator_paths();
+    if !caller.admin {
         query.user_id = Some(caller.user_id);
     }
     let list: Vec<Value> = state
@@ -263,30 +260,14 @@ pub(super) fn conversation_id(path: Segment) -> Result<String> {
         .map_err(|e| Error::BadRequest(e.body_text()))
 }
 
-/// 403 unless a JWT user may see conversation `id` (requests without a JWT may, on these
-/// paths; MAG's `/api/chat` paths check every caller, see `chat.rs`). A conversation not
-/// stored yet passes (its round creates it for the caller).
-async fn check_owner(state: &super::AppState, caller: &Caller, id: &str) -> Result<()> {
-    if !caller.from_token || caller.admin {
-        return Ok(());
-    }
-    match state.generator.conversation(id).await {
-        Ok(record) if !caller.may_access(&record.conversation.user_id) => {
-            Err(Error::Forbidden(id.to_owned()))
-        }
-        Ok(_) | Err(Error::ConversationNotFound(_)) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 /// `GET /api/mcp/conversations/{id}`: the conversation with its rounds and
 /// `parsed_results`; 403 for another user's (a JWT user's view).
 pub(super) async fn conversation(State(state): St, Who(caller): Who, path: Segment) -> AppResult {
     let id = conversation_id(path)?;
-    let record = state.generator.conversation(&id).await?;
-    if caller.from_token && !caller.may_access(&record.conversation.user_id) {
-        return Err(Error::Forbidden(id));
-    }
+    let record = state
+        .generator
+        .conversation(&caller.on_operator_paths(), &id)
+        .await?;
     Ok(Json(record_json(&record)))
 }
 
@@ -297,9 +278,14 @@ pub(super) async fn delete_conversation(
     Who(caller): Who,
     path: Segment,
 ) -> AppResult {
+    delete(&state, &caller.on_operator_paths(), path).await
+}
+
+/// Deletes conversation `path` for `caller` for good: `{"status": "success", "message",
+/// "conversation_id"}`; 404, 403, 409 while a round of it runs.
+pub(super) async fn delete(state: &super::AppState, caller: &Caller, path: Segment) -> AppResult {
     let id = conversation_id(path)?;
-    check_owner(&state, &caller, &id).await?;
-    state.generator.delete_conversation(&id).await?;
+    state.generator.delete_conversation(caller, &id).await?;
     Ok(Json(json!({
         "status": "success",
         "message": format!("conversation {id:?} was deleted"),

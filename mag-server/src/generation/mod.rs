@@ -38,6 +38,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 pub use events::{ErrorKind, Event, Incomplete, Installed, Outcome, SavedRound, StoreHealth};
 
+use crate::auth::Caller;
 use crate::control::ControlPlane;
 use crate::error::{Error, Result};
 use crate::llm::{self, Model, TokenUsage};
@@ -241,8 +242,9 @@ impl Generator {
     /// # Errors
     /// [`Error::BadRequest`] (blank requirement or model name, a bad id, an end without a
     /// conversation), [`Error::UnknownModel`], [`Error::ConversationNotFound`] (end only),
-    /// [`Error::ConversationBusy`] (a round of it is running), [`Error::Store`].
-    pub async fn prepare(&self, request: GenerateRequest) -> Result<Prepared> {
+    /// [`Error::ConversationBusy`] (a round of it is running), [`Error::Forbidden`] (another
+    /// user's conversation, for `caller`), [`Error::Store`].
+    pub async fn prepare(&self, request: GenerateRequest, caller: &Caller) -> Result<Prepared> {
         let requirement = request.requirement.trim();
         if requirement.is_empty() {
             return Err(Error::BadRequest("requirement is empty".into()));
@@ -261,6 +263,7 @@ impl Generator {
                 .get(&id)
                 .await?
                 .ok_or_else(|| Error::ConversationNotFound(id.clone()))?;
+            check_owner(caller, &record)?;
             return Ok(Prepared {
                 generator: self.clone(),
                 conversation_id: id,
@@ -282,6 +285,9 @@ impl Generator {
         let id = request.conversation_id.unwrap_or_else(new_conversation_id);
         let lock = self.lock(&id)?;
         let record = self.inner.store.get(&id).await?;
+        if let Some(record) = &record {
+            check_owner(caller, record)?;
+        }
         Ok(Prepared {
             generator: self.clone(),
             conversation_id: id,
@@ -319,27 +325,38 @@ impl Generator {
         Ok(self.inner.store.list(query).await?)
     }
 
-    /// `GET /api/mcp/conversations/{id}`: the conversation with its rounds and
-    /// `parsed_results`.
+    /// The conversation with its rounds and `parsed_results`, as `caller` may see it.
     ///
     /// # Errors
-    /// [`Error::ConversationNotFound`], [`Error::Store`].
-    pub async fn conversation(&self, id: &str) -> Result<ConversationRecord> {
+    /// [`Error::ConversationNotFound`], [`Error::Forbidden`] (another user's),
+    /// [`Error::Store`].
+    pub async fn conversation(&self, caller: &Caller, id: &str) -> Result<ConversationRecord> {
         check_conversation_id(id)?;
-        self.inner
+        let record = self
+            .inner
             .store
             .get(id)
             .await?
-            .ok_or_else(|| Error::ConversationNotFound(id.to_owned()))
+            .ok_or_else(|| Error::ConversationNotFound(id.to_owned()))?;
+        check_owner(caller, &record)?;
+        Ok(record)
     }
 
     /// Sets a conversation's title, tags or status (MAG's `/api/chat/conversations/{id}/…`)
     /// and its `updated_at`.
     ///
     /// # Errors
-    /// [`Error::ConversationNotFound`], [`Error::Store`].
-    pub async fn update_conversation(&self, id: &str, change: MetaChange) -> Result<()> {
+    /// [`Error::ConversationNotFound`], [`Error::Forbidden`], [`Error::Store`].
+    pub async fn update_conversation(
+        &self,
+        caller: &Caller,
+        id: &str,
+        change: MetaChange,
+    ) -> Result<()> {
         check_conversation_id(id)?;
+        if !caller.admin {
+            self.conversation(caller, id).await?;
+        }
         if self
             .inner
             .store
@@ -352,14 +369,17 @@ impl Generator {
         }
     }
 
-    /// `DELETE /api/mcp/conversations/{id}` (MAG's permanent delete).
+    /// Deletes a conversation for good (MAG's permanent delete).
     ///
     /// # Errors
     /// [`Error::ConversationNotFound`], [`Error::ConversationBusy`] (a round of it is
-    /// running), [`Error::Store`].
-    pub async fn delete_conversation(&self, id: &str) -> Result<()> {
+    /// running), [`Error::Forbidden`], [`Error::Store`].
+    pub async fn delete_conversation(&self, caller: &Caller, id: &str) -> Result<()> {
         check_conversation_id(id)?;
         let _lock = self.lock(id)?;
+        if !caller.admin {
+            self.conversation(caller, id).await?;
+        }
         if self.inner.store.delete(id).await? {
             Ok(())
         } else {
@@ -478,6 +498,15 @@ impl Generator {
 /// [`SYSTEM_PROMPT_TEMPLATE`] with `tools` (a Markdown list) in place.
 pub fn system_prompt(tools: &str) -> String {
     SYSTEM_PROMPT_TEMPLATE.replace("{EXISTING_TOOLS}", tools.trim_end())
+}
+
+/// [`Error::Forbidden`] unless `caller` may reach `record` (MAG's ownership rule).
+fn check_owner(caller: &Caller, record: &ConversationRecord) -> Result<()> {
+    if caller.may_access(&record.conversation.user_id) {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(record.conversation.id.clone()))
+    }
 }
 
 /// A conversation id: 1 to 128 ASCII letters, digits, `_` and `-`.
