@@ -27,6 +27,28 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Whether a `T` is in `error`'s cause chain, looking also inside `io::Error`s (whose
+/// `source` skips the error they wrap: rustls's errors reach reqwest as one).
+pub fn has_cause<T: std::error::Error + 'static>(
+    error: &(dyn std::error::Error + 'static),
+) -> bool {
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        if cause.is::<T>() {
+            return true;
+        }
+        if let Some(inner) = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            && has_cause::<T>(inner)
+        {
+            return true;
+        }
+        next = cause.source();
+    }
+    false
+}
+
 /// Installs ring as the process's TLS provider (reqwest is built without a default one).
 /// Idempotent; call before building any `reqwest::Client`.
 pub fn install_tls_provider() {

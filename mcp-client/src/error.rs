@@ -389,7 +389,7 @@ pub fn failure_kind(error: &(dyn std::error::Error + 'static)) -> FailureKind {
     if let Some(error) = error.downcast_ref::<HttpStatusError>() {
         return FailureKind::HttpStatus(error.status);
     }
-    if has_cause::<rustls::Error>(error) {
+    if mag_common::has_cause::<rustls::Error>(error) {
         return FailureKind::Tls;
     }
     FailureKind::Transport
@@ -429,7 +429,7 @@ fn status_of(text: &str) -> Option<u16> {
 }
 
 fn reqwest_failure_kind(error: &reqwest::Error) -> FailureKind {
-    if has_cause::<rustls::Error>(error) {
+    if mag_common::has_cause::<rustls::Error>(error) {
         FailureKind::Tls
     } else if let Some(status) = error.status() {
         FailureKind::HttpStatus(status.as_u16())
@@ -440,26 +440,6 @@ fn reqwest_failure_kind(error: &reqwest::Error) -> FailureKind {
     } else {
         FailureKind::Transport
     }
-}
-
-/// Whether a `T` is in `error`'s cause chain, looking also inside `io::Error`s (whose
-/// `source` skips the error they wrap: rustls's errors reach reqwest as one).
-fn has_cause<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(cause) = next {
-        if cause.is::<T>() {
-            return true;
-        }
-        if let Some(inner) = cause
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref)
-            && has_cause::<T>(inner)
-        {
-            return true;
-        }
-        next = cause.source();
-    }
-    false
 }
 
 /// What a failed `initialize` says: the server's answer when it answered (a

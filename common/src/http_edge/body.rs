@@ -76,12 +76,8 @@ pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, EdgeErro
 /// What a failed body read means: over the limit of [`finish`](super::finish)'s length layer, or a
 /// connection that failed mid-body.
 fn body_error(error: &axum::Error, limit: usize) -> EdgeError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(cause) = source {
-        if cause.is::<http_body_util::LengthLimitError>() {
-            return EdgeError::BodyTooLarge(limit);
-        }
-        source = cause.source();
+    if crate::has_cause::<http_body_util::LengthLimitError>(error) {
+        return EdgeError::BodyTooLarge(limit);
     }
     EdgeError::MalformedJson(format!("the request body could not be read: {error}"))
 }
