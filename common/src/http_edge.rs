@@ -11,8 +11,8 @@
 //!   request, and on any POST) must come from a loopback origin (`http(s)://localhost`,
 //!   `*.localhost`, a loopback IP; any port) or one allowed by setting (`--allowed-origins`),
 //!   else 403 `forbidden_origin` (`Origin: null` is not loopback); and, unless it is a `GET`,
-//!   `HEAD`, `OPTIONS` or `DELETE` or comes from a page of the same origin (its `Origin`
-//!   names the `Host` it calls), it must be `application/json`, else 415
+//!   `HEAD`, `OPTIONS` or `DELETE`, has no body, or comes from a page of the same origin
+//!   (its `Origin` names the `Host` it calls), it must be `application/json`, else 415
 //!   `unsupported_media_type` (a cross-site `text/plain` POST needs no CORS preflight).
 //!
 //! Pages of the origins taken get CORS answers ([`finish`]'s CORS layer answers their
@@ -327,7 +327,15 @@ impl Edge {
             };
             host.is_some_and(|host| host.eq_ignore_ascii_case(&authority))
         });
+        // No body, nothing to misread: MAG's frontend (axios) drops `Content-Type` from a
+        // POST without data, such as `/api/mcp/connect/NAME`. The listeners speak HTTP/1
+        // only, where a body needs `Content-Length` or `Transfer-Encoding`.
+        let bodyless = !headers.contains_key(header::TRANSFER_ENCODING)
+            && headers
+                .get(header::CONTENT_LENGTH)
+                .is_none_or(|length| length.as_bytes() == b"0");
         if same_origin
+            || bodyless
             || [Method::GET, Method::HEAD, Method::OPTIONS, Method::DELETE].contains(method)
         {
             return Ok(());
@@ -696,11 +704,26 @@ mod tests {
         let plain = headers(&[
             ("origin", "http://localhost"),
             ("content-type", "text/plain"),
+            ("content-length", "12"),
         ]);
         assert!(matches!(
             edge.check_origin(&post, &plain),
             Err(EdgeError::UnsupportedMediaType(_))
         ));
+        let chunked = headers(&[
+            ("origin", "http://localhost"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        assert!(matches!(
+            edge.check_origin(&post, &chunked),
+            Err(EdgeError::UnsupportedMediaType(_))
+        ));
+        // A POST without a body (axios drops the type then) has nothing to misread.
+        for empty in [&[("content-length", "0")][..], &[]] {
+            let mut empty = headers(empty);
+            empty.insert(header::ORIGIN, "http://localhost:5173".parse().unwrap());
+            assert!(edge.check_origin(&post, &empty).is_ok(), "{empty:?}");
+        }
         assert!(edge.check_origin(&Method::GET, &plain).is_ok());
         let same = headers(&[
             ("origin", "http://localhost:9999"),
