@@ -106,8 +106,44 @@ pub struct ServerEntry {
     pub allowed_tools: Option<Vec<String>>,
     /// `disabledTools`: these tools are never exposed (applied after `allowedTools`).
     pub disabled_tools: Vec<String>,
+    /// `oauth`: how mcp-client identifies itself to a remote server's authorization server
+    /// (SPEC §10). Without it, a server that answers 401 is still authorized, with a
+    /// registered or metadata-document client identity.
+    pub oauth: Option<OAuthSettings>,
     /// Every other field, kept as written.
     pub extra: Map<String, Value>,
+}
+
+/// An entry's `oauth` object (SPEC §10): `{"client_id", "client_secret"?, "grant_type"?,
+/// "private_key_file"?}`. `client_secret` may be a `${VAR}` reference (expanded at connect
+/// time, never shown).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthSettings {
+    /// A client id registered with the authorization server beforehand (`client_id`).
+    /// Required for `client_credentials`; otherwise, without one, the client registers
+    /// itself (a client ID metadata document, else RFC 7591 dynamic registration).
+    pub client_id: Option<String>,
+    /// Its secret, for `client_secret_basic` / `client_secret_post` (`client_secret`).
+    pub client_secret: Option<String>,
+    /// `authorization_code` (default: a user approves in a browser) or
+    /// `client_credentials` (no user: RFC 6749 §4.4).
+    #[serde(default)]
+    pub grant_type: GrantType,
+    /// `client_credentials` with `private_key_jwt` (RFC 7523): a PEM file holding the
+    /// client's EC P-256 (ES256) or RSA (RS256) private key (`private_key_file`).
+    pub private_key_file: Option<PathBuf>,
+}
+
+/// The OAuth grant an entry's `oauth.grant_type` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantType {
+    /// Authorization code with PKCE (RFC 6749 §4.1, RFC 7636): a user approves once.
+    #[default]
+    AuthorizationCode,
+    /// Client credentials (RFC 6749 §4.4): the client authenticates as itself.
+    ClientCredentials,
 }
 
 impl ServerEntry {
@@ -280,8 +316,8 @@ pub fn references(text: &str) -> Vec<&str> {
 }
 
 impl McpConfig {
-    /// What the `${VAR}` references of every entry (in `args`, `env`, `url`, `headers`)
-    /// expand to with `lookup`, each with the reference it is shown as (`${VAR}`): the
+    /// What the `${VAR}` references of every entry (in `args`, `env`, `url`, `headers`,
+    /// `oauth.client_secret`) expand to with `lookup`, each with the reference it is shown as (`${VAR}`): the
     /// secrets to redact from every log line and answer ([`crate::secrets`]).
     pub fn secret_values(&self, lookup: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
         let mut found = std::collections::BTreeMap::new();
@@ -291,7 +327,8 @@ impl McpConfig {
                 .iter()
                 .chain(entry.env.values())
                 .chain(entry.headers.values())
-                .chain(entry.url.iter());
+                .chain(entry.url.iter())
+                .chain(entry.oauth.iter().filter_map(|o| o.client_secret.as_ref()));
             for name in texts.flat_map(|text| references(text)) {
                 if let Some(value) = lookup(name) {
                     found.insert(value, format!("${{{name}}}"));
@@ -497,6 +534,7 @@ struct RawEntry {
     cancel_on_disconnect: bool,
     allowed_tools: Option<Vec<String>>,
     disabled_tools: Vec<String>,
+    oauth: Option<OAuthSettings>,
     extra: Map<String, Value>,
 }
 
@@ -543,12 +581,32 @@ impl RawEntry {
         if self.max_concurrency == Some(0) {
             return Err("maxConcurrency must be at least 1".into());
         }
+        if let Some(oauth) = &self.oauth {
+            if transport != TransportType::StreamableHttp {
+                return Err("\"oauth\" needs a streamable_http server".into());
+            }
+            let clean = |text: &Option<String>| text.as_ref().is_none_or(|t| !t.trim().is_empty());
+            if !clean(&oauth.client_id) || !clean(&oauth.client_secret) {
+                return Err("oauth: client_id and client_secret must not be empty".into());
+            }
+            if oauth.grant_type == GrantType::ClientCredentials
+                && (oauth.client_id.is_none()
+                    || (oauth.client_secret.is_none() && oauth.private_key_file.is_none()))
+            {
+                return Err(
+                    "oauth: client_credentials needs client_id and client_secret or \
+                            private_key_file"
+                        .into(),
+                );
+            }
+        }
         let references = self
             .args
             .iter()
             .chain(self.env.values())
             .chain(self.headers.values())
-            .chain(self.url.iter());
+            .chain(self.url.iter())
+            .chain(self.oauth.iter().filter_map(|o| o.client_secret.as_ref()));
         for text in references {
             if let Err(ExpandError::Malformed(what)) = expand_vars(text, |_| Some(String::new())) {
                 return Err(format!("malformed variable reference {what}"));
@@ -571,6 +629,7 @@ impl RawEntry {
             cancel_on_disconnect: self.cancel_on_disconnect,
             allowed_tools: self.allowed_tools,
             disabled_tools: self.disabled_tools,
+            oauth: self.oauth,
             extra: self.extra,
         })
     }
@@ -617,6 +676,7 @@ impl<'de> Visitor<'de> for RawEntrySeed {
                 "cancelOnDisconnect" => raw.cancel_on_disconnect = map.next_value()?,
                 "allowedTools" => raw.allowed_tools = Some(map.next_value()?),
                 "disabledTools" => raw.disabled_tools = map.next_value()?,
+                "oauth" => raw.oauth = Some(map.next_value()?),
                 _ => {
                     let value = map.next_value::<Value>()?;
                     raw.extra.insert(key, value);

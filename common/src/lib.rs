@@ -1,10 +1,11 @@
 //! What mcp-client and mag-server share, so that they compile against one contract: the
 //! `mcp.json` types ([`config`], SPEC §3), mcp-client's API on the wire ([`wire`], SPEC §4),
 //! the HTTP edge every request of either daemon passes ([`http_edge`], SPEC §6), secret
-//! redaction ([`secrets`]), the daemons' log ([`logging`]), `/proc` ([`procfs`]) and process
+//! redaction ([`secrets`]), atomic file writes ([`fs`]), the daemons' log ([`logging`]), `/proc` ([`procfs`]) and process
 //! groups ([`process_group`]).
 
 pub mod config;
+pub mod fs;
 pub mod http_edge;
 pub mod logging;
 pub mod process_group;

@@ -10,8 +10,6 @@
 //! sent them, unknown ones included, as 2-space indented JSON with a final newline.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -184,7 +182,7 @@ impl ConfigGuard<'_> {
         let version = revision(&bytes);
         // Not bounded: a write answered as failed must not land later.
         tokio::task::spawn_blocking(move || {
-            write_atomic(&path, &bytes).map_err(|source| Error::Io {
+            mag_common::fs::write_atomic(&path, &bytes, None).map_err(|source| Error::Io {
                 context: format!("cannot write {}", path.display()),
                 source,
             })
@@ -269,45 +267,11 @@ fn read_file(path: &Path, limit: u64) -> Result<(FileState, Option<McpConfig>)> 
     }
 }
 
-/// Temp file in the same folder, write, fsync, rename, fsync the folder. A symlinked file is
-/// written where the link points; the mode of the file it replaces is kept (0644 for a new
-/// one).
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let dir = match target.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir)?;
-    let mode = std::fs::metadata(&target)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(0o644);
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "mcp.json".into());
-    let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(&dir)?;
-    temp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))?;
-    temp.write_all(bytes)?;
-    temp.as_file().sync_all()?;
-    temp.persist(&target).map_err(|e| e.error)?;
-    // The new file is in place now: a folder that cannot be synced (some network and FUSE
-    // filesystems refuse) costs durability across a power cut, not the write, so it is
-    // a warning. Answering an error here would have the caller undo what is written.
-    if let Err(e) = std::fs::File::open(&dir).and_then(|d| d.sync_all()) {
-        tracing::warn!(dir = %dir.display(), "cannot sync the folder of {name}: {e}");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::os::unix::fs::PermissionsExt;
 
     const LIMIT: u64 = mag_common::config::DEFAULT_CONFIG_LIMIT;
 

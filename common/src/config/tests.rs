@@ -233,3 +233,56 @@ fn revision_changes_with_the_bytes() {
     assert_ne!(revision(b"a"), revision(b"b"));
     assert_eq!(revision(b"a").len(), 16);
 }
+
+#[test]
+fn oauth_settings_are_read_and_checked() {
+    let config = parse(
+        r#"{"mcpServers": {
+            "gh": {"url": "https://h/mcp", "oauth": {"client_id": "app", "client_secret": "${GH_SECRET}"}},
+            "cc": {"url": "https://h/mcp", "oauth": {"grant_type": "client_credentials",
+                   "client_id": "svc", "private_key_file": "/k.pem"}},
+            "open": {"url": "https://h/mcp", "oauth": {}}
+        }}"#,
+    )
+    .unwrap();
+    let gh = config.servers["gh"].oauth.as_ref().unwrap();
+    assert_eq!(gh.client_id.as_deref(), Some("app"));
+    assert_eq!(gh.grant_type, GrantType::AuthorizationCode);
+    let cc = config.servers["cc"].oauth.as_ref().unwrap();
+    assert_eq!(cc.grant_type, GrantType::ClientCredentials);
+    assert!(
+        config.servers["gh"].extra.is_empty(),
+        "oauth is a known field"
+    );
+    let secrets = config.secret_values(|name| (name == "GH_SECRET").then(|| "s3cret".into()));
+    assert_eq!(
+        secrets,
+        [("s3cret".to_string(), "${GH_SECRET}".to_string())]
+    );
+
+    for (entry, why) in [
+        (
+            r#"{"command": "x", "oauth": {}}"#,
+            "needs a streamable_http",
+        ),
+        (
+            r#"{"url": "https://h", "oauth": {"client_id": " "}}"#,
+            "must not be empty",
+        ),
+        (
+            r#"{"url": "https://h", "oauth": {"grant_type": "client_credentials", "client_id": "a"}}"#,
+            "client_credentials needs",
+        ),
+        (
+            r#"{"url": "https://h", "oauth": {"grant_type": "implicit"}}"#,
+            "unknown variant",
+        ),
+        (
+            r#"{"url": "https://h", "oauth": {"scope": "x"}}"#,
+            "unknown field",
+        ),
+    ] {
+        let error = parse(&format!(r#"{{"mcpServers": {{"s": {entry}}}}}"#)).unwrap_err();
+        assert!(error.to_string().contains(why), "{entry}: {error}");
+    }
+}
