@@ -179,14 +179,16 @@ impl IntoResponse for EdgeError {
 pub struct Edge {
     /// The address the API listens on: `Host` may name its IP.
     pub listen: SocketAddr,
-    /// When set, every request but `GET open_path` wants `Authorization: Bearer TOKEN`.
+    /// When set, every request but a `GET` of `open_paths` wants `Authorization: Bearer
+    /// TOKEN`.
     pub token: Option<Arc<str>>,
     /// A second credential a bearer may carry instead of the token (mag-server: MAG's
     /// JWTs); when set, requests without either are refused as with `token`.
     pub bearer: Option<Arc<dyn BearerScheme>>,
-    /// The path served with `GET` without the token (liveness); such a request gets an
+    /// The paths served with `GET` without the token (liveness; the OAuth redirect, which
+    /// a browser follows and its one-time `state` guards); such a request gets an
     /// [`Authorized`]`(false)` extension.
-    pub open_path: &'static str,
+    pub open_paths: &'static [&'static str],
     /// Web origins allowed besides loopback ones (`scheme://host[:port]`).
     pub allowed_origins: Vec<String>,
     /// Host names allowed besides the listener's and loopback ones (e.g. a reverse proxy's
@@ -202,7 +204,7 @@ impl std::fmt::Debug for Edge {
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("bearer", &self.bearer.is_some())
-            .field("open_path", &self.open_path)
+            .field("open_paths", &self.open_paths)
             .field("allowed_origins", &self.allowed_origins)
             .field("allowed_hosts", &self.allowed_hosts)
             .field("body_limit", &self.body_limit)
@@ -413,8 +415,8 @@ pub fn finish(router: Router, edge: Edge) -> Router {
                                 })
                         }
                     };
-                    let open =
-                        request.method() == Method::GET && request.uri().path() == edge.open_path;
+                    let open = request.method() == Method::GET
+                        && edge.open_paths.contains(&request.uri().path());
                     if !authorized && !open {
                         return EdgeError::Unauthorized.into_response();
                     }
@@ -622,7 +624,7 @@ mod tests {
             bearer: None,
             listen: "127.0.0.1:8765".parse().unwrap(),
             token: None,
-            open_path: "/",
+            open_paths: &["/"],
             allowed_origins: vec!["https://mag.example.com".into()],
             allowed_hosts: vec!["proxy.example.com".into()],
             body_limit: 10,

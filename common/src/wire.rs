@@ -93,6 +93,9 @@ pub enum Status {
     Reconnecting,
     /// `disabled` in the config.
     Disabled,
+    /// The server wants OAuth and a user must approve mcp-client's access at
+    /// `authorization_url` (SPEC §10); the redirect back connects it.
+    NeedsAuthorization,
 }
 
 /// `GET /servers`: every server of the live config, by name.
@@ -133,6 +136,10 @@ pub struct ServerView {
     pub protocol_version: Option<String>,
     /// `autoApprove` from the config.
     pub auto_approve: Vec<String>,
+    /// With `needs_authorization`: the URL a user opens to approve mcp-client's access
+    /// (SPEC §10). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_url: Option<String>,
 }
 
 /// One tool in `GET /tools`.
@@ -241,6 +248,10 @@ pub struct ErrorBody {
     /// (`command_not_found`, `refused`, …). Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// With `"code": "authorization_required"`: the URL a user opens to approve access
+    /// (SPEC §10). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_url: Option<String>,
 }
 
 #[cfg(test)]
@@ -263,8 +274,10 @@ mod tests {
             attempts: 0,
             protocol_version: Some("2025-11-25".into()),
             auto_approve: vec![],
+            authorization_url: None,
         };
         let text = serde_json::to_value(&view).unwrap();
+        assert!(text.get("authorization_url").is_none(), "absent when none");
         assert_eq!(text["transport_type"], "streamable_http");
         assert_eq!(text["status"], "connected");
         let back: ServerView = serde_json::from_value(text.clone()).unwrap();
@@ -298,6 +311,7 @@ mod tests {
             detail: "cannot connect to server \"a\": command \"x\" not found".into(),
             code: "connect_failed".into(),
             kind: Some("command_not_found".into()),
+            authorization_url: None,
         };
         let text = serde_json::to_value(&failed).unwrap();
         assert_eq!(text["kind"], "command_not_found");

@@ -112,7 +112,7 @@ pub async fn run(
         bearer: settings.jwt.as_ref().map(|jwt| {
             crate::auth::JwtScheme::new(jwt) as Arc<dyn mag_common::http_edge::BearerScheme>
         }),
-        open_path: "/health",
+        open_paths: &["/health", "/oauth/callback"],
         allowed_origins: settings.allowed_origins.clone(),
         allowed_hosts: settings.allowed_hosts.clone(),
         body_limit: settings.body_limit,

@@ -37,8 +37,9 @@ pub struct AppState {
 }
 
 /// The API's routes over `state` and the MCP gateway's (`/mcp`, `/servers/{name}/mcp`), all
-/// behind `edge`'s checks (its `open_path` is `GET /`, which stays open with a token so
-/// supervisors can check liveness).
+/// behind `edge`'s checks (its `open_paths` are `GET /`, which stays open with a token so
+/// supervisors can check liveness, and `GET /oauth/callback`, where a browser comes back
+/// from an authorization server: its one-time `state` guards it).
 pub fn router(state: AppState, edge: Edge, gateway: crate::gateway::Gateway) -> Router {
     let routes = Router::new()
         .route("/", get(root))
@@ -50,6 +51,7 @@ pub fn router(state: AppState, edge: Edge, gateway: crate::gateway::Gateway) -> 
         .route("/tool_call", post(tool_call))
         .route("/shutdown", post(shutdown))
         .route("/metrics", get(metrics))
+        .route("/oauth/callback", get(oauth_callback))
         .with_state(state)
         .merge(mag_common::http_edge::body_timeout(gateway.routes()));
     mag_common::http_edge::finish(routes, edge)
@@ -62,6 +64,7 @@ impl IntoResponse for Error {
             detail,
             code: self.code().to_string(),
             kind: self.kind().map(str::to_string),
+            authorization_url: self.authorization_url().map(str::to_string),
         };
         (self.status(), Json(body)).into_response()
     }
@@ -326,4 +329,46 @@ async fn shutdown(State(state): State<AppState>) -> Json<ShutdownAnswer> {
     Json(ShutdownAnswer {
         status: "shutdown_initiated".into(),
     })
+}
+
+/// `GET /oauth/callback?code&state` (SPEC §10): where an authorization server sends the
+/// user back. Exchanges the code, connects the server, and answers a short page for the
+/// browser (200, or the error's status with its sentence). Not cached, no referrer: the
+/// URL held a code.
+async fn oauth_callback(
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<crate::oauth::CallbackQuery>,
+) -> Response {
+    let (status, text) = match state.supervisor.oauth_callback(query).await {
+        Ok((server, tools)) => (
+            axum::http::StatusCode::OK,
+            format!(
+                "mcp-client: server {server:?} is authorized and connected ({} tools). You can \
+                 close this page.",
+                tools.len()
+            ),
+        ),
+        Err(e) => (
+            e.status(),
+            format!("mcp-client: {}", redact(&e.to_string())),
+        ),
+    };
+    let escaped = text
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;");
+    let page = format!(
+        "<!doctype html><meta charset=\"utf-8\"><title>mcp-client</title><p>{escaped}</p>\n"
+    );
+    (
+        status,
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+            (axum::http::header::REFERRER_POLICY, "no-referrer"),
+        ],
+        page,
+    )
+        .into_response()
 }

@@ -59,6 +59,20 @@ struct Cli {
     /// answered 503 (each costs ~60 KiB and lives until it ends or idles out).
     #[arg(long, default_value_t = 1000, value_name = "N")]
     max_sessions: usize,
+    /// Folder for what the daemon keeps across restarts: the OAuth tokens of remote servers
+    /// (oauth-tokens.json, mode 0600).
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Where authorization servers send the user back after approving mcp-client's access
+    /// (default: this API's own /oauth/callback); set it when the browser reaches the daemon
+    /// under another address (mag-server forwards its own /oauth/callback).
+    #[arg(long, value_name = "URL")]
+    oauth_redirect_uri: Option<String>,
+    /// An https URL where mcp-client's OAuth client ID metadata document is published; used
+    /// as the client id by authorization servers that take such documents (instead of
+    /// registering).
+    #[arg(long, value_name = "URL")]
+    oauth_client_metadata_url: Option<String>,
 }
 
 /// Parses the command line and runs the daemon until a signal or `POST /shutdown`.
@@ -116,6 +130,9 @@ pub fn main() -> ExitCode {
             name_separator: cli.name_separator,
             session_idle: cli.session_idle,
             max_sessions: cli.max_sessions,
+            data_dir: cli.data_dir,
+            oauth_redirect_uri: cli.oauth_redirect_uri,
+            oauth_client_metadata_url: cli.oauth_client_metadata_url,
         };
         crate::run(options, listener, Box::pin(shutdown_signal())).await
     });

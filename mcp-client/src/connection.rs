@@ -31,6 +31,7 @@ use crate::error::{
 };
 use crate::ledger::Ledger;
 use crate::logs::ServerLog;
+use crate::oauth::{Challenge, OAuth};
 use crate::schema::ArgumentSchemas;
 use crate::transport::stdio::{ProcessGroup, STOP_GRACE};
 use crate::transport::{self, Opened};
@@ -68,6 +69,10 @@ pub enum CallError {
     /// The server answered with a JSON-RPC error.
     #[error("{0}")]
     Server(String),
+    /// The server refused the request with a 401 or 403 (SPEC §10): the supervisor starts
+    /// the authorization it asks for.
+    #[error("the server refused the request; it needs authorization ({})", .0.header())]
+    Challenged(Challenge),
 }
 
 impl CallError {
@@ -78,6 +83,7 @@ impl CallError {
             Self::Closed(_) => "server_gone",
             Self::Cancelled => "cancelled",
             Self::Server(_) | Self::Rpc(_) => "server_error",
+            Self::Challenged(_) => "authorization_required",
         }
     }
 }
@@ -130,6 +136,8 @@ pub struct ConnectContext {
     pub tasks: TaskTracker,
     /// Where each connection publishes what its server tells the daemon (for the gateway).
     pub events: tokio::sync::broadcast::Sender<ServerEvent>,
+    /// OAuth to remote servers: authorized clients, authorizations waiting for a user.
+    pub oauth: Arc<OAuth>,
 }
 
 /// A live session with one server. Cheap to share (`Arc`); [`Connection::close`] ends it.
@@ -199,7 +207,7 @@ impl Connection {
         let opened = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(cancelled()),
-            opened = tokio::time::timeout(timeout, transport::open(entry, log.clone(), ctx)) => opened,
+            opened = tokio::time::timeout(timeout, transport::open(name, entry, log.clone(), ctx)) => opened,
         };
         let opened = opened.map_err(|_| ConnectError::HandshakeTimeout {
             stage: HandshakeStage::Transport,
@@ -222,39 +230,37 @@ impl Connection {
                     cancel,
                 )
                 .await;
-                match running {
-                    Ok(running) => (running, Some(group)),
-                    Err(e) => {
-                        abandoned.0 = None;
-                        group.stop(STOP_GRACE).await;
-                        return Err(e);
-                    }
+                if running.is_err() {
+                    abandoned.0 = None;
+                    group.stop(STOP_GRACE).await;
                 }
+                (running, Some(group))
             }
-            Opened::Sse(t) => (
-                handshake(
-                    handler,
-                    Relayed::new(t, relay.clone()),
-                    timeout,
+            Opened::Sse(t) => {
+                let relayed = Relayed::new(t, relay.clone());
+                (
+                    handshake(handler, relayed, timeout, None, &log, cancel).await,
                     None,
-                    &log,
-                    cancel,
                 )
-                .await?,
-                None,
-            ),
-            Opened::StreamableHttp(t) => (
-                handshake(
-                    handler,
-                    Relayed::new(t, relay.clone()),
-                    timeout,
+            }
+            Opened::StreamableHttp(t) => {
+                let relayed = Relayed::new(t, relay.clone());
+                (
+                    handshake(handler, relayed, timeout, None, &log, cancel).await,
                     None,
-                    &log,
-                    cancel,
                 )
-                .await?,
-                None,
-            ),
+            }
+            Opened::AuthorizedHttp(t) => {
+                let relayed = Relayed::new(t, relay.clone());
+                (
+                    handshake(handler, relayed, timeout, None, &log, cancel).await,
+                    None,
+                )
+            }
+        };
+        let running = match running {
+            Ok(running) => running,
+            Err(refusal) => return Err(refusal.answer(name, entry, ctx).await),
         };
         let fail = |running: RunningService<RoleClient, Handler>,
                     group: Option<ProcessGroup>,
@@ -289,7 +295,12 @@ impl Connection {
             Ok(Ok(tools)) => tools,
             Ok(Err(e)) => {
                 let text = format!("tools/list failed: {}", describe_service_error(&e));
-                return fail(running, abandoned.0.take(), request_failure(&e, text)).await;
+                let refusal = match Challenge::in_request(&e) {
+                    Some(challenge) => Refusal::Challenged(challenge),
+                    None => Refusal::Failed(request_failure(&e, text)),
+                };
+                let e = refusal.answer(name, entry, ctx).await;
+                return fail(running, abandoned.0.take(), e).await;
             }
             Err(_) => {
                 let e = ConnectError::HandshakeTimeout {
@@ -513,6 +524,9 @@ impl Connection {
     ) -> Result<T, CallError> {
         tokio::select! {
             result = tokio::time::timeout(limit, request) => match result {
+                Ok(Err(ref e)) if Challenge::in_request(e).is_some() => {
+                    Err(Challenge::in_request(e).map_or(CallError::Cancelled, CallError::Challenged))
+                }
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(rmcp::ServiceError::McpError(e))) => Err(CallError::Server(e.message.to_string())),
                 Ok(Err(rmcp::ServiceError::TransportClosed)) => {
@@ -616,7 +630,7 @@ async fn handshake<T>(
     group: Option<&ProcessGroup>,
     log: &ServerLog,
     cancel: &CancellationToken,
-) -> Result<RunningService<RoleClient, Handler>, ConnectError>
+) -> Result<RunningService<RoleClient, Handler>, Refusal>
 where
     T: Transport<RoleClient> + 'static,
 {
@@ -633,17 +647,22 @@ where
     };
     let result = tokio::select! {
         biased;
-        _ = cancel.cancelled() => return Err(cancelled()),
+        _ = cancel.cancelled() => return Err(cancelled().into()),
         result = &mut serve => result,
         Some(status) = exited => {
             // A server that refuses and exits at once may have its answer still in the
             // pipe: let the handshake read it, and report it if it is one.
             match tokio::time::timeout(EXIT_ANSWER_WAIT, &mut serve).await {
                 Ok(Ok(Err(e))) if initialize_answer(&e).is_some() => Ok(Err(e)),
-                _ => return Err(exit_message(status, log).await),
+                _ => return Err(exit_message(status, log).await.into()),
             }
         }
     };
+    if let Ok(Err(e)) = &result
+        && let Some(challenge) = Challenge::in_initialize(e)
+    {
+        return Err(Refusal::Challenged(challenge));
+    }
     match result {
         Ok(Ok(running)) => Ok(running),
         Ok(Err(e)) => {
@@ -657,8 +676,8 @@ where
                     .flatten(),
                 None => None,
             };
-            match (initialize_answer(&e), status) {
-                (Some(answer), Some(status)) => Err(ConnectError::Protocol(
+            Err(Refusal::Failed(match (initialize_answer(&e), status) {
+                (Some(answer), Some(status)) => ConnectError::Protocol(
                     with_stderr(
                         format!(
                             "initialize failed: {answer}; the process then exited ({})",
@@ -667,19 +686,54 @@ where
                         log,
                     )
                     .await,
-                )),
-                (Some(answer), None) => Err(ConnectError::Protocol(format!(
-                    "initialize failed: {answer}"
-                ))),
-                (None, Some(status)) => Err(exit_message(status, log).await),
-                (None, None) => Err(initialize_failure(&e)),
-            }
+                ),
+                (Some(answer), None) => {
+                    ConnectError::Protocol(format!("initialize failed: {answer}"))
+                }
+                (None, Some(status)) => exit_message(status, log).await,
+                (None, None) => initialize_failure(&e),
+            }))
         }
-        Err(_) => Err(ConnectError::HandshakeTimeout {
+        Err(_) => Err(Refusal::Failed(ConnectError::HandshakeTimeout {
             stage: HandshakeStage::Initialize,
             after: timeout,
             stderr: Some(log.settled_tail().await),
-        }),
+        })),
+    }
+}
+
+/// Why a session could not be opened: a failure, or a 401 / 403 that OAuth may answer.
+enum Refusal {
+    Failed(ConnectError),
+    Challenged(Challenge),
+}
+
+impl From<ConnectError> for Refusal {
+    fn from(e: ConnectError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl Refusal {
+    /// The connect's error: a challenge starts the authorization it asks for (SPEC §10).
+    async fn answer(self, name: &str, entry: &ServerEntry, ctx: &ConnectContext) -> ConnectError {
+        let challenge = match self {
+            Self::Failed(e) => return e,
+            Self::Challenged(challenge) => challenge,
+        };
+        let url = match transport::expanded_url(entry) {
+            Ok(url) => url,
+            Err(e) => return e,
+        };
+        match &challenge {
+            Challenge::Unauthorized(_) => ctx.oauth.begin(name, entry, &url, &challenge).await,
+            Challenge::InsufficientScope { scope, .. } => {
+                match ctx.oauth.step_up(name, scope.as_deref()).await {
+                    Ok(url) => ConnectError::AuthorizationRequired(url),
+                    Err(e) => e,
+                }
+            }
+        }
     }
 }
 

@@ -64,6 +64,21 @@ pub enum Error {
         /// What went wrong, with the exit status and last stderr line when there are any.
         cause: ConnectError,
     },
+    /// A request to the server needs (more) authorization (SPEC §10): 401
+    /// `authorization_required` with the URL a user opens, or 403 `unauthorized` when no
+    /// authorization can start (the cause says why). A connect that needs it is
+    /// [`Error::Connect`] with the same cause, answered the same way.
+    #[error("server {server:?}: {cause}")]
+    Authorization {
+        /// The server asked.
+        server: String,
+        /// [`ConnectError::AuthorizationRequired`] or [`ConnectError::Unauthorized`].
+        cause: ConnectError,
+    },
+    /// A redirect to `/oauth/callback` was not taken (400): an unknown or used `state`, the
+    /// authorization server's error, a failed token request.
+    #[error("{0}")]
+    OAuthCallback(#[from] crate::oauth::CallbackError),
     /// A config was refused (422); the live config is unchanged.
     #[error("invalid config: {0}")]
     Config(#[from] ConfigError),
@@ -106,6 +121,16 @@ impl Error {
             Self::InvalidArguments { .. } => "invalid_arguments",
             Self::NotConnected { .. } => "not_connected",
             Self::Disabled(_) => "server_disabled",
+            Self::Connect {
+                cause: ConnectError::AuthorizationRequired(_),
+                ..
+            }
+            | Self::Authorization {
+                cause: ConnectError::AuthorizationRequired(_),
+                ..
+            } => "authorization_required",
+            Self::Authorization { .. } => "unauthorized",
+            Self::OAuthCallback(_) => "authorization_failed",
             Self::Connect { .. } => "connect_failed",
             Self::Config(_) => "invalid_config",
             Self::Edge(e) => e.code(),
@@ -124,6 +149,21 @@ impl Error {
         }
     }
 
+    /// The URL a user opens to authorize, for `authorization_required`.
+    pub fn authorization_url(&self) -> Option<&str> {
+        match self {
+            Self::Connect {
+                cause: ConnectError::AuthorizationRequired(url),
+                ..
+            }
+            | Self::Authorization {
+                cause: ConnectError::AuthorizationRequired(url),
+                ..
+            } => Some(url),
+            _ => None,
+        }
+    }
+
     /// [`EdgeError::InvalidBody`]: JSON of the wrong shape (422).
     pub fn invalid_body(why: impl Into<String>) -> Self {
         Self::Edge(EdgeError::InvalidBody(why.into()))
@@ -136,6 +176,16 @@ impl Error {
             Self::ToolNotAllowed { .. } => StatusCode::FORBIDDEN,
             Self::InvalidArguments { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotConnected { .. } | Self::Disabled(_) => StatusCode::CONFLICT,
+            Self::Connect {
+                cause: ConnectError::AuthorizationRequired(_),
+                ..
+            }
+            | Self::Authorization {
+                cause: ConnectError::AuthorizationRequired(_),
+                ..
+            } => StatusCode::UNAUTHORIZED,
+            Self::Authorization { .. } => StatusCode::FORBIDDEN,
+            Self::OAuthCallback(_) => StatusCode::BAD_REQUEST,
             Self::Connect { .. } => StatusCode::BAD_REQUEST,
             Self::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Edge(e) => e.status(),
@@ -173,6 +223,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// | `transport` | the connection failed otherwise (reset, closed, an event stream that broke) |
 /// | `local` | a failure of mcp-client's own (its log file for the server) |
 /// | `cancelled` | the connect was given up: the server was removed, changed or disconnected meanwhile, or mcp-client is shutting down (not counted in the metrics) |
+/// | `authorization_required` | the server wants OAuth and a user must approve: `/servers` shows the server `needs_authorization` with the `authorization_url` (SPEC §10) |
+/// | `unauthorized` | the server answered 401 or 403 and no authorization could start or finish (no OAuth metadata, registration or client credentials refused, too many tries) |
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
     /// `command_not_found`.
@@ -245,6 +297,14 @@ pub enum ConnectError {
     /// `cancelled`: why it was given up.
     #[error("{0}")]
     Cancelled(String),
+    /// `unauthorized`: the server answered 401 or 403 and no authorization could be
+    /// started or finished (SPEC §10); the sentence says why.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// `authorization_required`: a user must approve mcp-client's access at this URL
+    /// (SPEC §10); the redirect to `/oauth/callback` then connects the server.
+    #[error("the server needs authorization: open {0} to approve mcp-client's access")]
+    AuthorizationRequired(String),
 }
 
 /// The step of a connect that ran out of time ([`ConnectError::HandshakeTimeout`]).
@@ -280,12 +340,20 @@ impl ConnectError {
             Self::Transport(_) => "transport",
             Self::Local(_) => "local",
             Self::Cancelled(_) => "cancelled",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::AuthorizationRequired(_) => "authorization_required",
         }
     }
 
     /// Whether the connect was given up rather than failed.
     pub fn is_cancelled(&self) -> bool {
         matches!(self, Self::Cancelled(_))
+    }
+
+    /// Whether trying again cannot help until a person acts (authorizes, or fixes the
+    /// server's OAuth): no reconnect loop runs for it.
+    pub fn needs_user(&self) -> bool {
+        matches!(self, Self::AuthorizationRequired(_) | Self::Unauthorized(_))
     }
 
     /// A transport failure met while connecting, as `text`, of the kind its cause chain

@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod ledger;
 pub mod logs;
 pub mod metrics;
+pub mod oauth;
 pub mod schema;
 pub mod subreaper;
 pub mod supervisor;
@@ -71,6 +72,13 @@ pub struct Options {
     pub session_idle: Duration,
     /// At most this many MCP client sessions of the gateway at once (`--max-sessions`).
     pub max_sessions: usize,
+    /// What the daemon keeps across restarts: the OAuth token file (`--data-dir`).
+    pub data_dir: PathBuf,
+    /// Where authorization servers redirect to (`--oauth-redirect-uri`); `None`: this
+    /// listener's `/oauth/callback`.
+    pub oauth_redirect_uri: Option<String>,
+    /// mcp-client's OAuth client ID metadata document (`--oauth-client-metadata-url`).
+    pub oauth_client_metadata_url: Option<String>,
 }
 
 /// Runs the daemon on `listener` until `shutdown` resolves or `POST /shutdown` is called;
@@ -126,6 +134,29 @@ pub async fn run(
         context: "cannot build the HTTP client".into(),
         source,
     })?;
+    let addr = listener.local_addr().map_err(|source| Error::Io {
+        context: "cannot read the bound address".into(),
+        source,
+    })?;
+    let data_dir = options.data_dir.clone();
+    let tokens = tokio::task::spawn_blocking(move || oauth::store::TokenFile::open(&data_dir))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|opened| opened)
+        .map_err(|source| Error::Io {
+            context: "cannot read the OAuth token file".into(),
+            source,
+        })?;
+    let redirect_uri = options
+        .oauth_redirect_uri
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}/oauth/callback"));
+    let oauth = std::sync::Arc::new(oauth::OAuth::new(
+        tokens,
+        redirect_uri,
+        options.oauth_client_metadata_url.clone(),
+        streamable_http.clone(),
+    ));
     let ledger = std::sync::Arc::new(ledger);
     let supervisor = Supervisor::new(
         ConnectContext {
@@ -137,6 +168,7 @@ pub async fn run(
             ping_interval: options.ping_interval,
             tasks: tokio_util::task::TaskTracker::new(),
             events: tokio::sync::broadcast::channel(connection::EVENT_BACKLOG).0,
+            oauth,
         },
         options.config.clone(),
         options.config_limit,
@@ -152,15 +184,11 @@ pub async fn run(
     {
         tracing::error!("hot reload is off: {e}");
     }
-    let addr = listener.local_addr().map_err(|source| Error::Io {
-        context: "cannot read the bound address".into(),
-        source,
-    })?;
     let edge = http_edge::Edge {
         bearer: None,
         listen: addr,
         token: options.token.as_deref().map(Into::into),
-        open_path: "/",
+        open_paths: &["/", "/oauth/callback"],
         allowed_origins: options.allowed_origins.clone(),
         allowed_hosts: options.allowed_hosts.clone(),
         body_limit: options.body_limit,

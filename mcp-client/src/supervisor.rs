@@ -24,6 +24,7 @@ use crate::error::{CONNECTION_LOST, ConnectError, Error, Result};
 use crate::metrics::Metrics;
 use slot::{PendingDisconnect, Slot, SlotState};
 
+mod authorize;
 mod slot;
 use mag_common::config::{
     CONFIG_READ_BOUND, ConfigError, McpConfig, ServerEntry, read_regular_file, revision,
@@ -225,6 +226,9 @@ impl Supervisor {
                 .map(|slot| self.disconnect_slot(slot, "the server was removed from the config")),
         )
         .await;
+        for slot in &removed {
+            self.inner.ctx.oauth.forget(&slot.name).await;
+        }
         for (slot, connect_again) in reconnect {
             let this = self.clone();
             self.inner.ctx.tasks.spawn(async move {
@@ -264,7 +268,7 @@ impl Supervisor {
             // Connected, or no longer to be: disconnected, removed, shut down meanwhile.
             Ok(_)
             | Err(Error::NotConnected { .. } | Error::UnknownServer(_) | Error::ShuttingDown) => {}
-            Err(Error::Connect { cause, .. }) if cause.is_cancelled() => {}
+            Err(Error::Connect { cause, .. }) if cause.is_cancelled() || cause.needs_user() => {}
             Err(e) => {
                 tracing::warn!(server = %slot.name, "connect failed, will retry: {e}");
                 self.schedule_reconnect(slot);
@@ -318,7 +322,9 @@ impl Supervisor {
                         break;
                     }
                     Err(Error::Connect { cause, .. })
-                        if !cause.is_cancelled() && !token.is_cancelled() =>
+                        if !cause.is_cancelled()
+                            && !cause.needs_user()
+                            && !token.is_cancelled() =>
                     {
                         continue;
                     }
@@ -392,6 +398,7 @@ impl Supervisor {
                     reconnects: state.reconnects,
                     protocol_version: connection.map(|c| c.protocol_version().to_string()),
                     auto_approve: state.entry.auto_approve.clone(),
+                    authorization_url: state.authorization_url.clone(),
                 };
                 (slot.name.clone(), view)
             })
@@ -498,7 +505,11 @@ impl Supervisor {
                 }
                 let mut state = slot.state();
                 let retrying = state.retry.as_ref().is_some_and(|t| !t.is_cancelled());
-                state.status = if retrying {
+                state.authorization_url = None;
+                state.status = if let ConnectError::AuthorizationRequired(url) = &cause {
+                    state.authorization_url = Some(url.clone());
+                    Status::NeedsAuthorization
+                } else if retrying && !cause.needs_user() {
                     Status::Reconnecting
                 } else {
                     Status::Failed
@@ -526,6 +537,7 @@ impl Supervisor {
                 state.status = Status::Connected;
                 state.error = None;
                 state.error_kind = None;
+                state.authorization_url = None;
                 state.wanted = true;
                 state.attempts = 0;
                 None
@@ -612,6 +624,7 @@ impl Supervisor {
             }
             state.error = None;
             state.error_kind = None;
+            state.authorization_url = None;
             connection
         };
         match connection {
@@ -669,6 +682,9 @@ impl Supervisor {
             })?;
         let started = Instant::now();
         let outcome = connection.call_tool(tool, arguments).await;
+        if let Err(CallError::Challenged(challenge)) = outcome {
+            return Err(self.authorize(server, challenge).await);
+        }
         let error = match &outcome {
             Ok(result) if result.is_error == Some(true) => Some("tool_error"),
             Ok(_) => None,

@@ -616,6 +616,8 @@ fn launch(dir: &Path, args: &[String], env: &[(String, String)]) -> (Proc, Strin
             .arg("127.0.0.1:0")
             .arg("--log-dir")
             .arg(dir.join("logs"))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,mcp_client=debug")

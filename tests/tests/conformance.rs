@@ -76,6 +76,42 @@ fn conformance_sse_retry() {
     run_scenario("sse-retry");
 }
 
+/// One test per scenario.
+macro_rules! scenarios {
+    ($($test:ident => $scenario:literal,)*) => {
+        $(
+            #[test]
+            fn $test() {
+                run_scenario($scenario);
+            }
+        )*
+    };
+}
+
+// SPEC §10: the suite's client auth scenarios, through the real mcp-client (its adapter opens
+// each authorization URL as a browser would; the suite's authorization server approves at
+// once and redirects to mcp-client's `/oauth/callback`).
+scenarios! {
+    auth_metadata_default => "auth/metadata-default",
+    auth_metadata_var1 => "auth/metadata-var1",
+    auth_metadata_var2 => "auth/metadata-var2",
+    auth_metadata_var3 => "auth/metadata-var3",
+    auth_basic_cimd => "auth/basic-cimd",
+    auth_scope_from_www_authenticate => "auth/scope-from-www-authenticate",
+    auth_scope_from_scopes_supported => "auth/scope-from-scopes-supported",
+    auth_scope_omitted_when_undefined => "auth/scope-omitted-when-undefined",
+    auth_scope_step_up => "auth/scope-step-up",
+    auth_scope_retry_limit => "auth/scope-retry-limit",
+    auth_token_endpoint_auth_basic => "auth/token-endpoint-auth-basic",
+    auth_token_endpoint_auth_post => "auth/token-endpoint-auth-post",
+    auth_token_endpoint_auth_none => "auth/token-endpoint-auth-none",
+    auth_pre_registration => "auth/pre-registration",
+    auth_2025_03_26_oauth_metadata_backcompat => "auth/2025-03-26-oauth-metadata-backcompat",
+    auth_2025_03_26_oauth_endpoint_fallback => "auth/2025-03-26-oauth-endpoint-fallback",
+    auth_client_credentials_basic => "auth/client-credentials-basic",
+    auth_client_credentials_jwt => "auth/client-credentials-jwt",
+}
+
 /// The suite's server scenarios (`--suite all`) against `url`: the names of the scenarios that
 /// passed and of those that failed, from its `✓ NAME: …` / `✗ NAME: …` summary lines.
 fn server_scenarios(url: &str) -> (BTreeSet<String>, BTreeSet<String>, String) {

@@ -56,7 +56,7 @@ pub struct AppState {
     pub body_limit: usize,
 }
 
-/// The API's routes over `state`, behind `edge`'s checks (its `open_path` is `GET
+/// The API's routes over `state`, behind `edge`'s checks (its `open_paths` are `GET
 /// /health`, which stays open with a token so supervisors can check liveness).
 pub fn router(state: AppState, edge: Edge) -> Router {
     let routes = Router::new()

@@ -64,6 +64,14 @@ impl Supervisor {
             .arg(inner.client.addr().to_string())
             .arg("--log-dir")
             .arg(&inner.log_dir)
+            // Its OAuth tokens live beside mag-server's own state.
+            .arg("--data-dir")
+            .arg(
+                inner
+                    .token_file
+                    .parent()
+                    .unwrap_or(std::path::Path::new(".")),
+            )
             .arg("--token-env")
             .arg(CLIENT_TOKEN_ENV)
             .env(CLIENT_TOKEN_ENV, token.expose())

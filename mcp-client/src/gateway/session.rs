@@ -113,10 +113,13 @@ impl Session {
             request_id: context.id.clone(),
             progress_token: context.meta.get_progress_token(),
         };
-        connection
-            .forward(request, &caller, &context.ct)
-            .await
-            .map_err(|e| call_error(server, e))
+        match connection.forward(request, &caller, &context.ct).await {
+            Ok(result) => Ok(result),
+            Err(CallError::Challenged(challenge)) => Err(rpc_error(
+                self.shared.supervisor.authorize(server, challenge).await,
+            )),
+            Err(e) => Err(call_error(server, e)),
+        }
     }
 
     /// Every page of a list request to one server.
@@ -297,7 +300,10 @@ fn rpc_error(e: Error) -> ErrorData {
         }
         _ => ErrorCode::INTERNAL_ERROR,
     };
-    ErrorData::new(code, redact(&e.to_string()), None)
+    let data = e
+        .authorization_url()
+        .map(|url| serde_json::json!({"authorization_url": url}));
+    ErrorData::new(code, redact(&e.to_string()), data)
 }
 
 /// An MCP error for a failure after a request was sent: the server's own error as it sent

@@ -38,16 +38,21 @@ pub enum Opened {
     Sse(sse::SseTransport),
     /// A streamable HTTP client (it makes its first request during the handshake).
     StreamableHttp(StreamableHttpClientTransport<http::RepairingClient>),
+    /// A streamable HTTP client whose requests carry an OAuth access token (SPEC §10).
+    AuthorizedHttp(StreamableHttpClientTransport<crate::oauth::AuthorizedClient>),
 }
 
-/// Opens the transport `entry` names. `log` receives a stdio server's stderr; `ctx` gives
-/// the shared HTTP clients and the variables kept from child processes.
+/// Opens the transport the entry of server `name` names. `log` receives a stdio server's
+/// stderr; `ctx` gives the shared HTTP clients, the variables kept from child processes and
+/// the OAuth state (a streamable HTTP server authorized before gets its token).
 ///
 /// # Errors
 /// The cause, of its kind (see [`stdio::spawn`], [`sse::SseTransport::connect`]; a bad
-/// `url` or `headers` after `${VAR}` expansion is [`ConnectError::Config`]). Never a header
-/// or variable value.
+/// `url` or `headers` after `${VAR}` expansion is [`ConnectError::Config`]; client
+/// credentials refused are [`ConnectError::Unauthorized`]). Never a header or variable
+/// value.
 pub async fn open(
+    name: &str,
     entry: &ServerEntry,
     log: Arc<ServerLog>,
     ctx: &ConnectContext,
@@ -68,13 +73,20 @@ pub async fn open(
                 .filter_map(|(name, value)| Some((name?, value)))
                 .collect();
             let max_concurrent = entry.max_concurrency.unwrap_or(256);
+            let authorized = ctx.oauth.client(name, entry, &url).await?;
             let config = StreamableHttpClientTransportConfig::with_uri(url)
                 .custom_headers(headers)
                 .max_sse_event_size(MAX_HTTP_MESSAGE)
                 .max_concurrent_requests(max_concurrent);
-            Ok(Opened::StreamableHttp(
-                StreamableHttpClientTransport::with_client(ctx.streamable_http.clone(), config),
-            ))
+            Ok(match authorized {
+                Some(client) => Opened::AuthorizedHttp(StreamableHttpClientTransport::with_client(
+                    client, config,
+                )),
+                None => Opened::StreamableHttp(StreamableHttpClientTransport::with_client(
+                    ctx.streamable_http.clone(),
+                    config,
+                )),
+            })
         }
     }
 }
@@ -83,7 +95,7 @@ pub async fn open(
 ///
 /// # Errors
 /// [`ConnectError::Config`]: an unset variable, a URL that does not parse.
-fn expanded_url(entry: &ServerEntry) -> Result<String, ConnectError> {
+pub fn expanded_url(entry: &ServerEntry) -> Result<String, ConnectError> {
     let url = entry.url.as_deref().unwrap_or_default();
     let url = expand_vars(url, |name| std::env::var(name).ok())
         .map_err(|e| ConnectError::Config(format!("in url: {e}")))?;

@@ -1,0 +1,88 @@
+//! OAuth in the supervisor (SPEC §10): what a 401 or 403 on a request of a connected server
+//! starts, and the redirect back from the authorization server, which connects the server.
+
+use super::{Status, Supervisor};
+use crate::error::{ConnectError, Error};
+use crate::oauth::{CallbackError, CallbackQuery, Challenge};
+
+impl Supervisor {
+    /// The answer to a request of `server` that its server refused with `challenge`: a
+    /// 403 `insufficient_scope` asks the user for the larger scope (the session stays); a
+    /// 401 means the token is no longer taken (revoked, its refresh refused), so the session
+    /// ends and a new authorization starts. Either way `/servers` shows the URL.
+    pub async fn authorize(&self, server: &str, challenge: Challenge) -> Error {
+        let Ok(slot) = self.slot(server) else {
+            return Error::UnknownServer(server.to_string());
+        };
+        let oauth = &self.inner.ctx.oauth;
+        let cause = match &challenge {
+            Challenge::InsufficientScope { scope, .. } => {
+                match oauth.step_up(server, scope.as_deref()).await {
+                    Ok(url) => ConnectError::AuthorizationRequired(url),
+                    Err(e) => e,
+                }
+            }
+            Challenge::Unauthorized(_) => {
+                let entry = slot.state().entry.clone();
+                let cause = match crate::transport::expanded_url(&entry) {
+                    Ok(url) => oauth.begin(server, &entry, &url, &challenge).await,
+                    Err(e) => e,
+                };
+                self.disconnect_slot(&slot, "the server no longer takes mcp-client's token")
+                    .await;
+                let mut state = slot.state();
+                state.status = Status::Failed;
+                state.error = Some(cause.to_string());
+                state.error_kind = Some(cause.code());
+                if matches!(cause, ConnectError::AuthorizationRequired(_)) {
+                    state.status = Status::NeedsAuthorization;
+                }
+                cause
+            }
+        };
+        if let ConnectError::AuthorizationRequired(url) = &cause {
+            slot.state().authorization_url = Some(url.clone());
+        }
+        tracing::warn!(server, "the server asks for authorization: {cause}");
+        Error::Authorization {
+            server: server.to_string(),
+            cause,
+        }
+    }
+
+    /// Takes a redirect to `GET /oauth/callback`: exchanges the code of the authorization
+    /// its `state` names, then connects the server (a server connected already, after a
+    /// step-up, keeps its session). Answers the server's name and tool names.
+    ///
+    /// # Errors
+    /// [`Error::OAuthCallback`] (also shown on the server's status when the authorization
+    /// server refused or the token request failed), or the connect's error.
+    pub async fn oauth_callback(
+        &self,
+        query: CallbackQuery,
+    ) -> Result<(String, Vec<String>), Error> {
+        let server = match self.inner.ctx.oauth.callback(query).await {
+            Ok(server) => server,
+            Err(e) => {
+                if let CallbackError::Denied { server, .. } | CallbackError::Exchange { server, .. } =
+                    &e
+                    && let Ok(slot) = self.slot(server)
+                {
+                    let mut state = slot.state();
+                    state.authorization_url = None;
+                    if state.connection.is_none() {
+                        state.status = Status::Failed;
+                    }
+                    state.error = Some(e.to_string());
+                    state.error_kind = Some("unauthorized");
+                }
+                return Err(Error::OAuthCallback(e));
+            }
+        };
+        let slot = self.slot(&server)?;
+        slot.state().authorization_url = None;
+        slot.state().wanted = true;
+        let tools = self.connect_slot(&slot).await?;
+        Ok((server, tools))
+    }
+}
