@@ -443,15 +443,9 @@ fn cors(edge: Arc<Edge>) -> tower_http::cors::CorsLayer {
             origin.to_str().is_ok_and(|o| edge.origin_allowed(o))
         }))
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            header::AUTHORIZATION,
-            header::ACCEPT,
-            mcp("mcp-session-id"),
-            mcp("mcp-protocol-version"),
-            mcp("last-event-id"),
-            mcp("x-mcp-server-id"),
-        ])
+        // Whatever the page of a taken origin sends (MAG's frontend adds `Cache-Control` to
+        // its SSE requests; MAG itself allows every header): it is trusted already.
+        .allow_headers(tower_http::cors::AllowHeaders::mirror_request())
         .expose_headers([mcp("mcp-session-id"), mcp("x-conversation-id")])
         .max_age(Duration::from_secs(600))
 }

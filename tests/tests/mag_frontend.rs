@@ -132,11 +132,35 @@ impl Page {
         let path = format!("/chat/conversations/{id}/permanent");
         self.call(reqwest::Method::DELETE, &path, None).await
     }
-    /// `createAgentSSE`: `fetch` with MAG's headers; the `data:` payloads, `[DONE]` last.
+    /// `createAgentSSE`: `fetch` with MAG's headers (the browser's preflight first: they
+    /// are not CORS-safelisted); the `data:` payloads, `[DONE]` last.
     async fn create_agent_sse(&self, request: Value) -> (u16, Vec<String>) {
+        let url = format!("{}/mcp/generate", self.api);
+        let preflight = self
+            .http
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", ORIGIN)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,cache-control,content-type",
+            )
+            .send()
+            .await
+            .expect("a preflight answer");
+        let allowed = preflight
+            .headers()
+            .get("access-control-allow-headers")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        assert!(
+            allowed.contains("cache-control") && allowed.contains("authorization"),
+            "the browser would not send the request: {allowed:?}"
+        );
         let mut call = self
             .http
-            .post(format!("{}/mcp/generate", self.api))
+            .post(url)
             .header("origin", ORIGIN)
             .header("content-type", "application/json")
             .header("accept", "text/event-stream")
