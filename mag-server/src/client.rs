@@ -279,6 +279,46 @@ impl McpClient {
             .map_err(|e| Error::Unavailable(format!("cannot relay mcp-client's answer: {e}")))
     }
 
+    /// `GET /oauth/callback?QUERY` on mcp-client (SPEC §10), within `within`: its status and
+    /// page (at most 64 KiB), not cached, no referrer (the URL held a code).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when mcp-client cannot be reached or answer in time.
+    pub async fn oauth_callback(
+        &self,
+        query: &str,
+        within: Duration,
+    ) -> Result<axum::response::Response> {
+        let url = format!("{}?{query}", self.url("/oauth/callback"));
+        let answer = self
+            .http
+            .get(url)
+            .timeout(within)
+            .send()
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "cannot reach mcp-client at {} (GET /oauth/callback): {}",
+                    self.addr,
+                    error_chain(&e)
+                ))
+            })?;
+        let status = answer.status();
+        let content_type = answer
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .cloned()
+            .unwrap_or_else(|| reqwest::header::HeaderValue::from_static("text/plain"));
+        let page = read_capped(answer, 64 * 1024, within).await;
+        axum::response::Response::builder()
+            .status(status)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .header(reqwest::header::CACHE_CONTROL, "no-store")
+            .header(reqwest::header::REFERRER_POLICY, "no-referrer")
+            .body(axum::body::Body::from(page))
+            .map_err(|e| Error::Unavailable(format!("cannot relay mcp-client's answer: {e}")))
+    }
+
     /// Sends `request` (`what`, e.g. `GET /servers`) with the token within `within`, and
     /// decodes a 2xx answer as `T`.
     async fn send<T: DeserializeOwned>(
@@ -309,7 +349,12 @@ impl McpClient {
         let response = request.timeout(within).send().await.map_err(failed)?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(failed)?;
-        if status == StatusCode::UNAUTHORIZED {
+        let answer = serde_json::from_slice::<ErrorBody>(&bytes).ok();
+        // A 401 is mcp-client refusing our token, unless a server needs OAuth (SPEC §10).
+        let needs_user = answer
+            .as_ref()
+            .is_some_and(|a| a.code == "authorization_required");
+        if status == StatusCode::UNAUTHORIZED && !needs_user {
             return Err(Error::TokenRefused(self.addr));
         }
         if status.is_success() {
@@ -318,20 +363,21 @@ impl McpClient {
                 detail: e.to_string(),
             });
         }
-        let (detail, code) = match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(body) => (body.detail, body.code),
-            Err(_) => (
-                format!(
-                    "mcp-client answered {what} with HTTP {status}: {}",
-                    String::from_utf8_lossy(&bytes[..bytes.len().min(500)])
-                ),
-                "mcp_client_error".into(),
+        let body = answer.unwrap_or_else(|| ErrorBody {
+            detail: format!(
+                "mcp-client answered {what} with HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(500)])
             ),
-        };
+            code: "mcp_client_error".into(),
+            kind: None,
+            authorization_url: None,
+        });
         Err(Error::Upstream {
             status,
-            code,
-            detail,
+            code: body.code,
+            detail: body.detail,
+            kind: body.kind,
+            authorization_url: body.authorization_url,
         })
     }
 }

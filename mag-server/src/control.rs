@@ -351,6 +351,20 @@ impl ControlPlane {
         self.inner.client.forward_mcp(path_and_query, request).await
     }
 
+    /// `GET /oauth/callback?QUERY` (SPEC §10): the browser's redirect from an
+    /// authorization server, passed to mcp-client, which exchanges the code and connects
+    /// the server; its page comes back as it is (bounded: 150 s, past any connect).
+    ///
+    /// # Errors
+    /// 503 when mcp-client is not ready or cannot be reached.
+    pub async fn oauth_callback(&self, query: &str) -> Result<axum::response::Response> {
+        self.ready().await?;
+        self.inner
+            .client
+            .oauth_callback(query, std::time::Duration::from_secs(150))
+            .await
+    }
+
     /// `POST /api/mcp/connect/{name}`: mcp-client's answer, bounded by the server's timeout
     /// plus a margin.
     ///

@@ -58,6 +58,10 @@ pub enum Error {
         code: String,
         /// mcp-client's `detail`.
         detail: String,
+        /// mcp-client's `kind` (of a failed connect), when it sent one.
+        kind: Option<String>,
+        /// With `authorization_required`: where the user approves access (SPEC §10).
+        authorization_url: Option<String>,
     },
     /// The `version` sent is not the file's current revision (409).
     #[error(
@@ -238,6 +242,18 @@ impl IntoResponse for Error {
                 body["version"] = json!(version);
                 body["line"] = json!(error.line);
                 body["column"] = json!(error.column);
+            }
+            Self::Upstream {
+                kind,
+                authorization_url,
+                ..
+            } => {
+                if let Some(kind) = kind {
+                    body["kind"] = json!(kind);
+                }
+                if let Some(url) = authorization_url {
+                    body["authorization_url"] = json!(url);
+                }
             }
             _ => {}
         }

@@ -84,8 +84,14 @@ pub async fn run(
         Ok(file) => smith.sweep(&file.servers()),
         Err(e) => tracing::warn!("interrupted tool installs are left as they are: {e}"),
     }
+    let addr = listener.local_addr().map_err(|source| Error::Io {
+        context: "cannot read the bound address".into(),
+        source,
+    })?;
     let client = McpClient::new(settings.client_listen)?;
-    let supervisor = Supervisor::new(&settings, client.clone(), store.clone());
+    // Authorization servers send the browser back to mag-server, which forwards it.
+    let oauth_redirect = format!("http://{addr}/oauth/callback");
+    let supervisor = Supervisor::new(&settings, client.clone(), store.clone(), oauth_redirect);
     supervisor.start();
     let plane = ControlPlane::new(
         store,
@@ -102,10 +108,6 @@ pub async fn run(
                 return Err(e);
             }
         };
-    let addr = listener.local_addr().map_err(|source| Error::Io {
-        context: "cannot read the bound address".into(),
-        source,
-    })?;
     let edge = mag_common::http_edge::Edge {
         listen: addr,
         token: settings.api_token.as_ref().map(|t| t.expose().into()),

@@ -725,15 +725,28 @@ impl Refusal {
             Ok(url) => url,
             Err(e) => return e,
         };
-        match &challenge {
-            Challenge::Unauthorized(_) => ctx.oauth.begin(name, entry, &url, &challenge).await,
-            Challenge::InsufficientScope { scope, .. } => {
-                match ctx.oauth.step_up(name, scope.as_deref()).await {
-                    Ok(url) => ConnectError::AuthorizationRequired(url),
-                    Err(e) => e,
+        // Discovery and registration talk to the authorization server: bounded as the
+        // connect is.
+        let started = async {
+            match &challenge {
+                Challenge::Unauthorized(_) => ctx.oauth.begin(name, entry, &url, &challenge).await,
+                Challenge::InsufficientScope { scope, .. } => {
+                    match ctx.oauth.step_up(name, scope.as_deref()).await {
+                        Ok(url) => ConnectError::AuthorizationRequired(url),
+                        Err(e) => e,
+                    }
                 }
             }
-        }
+        };
+        tokio::time::timeout(entry.timeout, started)
+            .await
+            .unwrap_or_else(|_| {
+                ConnectError::Unauthorized(format!(
+                    "server {name:?} needs authorization, but its authorization server did not \
+                     answer within {:?}",
+                    entry.timeout
+                ))
+            })
     }
 }
 

@@ -427,6 +427,22 @@ pub(super) async fn restart_client(State(state): St) -> AppResult {
     ))
 }
 
+/// `GET /oauth/callback` (SPEC §10): where authorization servers send the browser back
+/// (mag-server starts mcp-client with this as its redirect URI); passed to mcp-client.
+pub(super) async fn oauth_callback(
+    State(state): St,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    match state
+        .plane
+        .oauth_callback(query.as_deref().unwrap_or_default())
+        .await
+    {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
 /// `/mcp` and `/servers/{name}/mcp` (any method): the MCP gateway of the mcp-client
 /// mag-server runs, under mag-server's own token (`MAG_API_TOKEN`), since that mcp-client
 /// holds a token no outside client knows.

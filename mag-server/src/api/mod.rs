@@ -57,7 +57,9 @@ pub struct AppState {
 }
 
 /// The API's routes over `state`, behind `edge`'s checks (its `open_paths` are `GET
-/// /health`, which stays open with a token so supervisors can check liveness).
+/// /health`, which stays open with a token so supervisors can check liveness, and `GET
+/// /oauth/callback`, where a browser comes back from an authorization server: its one-time
+/// `state` guards it).
 pub fn router(state: AppState, edge: Edge) -> Router {
     let routes = Router::new()
         .route("/health", get(health))
@@ -65,6 +67,7 @@ pub fn router(state: AppState, edge: Edge) -> Router {
             "/api/mcp/config",
             get(mcp::get_config).post(mcp::set_config),
         )
+        .route("/oauth/callback", get(mcp::oauth_callback))
         .route("/api/mcp/add", post(mcp::add))
         .route("/api/mcp/remove", post(mcp::remove))
         .route("/api/mcp/status", get(mcp::status))

@@ -183,6 +183,8 @@ struct Inner {
     secret_env: Vec<String>,
     /// Passed on as `--config-limit`.
     config_limit: u64,
+    /// Passed on as `--oauth-redirect-uri`: mag-server's own `/oauth/callback`.
+    oauth_redirect: String,
     client: McpClient,
     store: Arc<ConfigStore>,
     status: watch::Sender<ClientStatus>,
@@ -228,7 +230,12 @@ enum Probe {
 impl Supervisor {
     /// A supervisor for the mcp-client of `settings`, talking to it through `client`. Call
     /// [`Self::start`] to run it.
-    pub fn new(settings: &Settings, client: McpClient, store: Arc<ConfigStore>) -> Self {
+    pub fn new(
+        settings: &Settings,
+        client: McpClient,
+        store: Arc<ConfigStore>,
+        oauth_redirect: String,
+    ) -> Self {
         let (status, _) = watch::channel(ClientStatus {
             state: ClientState::Starting,
             address: settings.client_listen,
@@ -251,6 +258,7 @@ impl Supervisor {
                 connect_concurrency: settings.connect_concurrency,
                 secret_env: settings.secret_env(),
                 config_limit: settings.config_limit,
+                oauth_redirect,
                 client,
                 store,
                 status,

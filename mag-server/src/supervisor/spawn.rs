@@ -72,6 +72,8 @@ impl Supervisor {
                     .parent()
                     .unwrap_or(std::path::Path::new(".")),
             )
+            .arg("--oauth-redirect-uri")
+            .arg(&inner.oauth_redirect)
             .arg("--token-env")
             .arg(CLIENT_TOKEN_ENV)
             .env(CLIENT_TOKEN_ENV, token.expose())

@@ -15,31 +15,44 @@ impl Supervisor {
             return Error::UnknownServer(server.to_string());
         };
         let oauth = &self.inner.ctx.oauth;
-        let cause = match &challenge {
-            Challenge::InsufficientScope { scope, .. } => {
-                match oauth.step_up(server, scope.as_deref()).await {
-                    Ok(url) => ConnectError::AuthorizationRequired(url),
-                    Err(e) => e,
+        let timeout = slot.state().entry.timeout;
+        let started = async {
+            match &challenge {
+                Challenge::InsufficientScope { scope, .. } => {
+                    match oauth.step_up(server, scope.as_deref()).await {
+                        Ok(url) => ConnectError::AuthorizationRequired(url),
+                        Err(e) => e,
+                    }
                 }
-            }
-            Challenge::Unauthorized(_) => {
-                let entry = slot.state().entry.clone();
-                let cause = match crate::transport::expanded_url(&entry) {
-                    Ok(url) => oauth.begin(server, &entry, &url, &challenge).await,
-                    Err(e) => e,
-                };
-                self.disconnect_slot(&slot, "the server no longer takes mcp-client's token")
-                    .await;
-                let mut state = slot.state();
-                state.status = Status::Failed;
-                state.error = Some(cause.to_string());
-                state.error_kind = Some(cause.code());
-                if matches!(cause, ConnectError::AuthorizationRequired(_)) {
-                    state.status = Status::NeedsAuthorization;
+                Challenge::Unauthorized(_) => {
+                    let entry = slot.state().entry.clone();
+                    let cause = match crate::transport::expanded_url(&entry) {
+                        Ok(url) => oauth.begin(server, &entry, &url, &challenge).await,
+                        Err(e) => e,
+                    };
+                    self.disconnect_slot(&slot, "the server no longer takes mcp-client's token")
+                        .await;
+                    let mut state = slot.state();
+                    state.status = Status::Failed;
+                    state.error = Some(cause.to_string());
+                    state.error_kind = Some(cause.code());
+                    if matches!(cause, ConnectError::AuthorizationRequired(_)) {
+                        state.status = Status::NeedsAuthorization;
+                    }
+                    cause
                 }
-                cause
             }
         };
+        // Discovery and registration talk to the authorization server: bounded as a
+        // connect is.
+        let cause = tokio::time::timeout(timeout, started)
+            .await
+            .unwrap_or_else(|_| {
+                ConnectError::Unauthorized(format!(
+                    "server {server:?} needs authorization, but its authorization server did \
+                     not answer within {timeout:?}"
+                ))
+            });
         if let ConnectError::AuthorizationRequired(url) = &cause {
             slot.state().authorization_url = Some(url.clone());
         }
