@@ -554,7 +554,7 @@ impl ControlPlane {
 }
 
 /// `None` or `null`: no check. A string equal to `current`: fine. Anything else: stale.
-fn check_version(sent: Option<&Value>, current: &str) -> Result<()> {
+pub(crate) fn check_version(sent: Option<&Value>, current: &str) -> Result<()> {
     match sent {
         None | Some(Value::Null) => Ok(()),
         Some(Value::String(sent)) if sent == current => Ok(()),

@@ -328,10 +328,20 @@ async fn mags_frontend_pages_work_for_jwt_users() {
     // MAG's integer versions (what the page holds before its first fetch) are stale too.
     let (status, _) = alice.remove_mcp_servers(&["second"], &json!(1)).await;
     assert_eq!(status, 409);
-    // The page refetches; delete with the fresh version.
+    // The page refetches: each server names the user who added it (the page's "provider"
+    // line); alice may not delete bob's, bob may.
     let (_, config) = alice.get_mcp_config().await;
     assert_eq!(config["mcpServers"]["py"]["timeout"], 30, "{config}");
-    let (status, removed) = alice
+    assert_eq!(config["mcpServers"]["py"]["provider_user_id"], "alice");
+    assert_eq!(config["mcpServers"]["second"]["provider_user_id"], "bob");
+    assert!(config["mcpServers"]["second"]["created_at"].is_string());
+    let (status, refused) = alice
+        .remove_mcp_servers(&["second"], &config["version"])
+        .await;
+    assert_eq!(status, 200, "{refused}");
+    assert_eq!(refused["status"], "permission_denied", "{refused}");
+    assert_eq!(refused["permission_denied_servers"], json!(["second"]));
+    let (status, removed) = bob
         .remove_mcp_servers(&["second"], &config["version"])
         .await;
     assert_eq!(

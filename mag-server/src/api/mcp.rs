@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use super::{AppResult, Body, Segment, St};
+use super::{AppResult, Body, Segment, St, Who};
 use crate::control::{Connected, FolderLeft, Saved, ToolTest};
 use crate::error::{Error, Result};
 
@@ -141,8 +141,23 @@ pub(super) struct AddBody {
 
 /// `POST /api/mcp/add`: MAG's answer, `{"status": "success" | "partial_success" |
 /// "no_changes" | "error", "message", "added_servers", "duplicate_servers",
-/// "skipped_servers", "update_result", "new_version" | "current_version"}`.
-pub(super) async fn add(State(state): St, Body(body): Body<AddBody>) -> AppResult {
+/// "skipped_servers", "update_result", "new_version" | "current_version"}`. A JWT user's
+/// servers are recorded as theirs, as MAG does (`provider_user_id`, `created_at`): only
+/// they and admins may remove them.
+pub(super) async fn add(
+    State(state): St,
+    Who(caller): Who,
+    Body(mut body): Body<AddBody>,
+) -> AppResult {
+    if caller.from_token {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        for entry in body.servers.values_mut() {
+            if let Value::Object(fields) = entry {
+                fields.insert("provider_user_id".into(), json!(caller.user_id));
+                fields.insert("created_at".into(), json!(now));
+            }
+        }
+    }
     if body.servers.is_empty() {
         return Ok(Json(json!({
             "status": "error",
@@ -204,10 +219,16 @@ pub(super) enum RemoveBody {
 }
 
 /// `POST /api/mcp/remove`: MAG's answer, `{"status": "success" | "partial_success" |
-/// "no_changes" | "error", "message", "removed_servers", "not_found_servers",
-/// "failed_removals", "ai_generated_count", "traditional_count", "total_requested",
-/// "update_result", "new_version" | "current_version"}`.
-pub(super) async fn remove(State(state): St, Body(body): Body<Value>) -> AppResult {
+/// "permission_denied" | "no_changes" | "error", "message", "removed_servers",
+/// "not_found_servers", "failed_removals", "permission_denied_servers",
+/// "ai_generated_count", "traditional_count", "total_requested", "update_result",
+/// "new_version" | "current_version"}`. A JWT user who is not an admin cannot remove
+/// another user's server (its `provider_user_id`), as in MAG.
+pub(super) async fn remove(
+    State(state): St,
+    Who(caller): Who,
+    Body(body): Body<Value>,
+) -> AppResult {
     let body: RemoveBody = serde_json::from_value(body).map_err(|_| {
         Error::invalid_body(
             "expected {\"server_names\": [NAME, ...], \"version\": VERSION} or [NAME, ...]",
@@ -228,6 +249,40 @@ pub(super) async fn remove(State(state): St, Body(body): Body<Value>) -> AppResu
             "not_found_servers": [],
             "failed_removals": [],
             "total_requested": 0,
+        })));
+    }
+    let requested = names.len();
+    let mut denied = Vec::new();
+    let mut names = names;
+    if caller.from_token && !caller.admin {
+        // As MAG: a stale version is a 409 before anything else.
+        let file = state.plane.config().await?;
+        crate::control::check_version(version.as_ref(), &file.version)?;
+        let servers = file.servers;
+        names.retain(|name| {
+            let owner = servers
+                .get(name)
+                .and_then(|entry| entry.get("provider_user_id"))
+                .and_then(Value::as_str);
+            let theirs = owner.is_none_or(|owner| owner == caller.user_id);
+            if !theirs {
+                denied.push(name.clone());
+            }
+            theirs
+        });
+    }
+    if names.is_empty() {
+        return Ok(Json(json!({
+            "status": "permission_denied",
+            "message": format!("none of the {} servers may be removed by {}", denied.len(), caller.user_id),
+            "removed_servers": [],
+            "not_found_servers": [],
+            "failed_removals": [],
+            "permission_denied_servers": denied,
+            "ai_generated_count": 0,
+            "traditional_count": 0,
+            "total_requested": requested,
+            "update_result": null,
         })));
     }
     let removed = state.plane.remove(names, version).await?;
@@ -270,7 +325,16 @@ pub(super) async fn remove(State(state): St, Body(body): Body<Value>) -> AppResu
     };
     answer["ai_generated_count"] = json!(removed.ai_generated);
     answer["traditional_count"] = json!(removed.removed.len() - removed.ai_generated);
-    answer["total_requested"] = json!(removed.requested);
+    answer["total_requested"] = json!(requested);
+    answer["permission_denied_servers"] = json!(denied);
+    if !denied.is_empty() && answer["status"] == "success" {
+        answer["status"] = json!("partial_success");
+        answer["message"] = json!(format!(
+            "removed {} servers; {} belong to other users",
+            removed.removed.len(),
+            denied.len()
+        ));
+    }
     Ok(Json(answer))
 }
 
