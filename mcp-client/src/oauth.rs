@@ -458,6 +458,12 @@ impl OAuth {
         Ok(server)
     }
 
+    /// Drops the server's authorized client: its next connect gets a new one (a new
+    /// client credentials grant, or the token file's).
+    pub fn forget_client(&self, server: &str) {
+        lock(&self.authorized).remove(server);
+    }
+
     /// Forgets a server that was removed: its authorized client, its waiting
     /// authorizations and its record in the token file.
     pub async fn forget(&self, server: &str) {

@@ -1,6 +1,8 @@
 //! OAuth in the supervisor (SPEC §10): what a 401 or 403 on a request of a connected server
 //! starts, and the redirect back from the authorization server, which connects the server.
 
+use mag_common::config::{GrantType, ServerEntry};
+
 use super::{Status, Supervisor};
 use crate::error::{ConnectError, Error};
 use crate::oauth::{CallbackError, CallbackQuery, Challenge};
@@ -23,6 +25,17 @@ impl Supervisor {
                         Ok(url) => ConnectError::AuthorizationRequired(url),
                         Err(e) => e,
                     }
+                }
+                Challenge::Unauthorized(_) if machine_access(&slot.state().entry) => {
+                    // Client credentials need no user: a new session with a new token.
+                    self.disconnect_slot(&slot, "the server no longer takes mcp-client's token")
+                        .await;
+                    self.inner.ctx.oauth.forget_client(server);
+                    self.spawn_connect(server);
+                    ConnectError::Unauthorized(format!(
+                        "server {server:?} no longer takes the token of mcp-client's client \
+                         credentials; reconnecting with a new one"
+                    ))
                 }
                 Challenge::Unauthorized(_) => {
                     let entry = slot.state().entry.clone();
@@ -98,4 +111,12 @@ impl Supervisor {
         let tools = self.connect_slot(&slot).await?;
         Ok((server, tools))
     }
+}
+
+/// Whether the server's `oauth` is `client_credentials` (no user in the loop).
+fn machine_access(entry: &ServerEntry) -> bool {
+    entry
+        .oauth
+        .as_ref()
+        .is_some_and(|o| o.grant_type == GrantType::ClientCredentials)
 }
