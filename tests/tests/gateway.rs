@@ -552,6 +552,17 @@ impl RawSession {
         request.send().await.expect("POST")
     }
 
+    /// The session's own stream (`GET`), where notifications not tied to a request come.
+    async fn stream(&self) -> reqwest::Response {
+        self.http
+            .get(&self.url)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &self.id)
+            .send()
+            .await
+            .expect("GET")
+    }
+
     /// Ends the session (`DELETE`).
     async fn end(&self) -> reqwest::StatusCode {
         let ended = self
@@ -717,4 +728,50 @@ async fn client_sessions_are_capped() {
     // Ending one makes room.
     assert!(first.end().await.is_success());
     let _again = RawSession::open(&aggregate, json!({})).await;
+}
+
+#[tokio::test]
+async fn each_session_hears_server_logs_from_its_own_level_up() {
+    let daemon = running(&[("py", py_stdio_entry())]).await;
+    let url = format!("{}/servers/py/mcp", daemon.base);
+    let quiet = RawSession::open(&url, json!({})).await;
+    let chatty = RawSession::open(&url, json!({})).await;
+    for (session, level) in [(&quiet, "error"), (&chatty, "debug")] {
+        let set = session
+            .post(
+                json!({"jsonrpc": "2.0", "id": 2, "method": "logging/setLevel",
+                "params": {"level": level}}),
+            )
+            .await;
+        let mut stream = set.bytes_stream();
+        let mut buffer = String::new();
+        let answer = next_event(&mut stream, &mut buffer, |e| e["id"] == 2).await;
+        assert!(answer.get("result").is_some(), "{answer}");
+    }
+    let mut quiet_stream = quiet.stream().await.bytes_stream();
+    let mut chatty_stream = chatty.stream().await.bytes_stream();
+    let (mut quiet_buffer, mut chatty_buffer) = (String::new(), String::new());
+    for (id, level, message) in [(3, "info", "chatter"), (4, "error", "alarm")] {
+        let call = chatty
+            .post(
+                json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+                "name": "log", "arguments": {"level": level, "message": message}}}),
+            )
+            .await;
+        let mut stream = call.bytes_stream();
+        let mut buffer = String::new();
+        next_event(&mut stream, &mut buffer, |e| e["id"] == id).await;
+        let heard = next_event(&mut chatty_stream, &mut chatty_buffer, |e| {
+            e["method"] == "notifications/message"
+        })
+        .await;
+        assert_eq!(heard["params"]["data"], message, "{heard}");
+    }
+    // The session that asked for errors only never got the info line.
+    let heard = next_event(&mut quiet_stream, &mut quiet_buffer, |e| {
+        e["method"] == "notifications/message"
+    })
+    .await;
+    assert_eq!(heard["params"]["data"], "alarm", "{heard}");
+    assert_eq!(heard["params"]["level"], "error", "{heard}");
 }

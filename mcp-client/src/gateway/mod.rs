@@ -56,6 +56,10 @@ pub struct GatewayOptions {
 pub(crate) struct Shared {
     supervisor: Supervisor,
     separator: String,
+    /// The most verbose log level any session asked of each server (`logging/setLevel`;
+    /// rmcp 3.9 marks logging deprecated for protocol 2026-07-28, current before it).
+    #[allow(deprecated)]
+    log_levels: Mutex<HashMap<String, rmcp::model::LoggingLevel>>,
 }
 
 type Service = StreamableHttpService<Session, LocalSessionManager>;
@@ -78,6 +82,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             supervisor,
             separator: options.separator.clone(),
+            log_levels: Mutex::default(),
         });
         let managers: Arc<Mutex<Vec<Arc<LocalSessionManager>>>> = Arc::default();
         let aggregate = service(&shared, &options, &stop, Scope::All, &managers);

@@ -1,20 +1,22 @@
 //! The notifications a gateway session sends on its own (SPEC §8): `*/list_changed` when a
 //! server's lists change or it connects, drops, reconnects or is reloaded, the servers' log
-//! messages (tagged with the server in the aggregate) and `notifications/resources/updated`
-//! for the URIs the session subscribed to.
+//! messages (tagged with the server in the aggregate; from the level the session set with
+//! `logging/setLevel` up) and `notifications/resources/updated` for the URIs the session
+//! subscribed to.
 
 // rmcp 3.9 marks logging deprecated for protocol 2026-07-28; the gateway serves 2025-11-25
 // and older, where it is current.
 #![allow(deprecated)]
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rmcp::RoleServer;
 use rmcp::model::{
-    LoggingMessageNotification, PromptListChangedNotification, ResourceListChangedNotification,
-    ResourceUpdatedNotification, ResourceUpdatedNotificationParam, ServerNotification,
-    ToolListChangedNotification,
+    LoggingLevel, LoggingMessageNotification, PromptListChangedNotification,
+    ResourceListChangedNotification, ResourceUpdatedNotification, ResourceUpdatedNotificationParam,
+    ServerNotification, ToolListChangedNotification,
 };
 use rmcp::service::Peer;
 use tokio::sync::broadcast::error::RecvError;
@@ -23,6 +25,31 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use super::session::Scope;
 use crate::connection::ServerEvent;
+
+/// What one session asked to hear.
+#[derive(Default)]
+pub(super) struct Wants {
+    /// URIs it subscribed to, as (server, URI).
+    pub(super) subscribed: Mutex<BTreeSet<(String, String)>>,
+    /// The lowest log level it wants ([`severity`]); 0 until it sets one: everything the
+    /// servers send.
+    pub(super) log_level: AtomicU8,
+}
+
+/// A log level's rank, 1 (debug) to 8 (emergency), as RFC 5424 orders them (MCP spec
+/// 2025-11-25, Utilities § Logging).
+pub(super) fn severity(level: LoggingLevel) -> u8 {
+    match level {
+        LoggingLevel::Debug => 1,
+        LoggingLevel::Info => 2,
+        LoggingLevel::Notice => 3,
+        LoggingLevel::Warning => 4,
+        LoggingLevel::Error => 5,
+        LoggingLevel::Critical => 6,
+        LoggingLevel::Alert => 7,
+        LoggingLevel::Emergency => 8,
+    }
+}
 
 /// Which lists a change touches.
 #[derive(Clone, Copy, Default)]
@@ -44,7 +71,7 @@ pub(super) fn spawn(
     shared: &Arc<Shared>,
     scope: Scope,
     peer: Peer<RoleServer>,
-    subscribed: Arc<Mutex<BTreeSet<(String, String)>>>,
+    wants: Arc<Wants>,
     stop: CancellationToken,
 ) {
     let mut events = shared.supervisor.events();
@@ -63,7 +90,7 @@ pub(super) fn spawn(
                     if !ours {
                         continue;
                     }
-                    send(&peer, &scope, event, &subscribed).await
+                    send(&peer, &scope, event, &wants).await
                 }
                 // Fell behind: whatever was missed, every list may have changed.
                 Err(RecvError::Lagged(_)) => send_lists(&peer, ALL).await,
@@ -77,12 +104,7 @@ pub(super) fn spawn(
 }
 
 /// Sends what `event` means to the client; `false` once the client is gone.
-async fn send(
-    peer: &Peer<RoleServer>,
-    scope: &Scope,
-    event: ServerEvent,
-    subscribed: &Mutex<BTreeSet<(String, String)>>,
-) -> bool {
+async fn send(peer: &Peer<RoleServer>, scope: &Scope, event: ServerEvent, wants: &Wants) -> bool {
     let lists = match event {
         ServerEvent::ToolsChanged(_) => Lists {
             tools: true,
@@ -98,7 +120,8 @@ async fn send(
         },
         ServerEvent::Lifecycle(_) => ALL,
         ServerEvent::ResourceUpdated { server, uri } => {
-            let wanted = subscribed
+            let wanted = wants
+                .subscribed
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(&(server, uri.clone()));
@@ -111,6 +134,9 @@ async fn send(
             return peer.send_notification(notification).await.is_ok();
         }
         ServerEvent::Log { server, mut params } => {
+            if severity(params.level) < wants.log_level.load(Ordering::Relaxed) {
+                return true;
+            }
             if let Scope::All = scope {
                 params.logger = Some(match params.logger.take() {
                     Some(logger) => format!("{server}/{logger}"),

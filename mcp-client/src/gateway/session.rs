@@ -7,7 +7,7 @@
 #![allow(deprecated)]
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use rmcp::model::{
@@ -60,8 +60,8 @@ pub struct Session {
     /// The aggregate's resource routes (URI or URI template → server), from this session's
     /// last listing.
     resources: Mutex<HashMap<String, String>>,
-    /// URIs this session subscribed to, as (server, URI).
-    pub(super) subscribed: Arc<Mutex<BTreeSet<(String, String)>>>,
+    /// The URIs it subscribed to and the log level it set.
+    pub(super) wants: Arc<notify::Wants>,
     /// Ends the session's notification task when the session ends.
     stop: CancellationToken,
 }
@@ -79,7 +79,7 @@ impl Session {
             scope,
             prompts: Mutex::default(),
             resources: Mutex::default(),
-            subscribed: Arc::default(),
+            wants: Arc::default(),
             stop: CancellationToken::new(),
         }
     }
@@ -421,7 +421,7 @@ impl ServerHandler for Session {
             &self.shared,
             self.scope.clone(),
             context.peer,
-            self.subscribed.clone(),
+            self.wants.clone(),
             self.stop.clone(),
         );
     }
@@ -696,7 +696,8 @@ impl ServerHandler for Session {
         let uri = request.uri.clone();
         let request = ClientRequest::SubscribeRequest(SubscribeRequest::new(request));
         self.forward(&server, request, &context).await?;
-        self.subscribed
+        self.wants
+            .subscribed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert((server, uri));
@@ -712,7 +713,8 @@ impl ServerHandler for Session {
         let uri = request.uri.clone();
         let request = ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(request));
         self.forward(&server, request, &context).await?;
-        self.subscribed
+        self.wants
+            .subscribed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(server, uri));
@@ -746,13 +748,32 @@ impl ServerHandler for Session {
         }
     }
 
+    /// The session hears log messages from `level` up; each server is asked for the most
+    /// verbose level any session set (the others' notification tasks filter).
     async fn set_level(
         &self,
         request: SetLevelRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
+        let wanted = notify::severity(request.level);
+        self.wants
+            .log_level
+            .store(wanted, std::sync::atomic::Ordering::Relaxed);
         for (server, _, _) in self.offering(|c| c.logging.is_some()) {
-            let request = ClientRequest::SetLevelRequest(SetLevelRequest::new(request.clone()));
+            let level = {
+                let mut levels = self
+                    .shared
+                    .log_levels
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let asked = levels.entry(server.clone()).or_insert(request.level);
+                if wanted < notify::severity(*asked) {
+                    *asked = request.level;
+                }
+                *asked
+            };
+            let params = SetLevelRequestParams::new(level);
+            let request = ClientRequest::SetLevelRequest(SetLevelRequest::new(params));
             self.forward(&server, request, &context).await?;
         }
         Ok(())
