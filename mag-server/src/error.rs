@@ -200,6 +200,11 @@ impl Error {
             Self::Unavailable(_) | Self::TokenRefused(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::BadAnswer { .. } => StatusCode::BAD_GATEWAY,
+            // MAG's frontend reads any 401 as "log in again" (its axios interceptor): a
+            // server that needs OAuth is a failed connect there, as MAG answers those.
+            Self::Upstream { code, .. } if code == "authorization_required" => {
+                StatusCode::BAD_REQUEST
+            }
             Self::Upstream { status, .. } => *status,
             Self::StaleRevision { .. } | Self::ClientState(_) => StatusCode::CONFLICT,
             Self::InvalidConfig(_) | Self::InvalidServerName(_) => StatusCode::UNPROCESSABLE_ENTITY,

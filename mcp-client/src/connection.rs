@@ -741,7 +741,7 @@ impl Refusal {
         tokio::time::timeout(entry.timeout, started)
             .await
             .unwrap_or_else(|_| {
-                ConnectError::Unauthorized(format!(
+                ConnectError::Transport(format!(
                     "server {name:?} needs authorization, but its authorization server did not \
                      answer within {:?}",
                     entry.timeout

@@ -172,6 +172,8 @@ pub struct OAuth {
     authorized: Mutex<HashMap<String, (String, AuthorizedClient)>>,
     pending: Mutex<HashMap<String, Pending>>,
     started: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// One authorization starts at a time per server (concurrent 401s share it).
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -182,6 +184,79 @@ fn unauthorized(server: &str, what: &str, e: impl std::fmt::Display) -> ConnectE
     ConnectError::Unauthorized(format!(
         "server {server:?} needs authorization, but {what} failed: {e}"
     ))
+}
+
+/// What a failed step of OAuth means for the connect: the authorization server out of
+/// reach is a [`ConnectError::Transport`] (tried again like any connect, e.g. a daemon that
+/// started before the network); a refusal or an unusable answer is
+/// [`ConnectError::Unauthorized`], which waits for a person.
+fn auth_failure(server: &str, what: &str, e: AuthError) -> ConnectError {
+    let unreachable = matches!(
+        e,
+        AuthError::HttpError(_)
+            | AuthError::DiscoveryRequestFailed { .. }
+            | AuthError::AuthorizationServersUnavailable { .. }
+            | AuthError::TokenRefreshFailed(_)
+    );
+    let text = format!("server {server:?} needs authorization, but {what} failed: {e}");
+    if unreachable {
+        ConnectError::Transport(text)
+    } else {
+        ConnectError::Unauthorized(text)
+    }
+}
+
+/// The client secret of the entry's `oauth`, `${VAR}`s expanded.
+///
+/// # Errors
+/// [`ConnectError::Config`]: an unset variable.
+fn client_secret(settings: &OAuthSettings) -> Result<Option<String>, ConnectError> {
+    settings
+        .client_secret
+        .as_deref()
+        .map(|secret| {
+            expand_vars(secret, |name| std::env::var(name).ok())
+                .map_err(|e| ConnectError::Config(format!("oauth.client_secret: {e}")))
+        })
+        .transpose()
+}
+
+/// Whether a URL of an authorization server may be handed to a browser or posted to:
+/// https, or http to a loopback host (a URL from remote metadata could be `javascript:`).
+fn acceptable_endpoint(url: &str) -> bool {
+    let Ok(url) = url::Url::parse(url) else {
+        return false;
+    };
+    match url.scheme() {
+        "https" => true,
+        "http" => match url.host() {
+            Some(url::Host::Domain(name)) => {
+                name.eq_ignore_ascii_case("localhost") || name.ends_with(".localhost")
+            }
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+/// The most of an authorization server's answer read by the code here (rmcp bounds its own).
+const ANSWER_LIMIT: usize = 1024 * 1024;
+
+/// An answer's body, at most [`ANSWER_LIMIT`] bytes.
+async fn capped_body(answer: reqwest::Response) -> Result<Vec<u8>, String> {
+    use futures::StreamExt;
+    let mut body = Vec::new();
+    let mut chunks = answer.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| mag_common::error_chain(&e))?;
+        if body.len() + chunk.len() > ANSWER_LIMIT {
+            return Err(format!("the answer is over {ANSWER_LIMIT} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 impl OAuth {
@@ -202,7 +277,24 @@ impl OAuth {
             authorized: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             started: Mutex::new(HashMap::new()),
+            turns: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The server's turn to start an authorization.
+    fn turn(&self, server: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.turns)
+            .entry(server.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Whether an authorization with this URL still waits for its redirect (`/servers`
+    /// shows a URL only while it can be used).
+    pub fn waits(&self, authorization_url: &str) -> bool {
+        lock(&self.pending)
+            .values()
+            .any(|p| p.authorization_url == authorization_url && p.since.elapsed() < PENDING_TTL)
     }
 
     /// Where the authorization server sends the user back.
@@ -241,22 +333,31 @@ impl OAuth {
             let mut manager = self.manager(server, url).await?;
             let metadata = discover(&manager, url, None)
                 .await
-                .map_err(|e| unauthorized(server, "finding its authorization server", e))?;
+                .map_err(|e| auth_failure(server, "finding its authorization server", e))?;
             manager.set_metadata(metadata);
             let restored = manager
                 .initialize_from_store()
                 .await
-                .map_err(|e| unauthorized(server, "reading its stored token", e))?;
+                .map_err(|e| auth_failure(server, "reading its stored token", e))?;
             if !restored {
                 return Ok(None);
             }
-            if let Some(secret) = record.client_secret {
-                let config = OAuthClientConfig::new(stored.client_id, &self.redirect_uri)
-                    .with_client_secret(secret);
-                manager
-                    .configure_client(config)
-                    .map_err(|e| unauthorized(server, "configuring its client", e))?;
+            // rmcp restores the client id alone (no secret, the server's URL as redirect
+            // URI): the client as it was registered, for refreshes and step-ups.
+            let secret = match record.client_secret {
+                Some(secret) => Some(secret),
+                None if settings.client_id.as_deref() == Some(stored.client_id.as_str()) => {
+                    client_secret(&settings)?
+                }
+                None => None,
+            };
+            let mut config = OAuthClientConfig::new(stored.client_id, &self.redirect_uri);
+            if let Some(secret) = secret {
+                config = config.with_client_secret(secret);
             }
+            manager
+                .configure_client(config)
+                .map_err(|e| auth_failure(server, "configuring its client", e))?;
             AuthClient::new(self.http.clone(), manager)
         };
         lock(&self.authorized).insert(server.to_string(), (url.to_string(), client.clone()));
@@ -277,19 +378,26 @@ impl OAuth {
         lock(&self.authorized).remove(server);
         let settings = entry.oauth.clone().unwrap_or_default();
         if settings.grant_type == GrantType::ClientCredentials {
-            return ConnectError::Unauthorized(format!(
-                "server {server:?} refused the token of its client credentials ({})",
+            // Its token expired or was revoked: the next attempt asks for a new one.
+            return ConnectError::Transport(format!(
+                "server {server:?} refused the token of mcp-client's client credentials ({}); \
+                 a new one is asked for at the next attempt",
                 challenge.header()
             ));
         }
-        if let Some(waiting) = self.waiting(server, false) {
+        let turn = self.turn(server);
+        let _turn = turn.lock().await;
+        if let Some(waiting) = self.waiting(server, url, false) {
             return ConnectError::AuthorizationRequired(waiting);
         }
-        if let Err(e) = self.count(server) {
+        if let Err(e) = self.within_limit(server) {
             return e;
         }
         match self.start(server, &settings, url, challenge.header()).await {
-            Ok(authorization_url) => ConnectError::AuthorizationRequired(authorization_url),
+            Ok(authorization_url) => {
+                self.count(server);
+                ConnectError::AuthorizationRequired(authorization_url)
+            }
             Err(e) => e,
         }
     }
@@ -304,7 +412,17 @@ impl OAuth {
         let mut manager = self.manager(server, url).await?;
         let metadata = discover(&manager, url, Some(challenge))
             .await
-            .map_err(|e| unauthorized(server, "finding its authorization server", e))?;
+            .map_err(|e| auth_failure(server, "finding its authorization server", e))?;
+        if !acceptable_endpoint(&metadata.authorization_endpoint) {
+            return Err(unauthorized(
+                server,
+                "its authorization endpoint",
+                format!(
+                    "{:?} is neither https nor http to this machine",
+                    metadata.authorization_endpoint
+                ),
+            ));
+        }
         let metadata_documents = metadata
             .additional_fields
             .get("client_id_metadata_document_supported")
@@ -319,9 +437,7 @@ impl OAuth {
         match (&settings.client_id, &self.client_metadata_url) {
             (Some(id), _) => {
                 request = request.with_preregistered_client(id);
-                if let Some(secret) = &settings.client_secret {
-                    let secret = expand_vars(secret, |name| std::env::var(name).ok())
-                        .map_err(|e| ConnectError::Config(format!("oauth.client_secret: {e}")))?;
+                if let Some(secret) = client_secret(settings)? {
                     request = request.with_client_secret(secret);
                 }
             }
@@ -335,7 +451,7 @@ impl OAuth {
                 let config = manager
                     .register_client(CLIENT_NAME, &self.redirect_uri, &scopes)
                     .await
-                    .map_err(|e| unauthorized(server, "registering mcp-client as a client", e))?;
+                    .map_err(|e| auth_failure(server, "registering mcp-client as a client", e))?;
                 request = request.with_preregistered_client(&config.client_id);
                 if let Some(secret) = config.client_secret {
                     request = request.with_client_secret(&secret);
@@ -345,7 +461,7 @@ impl OAuth {
         }
         let session = AuthorizationSession::new(manager, request)
             .await
-            .map_err(|(_, e)| unauthorized(server, "preparing the authorization", e))?;
+            .map_err(|(_, e)| auth_failure(server, "preparing the authorization", e))?;
         let authorization_url = session.auth_url.clone();
         self.wait(
             &authorization_url,
@@ -374,17 +490,20 @@ impl OAuth {
                  no authorization of it to extend"
             )));
         };
-        if let Some(waiting) = self.waiting(server, true) {
+        let turn = self.turn(server);
+        let _turn = turn.lock().await;
+        if let Some(waiting) = self.waiting(server, &url, true) {
             return Ok(waiting);
         }
-        self.count(server)?;
+        self.within_limit(server)?;
         let manager = client.auth_manager.lock().await;
         manager.reset_scope_upgrade_attempts().await;
         let authorization_url = manager
             .request_scope_upgrade(scope.unwrap_or_default())
             .await
-            .map_err(|e| unauthorized(server, "asking for a larger scope", e))?;
+            .map_err(|e| auth_failure(server, "asking for a larger scope", e))?;
         drop(manager);
+        self.count(server);
         self.wait(
             &authorization_url,
             Pending {
@@ -408,6 +527,10 @@ impl OAuth {
     /// [`CallbackError`].
     pub async fn callback(&self, query: CallbackQuery) -> Result<String, CallbackError> {
         let state = query.state.ok_or(CallbackError::Missing("state"))?;
+        if query.code.is_none() && query.error.is_none() {
+            // Not a redirect of an authorization server: the authorization still waits.
+            return Err(CallbackError::Missing("code"));
+        }
         let pending = lock(&self.pending)
             .remove(&state)
             .filter(|p| p.since.elapsed() < PENDING_TTL)
@@ -458,17 +581,19 @@ impl OAuth {
         Ok(server)
     }
 
-    /// Drops the server's authorized client: its next connect gets a new one (a new
-    /// client credentials grant, or the token file's).
+    /// Drops the server's authorized client and waiting authorizations (its entry changed,
+    /// or its token is refused): its next connect gets a new client (a new client
+    /// credentials grant, or the token file's record for its URL).
     pub fn forget_client(&self, server: &str) {
         lock(&self.authorized).remove(server);
+        lock(&self.pending).retain(|_, p| p.server != server);
     }
 
     /// Forgets a server that was removed: its authorized client, its waiting
     /// authorizations and its record in the token file.
     pub async fn forget(&self, server: &str) {
-        lock(&self.authorized).remove(server);
-        lock(&self.pending).retain(|_, p| p.server != server);
+        self.forget_client(server);
+        lock(&self.started).remove(server);
         if let Err(e) = self.tokens.remove(server).await {
             tracing::warn!(server, "cannot remove the server's OAuth tokens: {e}");
         }
@@ -489,17 +614,17 @@ impl OAuth {
 
     /// The URL of an authorization of `server` that still waits for its user (a step-up
     /// one, or a first one): asked again meanwhile, the user gets the same URL.
-    fn waiting(&self, server: &str, step_up: bool) -> Option<String> {
+    fn waiting(&self, server: &str, url: &str, step_up: bool) -> Option<String> {
         lock(&self.pending)
             .values()
-            .filter(|p| p.server == server && p.since.elapsed() < PENDING_TTL)
+            .filter(|p| p.server == server && p.url == url && p.since.elapsed() < PENDING_TTL)
             .filter(|p| matches!(p.step, Step::StepUp(_)) == step_up)
             .max_by_key(|p| p.since)
             .map(|p| p.authorization_url.clone())
     }
 
-    /// Counts one more authorization of `server`.
-    fn count(&self, server: &str) -> Result<(), ConnectError> {
+    /// Whether another authorization of `server` may start ([`MAX_AUTHORIZATIONS`]).
+    fn within_limit(&self, server: &str) -> Result<(), ConnectError> {
         let mut started = lock(&self.started);
         let times = started.entry(server.to_string()).or_default();
         times.retain(|t| t.elapsed() < AUTHORIZATION_WINDOW);
@@ -510,8 +635,15 @@ impl OAuth {
                 AUTHORIZATION_WINDOW.as_secs()
             )));
         }
-        times.push_back(Instant::now());
         Ok(())
+    }
+
+    /// Counts an authorization of `server` that started.
+    fn count(&self, server: &str) {
+        lock(&self.started)
+            .entry(server.to_string())
+            .or_default()
+            .push_back(Instant::now());
     }
 
     /// Keeps `pending` under the `state` of `authorization_url`.
@@ -554,11 +686,17 @@ impl OAuth {
         let mut manager = self.manager(server, url).await?;
         let metadata = discover(&manager, url, None)
             .await
-            .map_err(|e| unauthorized(server, "finding its authorization server", e))?;
+            .map_err(|e| auth_failure(server, "finding its authorization server", e))?;
         if let Some(key_file) = &settings.private_key_file {
             let token = private_key_jwt_grant(&client_id, key_file, &metadata, url)
                 .await
-                .map_err(|e| unauthorized(server, "the client credentials grant", e))?;
+                .map_err(|e| match e {
+                    Grant::Unreachable(e) => ConnectError::Transport(format!(
+                        "server {server:?} needs authorization, but the client credentials \
+                         grant failed: {e}"
+                    )),
+                    Grant::Refused(e) => unauthorized(server, "the client credentials grant", e),
+                })?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -579,9 +717,7 @@ impl OAuth {
                 .map_err(|e| unauthorized(server, "configuring its client", e))?;
             return Ok(AuthClient::new(self.http.clone(), manager));
         }
-        let secret = settings.client_secret.as_deref().unwrap_or_default();
-        let secret = expand_vars(secret, |name| std::env::var(name).ok())
-            .map_err(|e| ConnectError::Config(format!("oauth.client_secret: {e}")))?;
+        let secret = client_secret(settings)?.unwrap_or_default();
         manager.set_metadata(metadata);
         let config = ClientCredentialsConfig::ClientSecret {
             client_id,
@@ -596,7 +732,7 @@ impl OAuth {
         };
         granted
             .await
-            .map_err(|e| unauthorized(server, "the client credentials grant", e))?;
+            .map_err(|e| auth_failure(server, "the client credentials grant", e))?;
         Ok(AuthClient::new(self.http.clone(), manager))
     }
 }
@@ -619,13 +755,12 @@ async fn discover(
                 .timeout(Duration::from_secs(30))
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?;
-            let metadata = http
-                .get(root)
-                .send()
-                .await?
-                .error_for_status()?
-                .json::<AuthorizationMetadata>()
-                .await?;
+            let answer = http.get(root).send().await?.error_for_status()?;
+            let body = capped_body(answer)
+                .await
+                .map_err(AuthError::MetadataError)?;
+            let metadata = serde_json::from_slice::<AuthorizationMetadata>(&body)
+                .map_err(|e| AuthError::MetadataError(e.to_string()))?;
             tracing::info!(
                 issuer = ?metadata.issuer,
                 "taking authorization server metadata of the 2025-03-26 revision"
@@ -636,30 +771,49 @@ async fn discover(
     }
 }
 
+/// Why a private key JWT grant failed.
+enum Grant {
+    /// The token endpoint could not be reached (tried again later).
+    Unreachable(String),
+    /// The key, the endpoint or the answer is unusable, or the server refused.
+    Refused(String),
+}
+
 /// The client credentials grant with a private key JWT (RFC 7523 §2.2): the assertion's
 /// `iss` and `sub` are the client id, `aud` the authorization server's issuer, valid 5
-/// minutes.
+/// minutes. The token endpoint must be https (or http to this machine); no redirect is
+/// followed (it would post the assertion elsewhere); the answer is read up to
+/// [`ANSWER_LIMIT`] within 30 s.
 async fn private_key_jwt_grant(
     client_id: &str,
     key_file: &std::path::Path,
     metadata: &AuthorizationMetadata,
     resource: &str,
-) -> Result<OAuthTokenResponse, String> {
+) -> Result<OAuthTokenResponse, Grant> {
+    if !acceptable_endpoint(&metadata.token_endpoint) {
+        return Err(Grant::Refused(format!(
+            "the token endpoint {:?} is neither https nor http to this machine",
+            metadata.token_endpoint
+        )));
+    }
     let pem = tokio::fs::read(key_file)
         .await
-        .map_err(|e| format!("cannot read {}: {e}", key_file.display()))?;
+        .map_err(|e| Grant::Refused(format!("cannot read {}: {e}", key_file.display())))?;
     let (key, algorithm) = match jsonwebtoken::EncodingKey::from_ec_pem(&pem) {
         Ok(key) => (key, jsonwebtoken::Algorithm::ES256),
         Err(_) => (
             jsonwebtoken::EncodingKey::from_rsa_pem(&pem).map_err(|e| {
-                format!("{} holds no EC or RSA private key: {e}", key_file.display())
+                Grant::Refused(format!(
+                    "{} holds no EC or RSA private key: {e}",
+                    key_file.display()
+                ))
             })?,
             jsonwebtoken::Algorithm::RS256,
         ),
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| Grant::Refused(e.to_string()))?
         .as_secs();
     let audience = metadata
         .issuer
@@ -671,7 +825,7 @@ async fn private_key_jwt_grant(
         "iat": now, "exp": now + 300, "jti": format!("{jti:032x}"),
     });
     let assertion = jsonwebtoken::encode(&jsonwebtoken::Header::new(algorithm), &claims, &key)
-        .map_err(|e| format!("cannot sign the assertion: {e}"))?;
+        .map_err(|e| Grant::Refused(format!("cannot sign the assertion: {e}")))?;
     let form = [
         ("grant_type", "client_credentials"),
         (
@@ -684,24 +838,36 @@ async fn private_key_jwt_grant(
     let body = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(form)
         .finish();
+    let unreachable = |e: reqwest::Error| {
+        Grant::Unreachable(format!(
+            "the token endpoint: {}",
+            mag_common::error_chain(&e)
+        ))
+    };
     let answer = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
-        .map_err(|e| e.to_string())?
+        .map_err(unreachable)?
         .post(&metadata.token_endpoint)
         .header("content-type", "application/x-www-form-urlencoded")
         .header("accept", "application/json")
         .body(body)
         .send()
         .await
-        .map_err(|e| format!("the token endpoint: {}", mag_common::error_chain(&e)))?;
+        .map_err(unreachable)?;
     let status = answer.status();
-    let text = answer.text().await.map_err(|e| e.to_string())?;
+    let body = capped_body(answer)
+        .await
+        .map_err(|e| Grant::Unreachable(format!("the token endpoint's answer: {e}")))?;
     if !status.is_success() {
-        let shown: String = text.chars().take(300).collect();
-        return Err(format!("the token endpoint answered {status}: {shown}"));
+        let shown: String = String::from_utf8_lossy(&body).chars().take(300).collect();
+        return Err(Grant::Refused(format!(
+            "the token endpoint answered {status}: {shown}"
+        )));
     }
-    serde_json::from_str(&text).map_err(|e| format!("the token endpoint's answer: {e}"))
+    serde_json::from_slice(&body)
+        .map_err(|e| Grant::Refused(format!("the token endpoint's answer: {e}")))
 }
 
 impl Challenge {
@@ -721,5 +887,47 @@ impl Challenge {
             rmcp::ServiceError::TransportSend(e) => Self::find(&*e.error),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_https_or_loopback_http_endpoints_are_taken() {
+        for ok in [
+            "https://auth.example.com/authorize",
+            "http://localhost:8080/authorize",
+            "http://127.0.0.1/token",
+            "http://[::1]:9/authorize",
+            "http://app.localhost/authorize",
+        ] {
+            assert!(acceptable_endpoint(ok), "{ok}");
+        }
+        for bad in [
+            "javascript:fetch('//x/'+localStorage.token)//",
+            "http://auth.example.com/authorize",
+            "http://localhost.evil.com/authorize",
+            "file:///etc/passwd",
+            "data:text/html,hi",
+            "not a url",
+        ] {
+            assert!(!acceptable_endpoint(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_corrupt_token_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(store::TOKEN_FILE), b"{not json").unwrap();
+        let file = store::TokenFile::open(dir.path()).unwrap();
+        assert!(file.get("any", "https://h/mcp").is_none());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].starts_with("oauth-tokens.json.corrupt-"), "{names:?}");
     }
 }

@@ -193,6 +193,9 @@ impl Supervisor {
                             continue;
                         }
                         let wanted = state.wanted;
+                        // Its OAuth client and waiting authorizations were for the old entry.
+                        self.inner.ctx.oauth.forget_client(&name);
+                        state.authorization_url = None;
                         state.status = match (entry.disabled, state.status) {
                             (true, _) => Status::Disabled,
                             (false, Status::Disabled) => Status::Disconnected,
@@ -398,7 +401,10 @@ impl Supervisor {
                     reconnects: state.reconnects,
                     protocol_version: connection.map(|c| c.protocol_version().to_string()),
                     auto_approve: state.entry.auto_approve.clone(),
-                    authorization_url: state.authorization_url.clone(),
+                    authorization_url: state
+                        .authorization_url
+                        .clone()
+                        .filter(|url| self.inner.ctx.oauth.waits(url)),
                 };
                 (slot.name.clone(), view)
             })

@@ -200,15 +200,19 @@ async fn a_broken_authorization_server_is_a_clear_error_on_its_server_alone() {
         .await;
     let (status, page, _) = open(answer["authorization_url"].as_str().unwrap()).await;
     assert_eq!(status, 200, "{page}");
-    for (mode, says) in [("garbage", "needs authorization, but"), ("hang", "within")] {
+    // Garbage is a refusal (waits for a person); silence is an outage (tried again).
+    for (mode, kind, says) in [
+        ("garbage", "unauthorized", "needs authorization, but"),
+        ("hang", "transport", "within"),
+    ] {
         let (status, answer) = daemon
             .post("/connect_server", json!({"server_name": mode}))
             .await;
         assert_eq!(status, 400, "{mode}: {answer}");
-        assert_eq!(answer["kind"], "unauthorized", "{mode}: {answer}");
+        assert_eq!(answer["kind"], kind, "{mode}: {answer}");
         let state = daemon.server(mode).await;
         assert_eq!(state["status"], "failed", "{mode}: {state}");
-        assert_eq!(state["error_kind"], "unauthorized", "{mode}: {state}");
+        assert_eq!(state["error_kind"], kind, "{mode}: {state}");
         assert!(
             state["error"].as_str().unwrap().contains(says),
             "{mode}: {state}"
@@ -228,8 +232,9 @@ async fn mag_server_shows_the_authorization_and_takes_the_redirect_itself() {
     });
     mag.token = Some("oauth-test-token".into());
     mag.wait_running().await;
+    // 400, not 401: MAG's frontend would send its user to its login page.
     let (status, answer) = mag.post("/api/mcp/connect/remote", json!({})).await;
-    assert_eq!(status, 401, "{answer}");
+    assert_eq!(status, 400, "{answer}");
     assert_eq!(answer["code"], "authorization_required", "{answer}");
     let url = answer["authorization_url"].as_str().unwrap().to_string();
     let redirect = format!("{}/oauth/callback", mag.base);

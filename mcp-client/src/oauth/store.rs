@@ -49,21 +49,33 @@ pub struct TokenFile {
 }
 
 impl TokenFile {
-    /// Reads `DIR/oauth-tokens.json` (none yet: no records). Blocking: call it off the
+    /// Reads `DIR/oauth-tokens.json` (none yet: no records). A file that is not a token
+    /// file is moved aside (`oauth-tokens.json.corrupt-SECS`, logged) and the daemon starts
+    /// with no records: its servers ask for authorization again. Blocking: call it off the
     /// async threads.
     ///
     /// # Errors
-    /// The file exists but cannot be read or is not a token file (it is left as it is:
-    /// nothing is overwritten until an operator looks).
+    /// The file exists but cannot be read, or a corrupt one cannot be moved aside.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         let path = dir.join(TOKEN_FILE);
         let contents = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<Contents>(&bytes).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{} is not an OAuth token file: {e}", path.display()),
-                )
-            })?,
+            Ok(bytes) => match serde_json::from_slice::<Contents>(&bytes) {
+                Ok(contents) => contents,
+                Err(e) => {
+                    let secs = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    let aside = dir.join(format!("{TOKEN_FILE}.corrupt-{secs}"));
+                    std::fs::rename(&path, &aside)?;
+                    tracing::error!(
+                        "{} is not an OAuth token file ({e}); moved to {} and starting \
+                         without stored tokens",
+                        path.display(),
+                        aside.display()
+                    );
+                    Contents::default()
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Contents::default(),
             Err(e) => return Err(e),
         };

@@ -61,7 +61,7 @@ impl Supervisor {
         let cause = tokio::time::timeout(timeout, started)
             .await
             .unwrap_or_else(|_| {
-                ConnectError::Unauthorized(format!(
+                ConnectError::Transport(format!(
                     "server {server:?} needs authorization, but its authorization server did \
                      not answer within {timeout:?}"
                 ))
@@ -105,7 +105,11 @@ impl Supervisor {
                 return Err(Error::OAuthCallback(e));
             }
         };
-        let slot = self.slot(&server)?;
+        let Ok(slot) = self.slot(&server) else {
+            // Removed while its authorization waited: its tokens go too.
+            self.inner.ctx.oauth.forget(&server).await;
+            return Err(Error::UnknownServer(server));
+        };
         slot.state().authorization_url = None;
         slot.state().wanted = true;
         let tools = self.connect_slot(&slot).await?;
