@@ -147,6 +147,15 @@ pub enum GrantType {
 }
 
 impl ServerEntry {
+    /// Whether the entry's own `args` or `env` reference `${name}`: a stdio server that asks
+    /// for a variable gets it (see [`McpConfig::remote_secret_names`]).
+    pub fn asks_for(&self, name: &str) -> bool {
+        self.args
+            .iter()
+            .chain(self.env.values())
+            .any(|text| references(text).contains(&name))
+    }
+
     /// Whether the tool named `tool` is exposed: listed in `allowedTools` when that is
     /// given, and not in `disabledTools`.
     pub fn exposes(&self, tool: &str) -> bool {
@@ -316,6 +325,22 @@ pub fn references(text: &str) -> Vec<&str> {
 }
 
 impl McpConfig {
+    /// The variables whose values are meant for remote servers: those `${VAR}` references
+    /// in any entry's `url`, `headers` or `oauth.client_secret` name. mcp-client keeps them
+    /// from stdio servers that do not reference them themselves ([`ServerEntry::asks_for`]).
+    pub fn remote_secret_names(&self) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        for entry in self.servers.values() {
+            let texts = entry
+                .headers
+                .values()
+                .chain(entry.url.iter())
+                .chain(entry.oauth.iter().filter_map(|o| o.client_secret.as_ref()));
+            names.extend(texts.flat_map(|text| references(text)).map(str::to_string));
+        }
+        names
+    }
+
     /// What the `${VAR}` references of every entry (in `args`, `env`, `url`, `headers`,
     /// `oauth.client_secret`) expand to with `lookup`, each with the reference it is shown as (`${VAR}`): the
     /// secrets to redact from every log line and answer ([`crate::secrets`]).

@@ -126,6 +126,10 @@ pub struct ConnectContext {
     pub streamable_http: crate::transport::http::RepairingClient,
     /// Variables removed from stdio servers' environment (secrets of the daemon's own).
     pub scrub_env: Vec<String>,
+    /// Variables the config's remote entries reference (their URLs' and headers' keys):
+    /// removed from the environment of a stdio server that does not reference them itself.
+    /// Grows with each config applied (a removed entry's may still be in a child's hands).
+    pub remote_secrets: Arc<RwLock<std::collections::BTreeSet<String>>>,
     /// Where live process groups are recorded.
     pub ledger: Arc<Ledger>,
     /// How often a connected server is sent a `ping`; `None`: never.

@@ -164,6 +164,7 @@ pub async fn run(
             http,
             streamable_http,
             scrub_env: options.scrub_env.clone(),
+            remote_secrets: Default::default(),
             ledger: ledger.clone(),
             ping_interval: options.ping_interval,
             tasks: tokio_util::task::TaskTracker::new(),

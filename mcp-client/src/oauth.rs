@@ -928,6 +928,9 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
-        assert!(names[0].starts_with("oauth-tokens.json.corrupt-"), "{names:?}");
+        assert!(
+            names[0].starts_with("oauth-tokens.json.corrupt-"),
+            "{names:?}"
+        );
     }
 }

@@ -149,6 +149,12 @@ impl Supervisor {
                 .unwrap_or_else(|p| p.into_inner());
             known.extend(config.secret_values(|name| std::env::var(name).ok()));
             mag_common::secrets::global().set("config", known.clone());
+            self.inner
+                .ctx
+                .remote_secrets
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(config.remote_secret_names());
         }
         let mut report = ApplyReport::default();
         let mut removed = Vec::new();

@@ -91,7 +91,8 @@ async fn expanded_secrets_never_reach_an_answer_or_a_log_file() {
     assert_eq!(env["status"], "success", "{env}");
     let env = env.to_string();
     assert!(env.contains("PATH"), "{env}");
-    for secret in [LLM_KEY, API_TOKEN, JWT] {
+    // Nor the key of the remote entries' URLs: it is for them, not for a stdio server.
+    for secret in [LLM_KEY, API_TOKEN, JWT, SECRET] {
         assert!(!env.contains(secret), "{secret} reached a server: {env}");
     }
 

@@ -286,3 +286,20 @@ fn oauth_settings_are_read_and_checked() {
         assert!(error.to_string().contains(why), "{entry}: {error}");
     }
 }
+
+#[test]
+fn remote_keys_are_known_and_a_stdio_entry_may_ask_for_one() {
+    let config = parse(
+        r#"{"mcpServers": {
+            "gh": {"url": "https://h/mcp?k=${URL_KEY}", "headers": {"Authorization": "Bearer ${HDR_KEY}"},
+                   "oauth": {"client_id": "a", "client_secret": "${OAUTH_KEY}"}},
+            "local": {"command": "x", "env": {"TOKEN": "${HDR_KEY}"}, "args": ["--k", "${ARG_KEY}"]}
+        }}"#,
+    )
+    .unwrap();
+    let names: Vec<String> = config.remote_secret_names().into_iter().collect();
+    assert_eq!(names, ["HDR_KEY", "OAUTH_KEY", "URL_KEY"]);
+    let local = &config.servers["local"];
+    assert!(local.asks_for("HDR_KEY") && local.asks_for("ARG_KEY"));
+    assert!(!local.asks_for("URL_KEY"));
+}

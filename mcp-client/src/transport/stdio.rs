@@ -47,7 +47,9 @@ pub struct Spawned {
 
 /// Starts `entry` (a stdio entry) as the leader of a new process group
 /// ([`process_group::spawn_leader`]), with `${VAR}` expanded in `args` and `env`, the
-/// variables in `ctx.scrub_env` removed (an `ai_generated` entry keeps only
+/// variables in `ctx.scrub_env` removed, and those of remote entries' keys
+/// (`ctx.remote_secrets`) unless its own `args` or `env` reference them (an `ai_generated`
+/// entry keeps only
 /// [`is_base_env`] ones: it never inherits the operator's keys and tokens), stderr copied to
 /// `log`.
 /// The group is recorded in the daemon's [`Ledger`] until it has ended, and the child gets
@@ -74,6 +76,14 @@ pub async fn spawn(
     }
     // After the base environment, so a scrubbed variable stays out whatever its name.
     for name in &ctx.scrub_env {
+        command.env_remove(name);
+    }
+    let remote = ctx
+        .remote_secrets
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for name in remote.iter().filter(|name| !entry.asks_for(name)) {
         command.env_remove(name);
     }
     for arg in &entry.args {
