@@ -303,7 +303,11 @@ pub enum ConnectError {
     Unauthorized(String),
     /// `authorization_required`: a user must approve mcp-client's access at this URL
     /// (SPEC §10); the redirect to `/oauth/callback` then connects the server.
-    #[error("the server needs authorization: open {0} to approve mcp-client's access")]
+    // The URL is not in the text: it goes only where it is asked for (`authorization_url`).
+    #[error(
+        "the server needs authorization: a user must open its authorization_url to approve \
+         mcp-client's access"
+    )]
     AuthorizationRequired(String),
 }
 

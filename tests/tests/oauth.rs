@@ -227,11 +227,42 @@ async fn mag_server_shows_the_authorization_and_takes_the_redirect_itself() {
     let (_server, base) = oauth_server(3600);
     let mut mag = mag_tests::mag::MagServer::start_with(mag_tests::mag::MagOptions {
         servers: json!({"remote": {"url": format!("{base}/mcp")}}),
-        env: vec![("MAG_API_TOKEN".into(), "oauth-test-token".into())],
+        env: vec![
+            ("MAG_API_TOKEN".into(), "oauth-test-token".into()),
+            ("JWT_SECRET_KEY".into(), "oauth-test-jwt-secret".into()),
+        ],
         ..Default::default()
     });
-    mag.token = Some("oauth-test-token".into());
     mag.wait_running().await;
+    // A MAG user who does not own the server is not shown where to authorize it: whoever
+    // approves decides whose account everyone's calls use.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    mag.token = Some(
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"sub": "bob", "type": "access", "role": "user", "exp": now + 600}),
+            &jsonwebtoken::EncodingKey::from_secret(b"oauth-test-jwt-secret"),
+        )
+        .unwrap(),
+    );
+    let (status, answer) = mag.post("/api/mcp/connect/remote", json!({})).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["code"], "authorization_required", "{answer}");
+    assert!(answer.get("authorization_url").is_none(), "{answer}");
+    let (_, servers) = mag.get("/api/mcp/status").await;
+    assert_eq!(
+        servers["remote"]["status"], "needs_authorization",
+        "{servers}"
+    );
+    assert!(
+        servers["remote"].get("authorization_url").is_none(),
+        "{servers}"
+    );
+    assert!(!servers.to_string().contains("/authorize?"), "{servers}");
+    mag.token = Some("oauth-test-token".into());
     // 400, not 401: MAG's frontend would send its user to its login page.
     let (status, answer) = mag.post("/api/mcp/connect/remote", json!({})).await;
     assert_eq!(status, 400, "{answer}");

@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::{AppResult, Body, Segment, St, Who};
+use crate::auth::Caller;
 use crate::control::{Connected, FolderLeft, Saved, ToolTest};
 use crate::error::{Error, Result};
 
@@ -340,8 +341,45 @@ pub(super) async fn remove(
 
 /// `GET /api/mcp/status`: mcp-client's `/servers`, `{NAME: {"connected", "status",
 /// "tools", "error", "pid", …}}`.
-pub(super) async fn status(State(state): St) -> Result<Json<Servers>> {
-    state.plane.status().await.map(Json)
+///
+/// A JWT user who is not an admin sees an `authorization_url` only for their own servers
+/// ([`may_authorize`]).
+pub(super) async fn status(State(state): St, Who(caller): Who) -> Result<Json<Servers>> {
+    let mut servers = state.plane.status().await?;
+    if servers
+        .values()
+        .any(|view| view.authorization_url.is_some())
+    {
+        let owners = owners(&state).await?;
+        for (name, view) in &mut servers {
+            if !may_authorize(&caller, owners.get(name)) {
+                view.authorization_url = None;
+            }
+        }
+    }
+    Ok(Json(servers))
+}
+
+/// The `provider_user_id` of each server that has one.
+async fn owners(state: &super::AppState) -> Result<BTreeMap<String, String>> {
+    Ok(state
+        .plane
+        .config()
+        .await?
+        .servers
+        .into_iter()
+        .filter_map(|(name, entry)| {
+            let owner = entry.get("provider_user_id")?.as_str()?.to_string();
+            Some((name, owner))
+        })
+        .collect())
+}
+
+/// Whether `caller` may see where to authorize a server of `owner` (SPEC §10): whoever
+/// approves decides whose account the server's calls use, for every user of the daemon.
+/// So a JWT user may for their own servers; admins and the operator (no JWT) for all.
+fn may_authorize(caller: &Caller, owner: Option<&String>) -> bool {
+    !caller.from_token || caller.admin || owner.is_some_and(|owner| *owner == caller.user_id)
 }
 
 /// `POST /api/mcp/connect/{name}`: mcp-client's answer, `{"status": "connected", "server",
@@ -349,11 +387,30 @@ pub(super) async fn status(State(state): St) -> Result<Json<Servers>> {
 /// {"total_servers", "successful_connections", "failed_connections", "already_connected"},
 /// "servers": {NAME: {"status": "connected" | "already_connected" | "failed", "tools",
 /// "error"?}}, "tools": {NAME: [names]}}` (disabled servers left out).
-pub(super) async fn connect(State(state): St, path: Segment) -> AppResult {
+pub(super) async fn connect(State(state): St, Who(caller): Who, path: Segment) -> AppResult {
     let name = name(path)?;
     if !name.eq_ignore_ascii_case("all") {
-        let answer = state.plane.connect(&name).await?;
-        return Ok(Json(json!(answer)));
+        return match state.plane.connect(&name).await {
+            Ok(answer) => Ok(Json(json!(answer))),
+            Err(Error::Upstream {
+                status,
+                code,
+                detail,
+                kind,
+                authorization_url: Some(url),
+            }) => {
+                let owners = owners(&state).await?;
+                let shown = may_authorize(&caller, owners.get(&name)).then_some(url);
+                Err(Error::Upstream {
+                    status,
+                    code,
+                    detail,
+                    kind,
+                    authorization_url: shown,
+                })
+            }
+            Err(e) => Err(e),
+        };
     }
     let outcomes = state.plane.connect_all().await?;
     let mut servers = BTreeMap::new();
