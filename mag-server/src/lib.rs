@@ -90,7 +90,10 @@ pub async fn run(
     })?;
     let client = McpClient::new(settings.client_listen)?;
     // Authorization servers send the browser back to mag-server, which forwards it.
-    let oauth_redirect = format!("http://{addr}/oauth/callback");
+    let oauth_redirect = settings
+        .oauth_redirect_uri
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}/oauth/callback"));
     let supervisor = Supervisor::new(&settings, client.clone(), store.clone(), oauth_redirect);
     supervisor.start();
     let plane = ControlPlane::new(

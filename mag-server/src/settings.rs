@@ -132,6 +132,11 @@ pub struct Cli {
     /// Largest mcp.json read or written, in bytes (also mcp-client's) [default: 4194304].
     #[arg(long, env = "MAG_CONFIG_LIMIT", value_name = "BYTES")]
     pub config_limit: Option<u64>,
+    /// Where authorization servers send the browser back after a user approves a remote
+    /// server's OAuth, when the browser reaches mag-server under another address (a reverse
+    /// proxy) [default: http://LISTEN/oauth/callback].
+    #[arg(long, env = "MAG_OAUTH_REDIRECT_URI", value_name = "URL")]
+    pub oauth_redirect_uri: Option<String>,
 }
 
 /// The TOML file's keys (the flags' names with `_`); unknown keys are an error.
@@ -159,6 +164,7 @@ struct FileSettings {
     allowed_hosts: Option<Vec<String>>,
     max_connections: Option<usize>,
     config_limit: Option<u64>,
+    oauth_redirect_uri: Option<String>,
     #[serde(default)]
     models: Vec<Model>,
 }
@@ -271,6 +277,9 @@ pub struct Settings {
     pub max_connections: usize,
     /// Largest `mcp.json` read or written, in bytes.
     pub config_limit: u64,
+    /// The OAuth redirect URI mcp-client is started with; `None`: mag-server's own
+    /// `/oauth/callback` on its bound address.
+    pub oauth_redirect_uri: Option<String>,
 }
 
 /// The variables that hold mag-server's own secrets besides the models' keys: never passed
@@ -456,6 +465,7 @@ impl Settings {
                 .config_limit
                 .or(file.config_limit)
                 .unwrap_or(mag_common::config::DEFAULT_CONFIG_LIMIT),
+            oauth_redirect_uri: cli.oauth_redirect_uri.or(file.oauth_redirect_uri),
         };
         settings.check()?;
         Ok(settings)

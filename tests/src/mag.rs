@@ -38,6 +38,7 @@ const MAG_ENV: &[&str] = &[
     "MAG_STUCK_AFTER",
     "MAG_CONNECT_CONCURRENCY",
     "MAG_PYTHON",
+    "MAG_OAUTH_REDIRECT_URI",
     "MONGODB_URL",
     "MONGODB_DB",
 ];
