@@ -528,8 +528,9 @@ impl Connection {
     ) -> Result<T, CallError> {
         tokio::select! {
             result = tokio::time::timeout(limit, request) => match result {
-                Ok(Err(ref e)) if Challenge::in_request(e).is_some() => {
-                    Err(Challenge::in_request(e).map_or(CallError::Cancelled, CallError::Challenged))
+                // A 401 or 403 fails this request only: the session stays (SPEC §10).
+                Ok(Err(e)) if Challenge::in_request(&e).is_some() => {
+                    Err(Challenge::in_request(&e).map_or_else(|| self.closed_error(), CallError::Challenged))
                 }
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(rmcp::ServiceError::McpError(e))) => Err(CallError::Server(e.message.to_string())),
@@ -706,54 +707,6 @@ where
     }
 }
 
-/// Why a session could not be opened: a failure, or a 401 / 403 that OAuth may answer.
-enum Refusal {
-    Failed(ConnectError),
-    Challenged(Challenge),
-}
-
-impl From<ConnectError> for Refusal {
-    fn from(e: ConnectError) -> Self {
-        Self::Failed(e)
-    }
-}
-
-impl Refusal {
-    /// The connect's error: a challenge starts the authorization it asks for (SPEC §10).
-    async fn answer(self, name: &str, entry: &ServerEntry, ctx: &ConnectContext) -> ConnectError {
-        let challenge = match self {
-            Self::Failed(e) => return e,
-            Self::Challenged(challenge) => challenge,
-        };
-        let url = match transport::expanded_url(entry) {
-            Ok(url) => url,
-            Err(e) => return e,
-        };
-        // Discovery and registration talk to the authorization server: bounded as the
-        // connect is.
-        let started = async {
-            match &challenge {
-                Challenge::Unauthorized(_) => ctx.oauth.begin(name, entry, &url, &challenge).await,
-                Challenge::InsufficientScope { scope, .. } => {
-                    match ctx.oauth.step_up(name, scope.as_deref()).await {
-                        Ok(url) => ConnectError::AuthorizationRequired(url),
-                        Err(e) => e,
-                    }
-                }
-            }
-        };
-        tokio::time::timeout(entry.timeout, started)
-            .await
-            .unwrap_or_else(|_| {
-                ConnectError::Transport(format!(
-                    "server {name:?} needs authorization, but its authorization server did not \
-                     answer within {:?}",
-                    entry.timeout
-                ))
-            })
-    }
-}
-
 /// How long a failed handshake waits for the process's exit, or an exited process for its
 /// last answer to be read, to tell which is the cause.
 const EXIT_ANSWER_WAIT: Duration = Duration::from_millis(500);
@@ -843,9 +796,11 @@ async fn watch(
 }
 
 mod handler;
+mod refusal;
 mod relay;
 mod tools;
 use handler::Handler;
+use refusal::Refusal;
 pub use relay::{Caller, EVENT_BACKLOG, ServerEvent};
 use relay::{CancelOnDrop, Relay, Relayed, cancelled_notification};
 use tools::list_all_tools;
