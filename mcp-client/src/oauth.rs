@@ -34,7 +34,7 @@ use mag_common::config::{GrantType, OAuthSettings, ServerEntry, expand_vars};
 
 use crate::error::ConnectError;
 use crate::transport::http::RepairingClient;
-use discovery::{acceptable_endpoint, discover};
+use discovery::discover;
 use store::{ServerCredentials, TokenFile};
 
 /// The HTTP backend of an authorized server's streamable HTTP transport: every request
@@ -377,16 +377,6 @@ impl OAuth {
         let metadata = discover(&manager, url, Some(challenge))
             .await
             .map_err(|e| auth_failure(server, "finding its authorization server", e))?;
-        if !acceptable_endpoint(&metadata.authorization_endpoint) {
-            return Err(unauthorized(
-                server,
-                "its authorization endpoint",
-                format!(
-                    "{:?} is neither https nor http to this machine",
-                    metadata.authorization_endpoint
-                ),
-            ));
-        }
         let metadata_documents = metadata
             .additional_fields
             .get("client_id_metadata_document_supported")
@@ -661,6 +651,7 @@ impl Challenge {
 
 #[cfg(test)]
 mod tests {
+    use super::discovery::acceptable_endpoint;
     use super::*;
 
     #[test]

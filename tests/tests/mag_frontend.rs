@@ -336,11 +336,24 @@ async fn mags_frontend_pages_work_for_jwt_users() {
     assert_eq!(config["mcpServers"]["second"]["provider_user_id"], "bob");
     assert!(config["mcpServers"]["second"]["created_at"].is_string());
     let (status, refused) = alice
-        .remove_mcp_servers(&["second"], &config["version"])
+        .remove_mcp_servers(&["second", "ghost"], &config["version"])
         .await;
     assert_eq!(status, 200, "{refused}");
     assert_eq!(refused["status"], "permission_denied", "{refused}");
     assert_eq!(refused["permission_denied_servers"], json!(["second"]));
+    assert_eq!(refused["not_found_servers"], json!(["ghost"]), "{refused}");
+    // Nor may she claim it through a whole-config save; a server she adds there is hers.
+    let mut claimed = config["mcpServers"].clone();
+    claimed["second"]["provider_user_id"] = json!("alice");
+    claimed["third"] = form_entry(60);
+    let (status, saved) = alice
+        .update_mcp_config(json!({"mcpServers": claimed}), &config["version"])
+        .await;
+    assert_eq!(status, 200, "{saved}");
+    let (_, config) = alice.get_mcp_config().await;
+    assert_eq!(config["mcpServers"]["second"]["provider_user_id"], "bob");
+    assert_eq!(config["mcpServers"]["third"]["provider_user_id"], "alice");
+    assert_eq!(config["mcpServers"]["py"]["provider_user_id"], "alice");
     let (status, removed) = bob
         .remove_mcp_servers(&["second"], &config["version"])
         .await;

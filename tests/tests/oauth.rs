@@ -90,6 +90,26 @@ async fn a_server_authorized_once_reconnects_refreshes_and_asks_again_when_revok
         .await;
     assert_eq!(again["authorization_url"], url.as_str(), "{again}");
 
+    // An MCP client of the gateway is told the server needs authorization, not where.
+    let gateway = browser()
+        .post(format!("{}/servers/remote/mcp", daemon.base))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(gateway.contains("needs authorization"), "{gateway}");
+    assert!(!gateway.contains("/authorize?"), "{gateway}");
+
     // A redirect with an unknown state changes nothing.
     let (status, page, _) = open(&format!(
         "{}/oauth/callback?code=made-up&state=made-up",

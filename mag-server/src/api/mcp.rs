@@ -104,8 +104,9 @@ pub(super) struct SetConfigBody<'a> {
 
 /// `POST /api/mcp/config`: `{"status": {"message"|"warning", "version"}, "version",
 /// "applied": {"added", "updated", "removed"} | null, "failed_removals": [{"server",
-/// "error"}]}`.
-pub(super) async fn set_config(State(state): St, request: Request) -> AppResult {
+/// "error"}]}`. For a JWT user, as MAG: existing servers keep their `provider_user_id` and
+/// `created_at` (a user who is not an admin cannot change them), new ones are theirs.
+pub(super) async fn set_config(State(state): St, Who(caller): Who, request: Request) -> AppResult {
     let bytes = read_body(request, state.body_limit).await?;
     if bytes.trim_ascii_start().first() != Some(&b'{')
         && serde_json::from_slice::<Value>(&bytes).is_ok()
@@ -122,7 +123,12 @@ pub(super) async fn set_config(State(state): St, request: Request) -> AppResult 
              from GET /api/mcp/config)",
         ));
     };
-    let replaced = state.plane.set_config(config.get(), body.version).await?;
+    let owned = match caller.from_token {
+        true => with_owners(&state, &caller, config.get()).await?,
+        false => None,
+    };
+    let text = owned.as_deref().unwrap_or(config.get());
+    let replaced = state.plane.set_config(text, body.version).await?;
     let saved = &replaced.saved;
     Ok(Json(json!({
         "status": status_of(saved),
@@ -130,6 +136,52 @@ pub(super) async fn set_config(State(state): St, request: Request) -> AppResult 
         "applied": saved.applied.as_ref().ok(),
         "failed_removals": folders_left(&replaced.folders_left),
     })))
+}
+
+/// `text` (a whole config) with MAG's ownership fields as `caller` may write them: an
+/// existing server keeps the recorded `provider_user_id` and `created_at` (an admin may set
+/// others), a new one gets the caller's. `None` for a text the config parser refuses (the
+/// control plane answers why).
+async fn with_owners(
+    state: &super::AppState,
+    caller: &Caller,
+    text: &str,
+) -> Result<Option<String>> {
+    if mag_common::config::McpConfig::parse(text).is_err() {
+        return Ok(None);
+    }
+    let Ok(mut config) = serde_json::from_str::<Value>(text) else {
+        return Ok(None);
+    };
+    let current = state.plane.config().await?.servers;
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let Some(Value::Object(servers)) = config.get_mut("mcpServers") else {
+        return Ok(None);
+    };
+    for (name, entry) in servers.iter_mut() {
+        let Value::Object(fields) = entry else {
+            continue;
+        };
+        let Some(old) = current.get(name) else {
+            if !caller.admin || !fields.contains_key("provider_user_id") {
+                fields.insert("provider_user_id".into(), json!(caller.user_id));
+                fields.insert("created_at".into(), json!(now));
+            }
+            continue;
+        };
+        for key in ["provider_user_id", "created_at"] {
+            match old.get(key) {
+                Some(value) if !caller.admin || !fields.contains_key(key) => {
+                    fields.insert(key.into(), value.clone());
+                }
+                None if !caller.admin => {
+                    fields.remove(key);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(serde_json::to_string(&config).ok())
 }
 
 #[derive(Deserialize)]
@@ -255,10 +307,15 @@ pub(super) async fn remove(
     let requested = names.len();
     let mut denied = Vec::new();
     let mut names = names;
+    let mut version = version;
+    let mut current = None;
     if caller.from_token && !caller.admin {
         // As MAG: a stale version is a 409 before anything else.
         let file = state.plane.config().await?;
         crate::control::check_version(version.as_ref(), &file.version)?;
+        // The owners were read from this revision: the removal applies to it only.
+        version = Some(json!(file.version));
+        current = Some(file.version);
         let servers = file.servers;
         names.retain(|name| {
             let owner = servers
@@ -284,6 +341,7 @@ pub(super) async fn remove(
             "traditional_count": 0,
             "total_requested": requested,
             "update_result": null,
+            "current_version": current,
         })));
     }
     let removed = state.plane.remove(names, version).await?;
@@ -328,7 +386,14 @@ pub(super) async fn remove(
     answer["traditional_count"] = json!(removed.removed.len() - removed.ai_generated);
     answer["total_requested"] = json!(requested);
     answer["permission_denied_servers"] = json!(denied);
-    if !denied.is_empty() && answer["status"] == "success" {
+    if !denied.is_empty() && removed.removed.is_empty() {
+        answer["status"] = json!("permission_denied");
+        answer["message"] = json!(format!(
+            "none of the servers was removed: {} belong to other users, {} do not exist",
+            denied.len(),
+            removed.not_found.len()
+        ));
+    } else if !denied.is_empty() && answer["status"] == "success" {
         answer["status"] = json!("partial_success");
         answer["message"] = json!(format!(
             "removed {} servers; {} belong to other users",

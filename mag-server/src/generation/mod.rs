@@ -104,8 +104,10 @@ struct Inner {
 }
 
 /// The conversation round a generated tool comes from: an `<end>END</end>` after round
-/// `round` of `conversation_id`. Kept in the tool's `mcp.json` entry (`"conversation_id"`,
-/// `"conversation_round"`, `"conversation_created_at"`), so a retried end (a client that
+/// `round` of `conversation_id`, whose user owns the tool (`provider_user_id`, as MAG
+/// records it: only they and admins may remove it). Kept in the tool's `mcp.json` entry
+/// (`"conversation_id"`, `"conversation_round"`, `"conversation_created_at"`,
+/// `"provider_user_id"`), so a retried end (a client that
 /// timed out during pip, or a retry after a restart) answers the tool already installed
 /// instead of a second copy. The creation time tells a conversation from a later one that
 /// reuses its id after a delete.
@@ -117,16 +119,19 @@ pub struct ToolOrigin {
     pub round: i64,
     /// When it was created (RFC 3339, milliseconds, UTC).
     pub created_at: String,
+    /// The conversation's user.
+    pub owner: String,
 }
 
 impl ToolOrigin {
     /// The fields it adds to the tool's `mcp.json` entry: `{"conversation_id",
-    /// "conversation_round", "conversation_created_at"}`.
+    /// "conversation_round", "conversation_created_at", "provider_user_id"}`.
     pub fn fields(&self) -> Map<String, Value> {
         let mut fields = Map::new();
         fields.insert("conversation_id".into(), json!(self.conversation_id));
         fields.insert("conversation_round".into(), json!(self.round));
         fields.insert("conversation_created_at".into(), json!(self.created_at));
+        fields.insert("provider_user_id".into(), json!(self.owner));
         fields
     }
 
@@ -136,6 +141,7 @@ impl ToolOrigin {
             && self
                 .fields()
                 .iter()
+                .filter(|(key, _)| *key != "provider_user_id")
                 .all(|(key, value)| entry.get(key) == Some(value))
     }
 }
@@ -721,6 +727,7 @@ impl Generator {
             conversation_id: record.conversation.id.clone(),
             round: record.conversation.round_count,
             created_at: crate::store::rfc3339(record.conversation.created_at),
+            owner: record.conversation.user_id.clone(),
         };
         let installed = self.install(files, Some(origin)).await?;
         let _ = events.send(Event::Completion {

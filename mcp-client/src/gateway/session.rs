@@ -300,10 +300,9 @@ fn rpc_error(e: Error) -> ErrorData {
         }
         _ => ErrorCode::INTERNAL_ERROR,
     };
-    let data = e
-        .authorization_url()
-        .map(|url| serde_json::json!({"authorization_url": url}));
-    ErrorData::new(code, redact(&e.to_string()), data)
+    // An authorization URL is not handed to MCP clients: whoever approves it decides whose
+    // account every client's calls use (the operator reads it in `/servers`).
+    ErrorData::new(code, redact(&e.to_string()), None)
 }
 
 /// An MCP error for a failure after a request was sent: the server's own error as it sent

@@ -50,6 +50,30 @@ pub(super) async fn discover(
     url: &str,
     challenge: Option<&str>,
 ) -> Result<AuthorizationMetadata, AuthError> {
+    let metadata = resolve(manager, url, challenge).await?;
+    // The code, the client secret and the tokens go to these: never in clear text to
+    // another machine, never to a `javascript:` URL handed to a browser.
+    let endpoints = [
+        Some(&metadata.authorization_endpoint),
+        Some(&metadata.token_endpoint),
+        metadata.registration_endpoint.as_ref(),
+    ];
+    for endpoint in endpoints.into_iter().flatten() {
+        if !acceptable_endpoint(endpoint) {
+            return Err(AuthError::MetadataError(format!(
+                "the authorization server's endpoint {endpoint:?} is neither https nor http \
+                 to this machine"
+            )));
+        }
+    }
+    Ok(metadata)
+}
+
+async fn resolve(
+    manager: &AuthorizationManager,
+    url: &str,
+    challenge: Option<&str>,
+) -> Result<AuthorizationMetadata, AuthError> {
     match manager.resolve_metadata_from_challenge(challenge).await {
         Ok(resolution) => Ok(resolution.metadata),
         Err(AuthError::AuthorizationServerMismatch { .. }) => {

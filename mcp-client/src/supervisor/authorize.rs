@@ -45,12 +45,19 @@ impl Supervisor {
                     };
                     self.disconnect_slot(&slot, "the server no longer takes mcp-client's token")
                         .await;
-                    let mut state = slot.state();
-                    state.status = Status::Failed;
-                    state.error = Some(cause.to_string());
-                    state.error_kind = Some(cause.code());
-                    if matches!(cause, ConnectError::AuthorizationRequired(_)) {
-                        state.status = Status::NeedsAuthorization;
+                    {
+                        let mut state = slot.state();
+                        state.status = Status::Failed;
+                        state.error = Some(cause.to_string());
+                        state.error_kind = Some(cause.code());
+                        if matches!(cause, ConnectError::AuthorizationRequired(_)) {
+                            state.status = Status::NeedsAuthorization;
+                        }
+                    }
+                    if !cause.needs_user() {
+                        // The authorization server is out of reach: try again later.
+                        slot.state().wanted = true;
+                        self.schedule_reconnect(&slot);
                     }
                     cause
                 }

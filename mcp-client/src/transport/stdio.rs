@@ -83,7 +83,11 @@ pub async fn spawn(
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    for name in remote.iter().filter(|name| !entry.asks_for(name)) {
+    // (A base variable such as HOME or USER in a remote URL is no secret to keep.)
+    for name in remote
+        .iter()
+        .filter(|name| !entry.asks_for(name) && !is_base_env(name))
+    {
         command.env_remove(name);
     }
     for arg in &entry.args {

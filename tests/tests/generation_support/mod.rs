@@ -272,6 +272,8 @@ pub async fn design_and_install(mag: &MagServer, llm: &ScriptedLlm) -> String {
     assert_eq!(entry["transportType"], "stdio");
     assert_eq!(entry["conversation_id"], id.as_str(), "{entry}");
     assert_eq!(entry["conversation_round"], 2, "{entry}");
+    // Its owner, as MAG records it: the conversation's user.
+    assert_eq!(entry["provider_user_id"], "default_user", "{entry}");
     assert!(entry["conversation_created_at"].is_string(), "{entry}");
     let folder = Path::new(entry["cwd"].as_str().unwrap());
     assert!(folder.join(".venv/bin/python").exists());
