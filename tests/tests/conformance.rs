@@ -110,6 +110,10 @@ scenarios! {
     auth_2025_03_26_oauth_endpoint_fallback => "auth/2025-03-26-oauth-endpoint-fallback",
     auth_client_credentials_basic => "auth/client-credentials-basic",
     auth_client_credentials_jwt => "auth/client-credentials-jwt",
+    // The suite's draft-revision auth scenarios, which pass too.
+    auth_resource_mismatch => "auth/resource-mismatch",
+    auth_offline_access_scope => "auth/offline-access-scope",
+    auth_offline_access_not_supported => "auth/offline-access-not-supported",
 }
 
 /// The suite's server scenarios (`--suite all`) against `url`: the names of the scenarios that
