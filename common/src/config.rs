@@ -150,10 +150,23 @@ impl ServerEntry {
     /// Whether the entry's own `args` or `env` reference `${name}`: a stdio server that asks
     /// for a variable gets it (see [`McpConfig::remote_secret_names`]).
     pub fn asks_for(&self, name: &str) -> bool {
-        self.args
-            .iter()
-            .chain(self.env.values())
+        self.local_texts()
             .any(|text| references(text).contains(&name))
+    }
+
+    /// The entry's texts that may reference `${VAR}`s for the server's own process: `args`
+    /// and `env` values.
+    fn local_texts(&self) -> impl Iterator<Item = &String> {
+        self.args.iter().chain(self.env.values())
+    }
+
+    /// The entry's texts that may reference `${VAR}`s sent to a remote server: `headers`
+    /// values, `url`, `oauth.client_secret`.
+    fn remote_texts(&self) -> impl Iterator<Item = &String> {
+        self.headers
+            .values()
+            .chain(self.url.iter())
+            .chain(self.oauth.iter().filter_map(|o| o.client_secret.as_ref()))
     }
 
     /// Whether the tool named `tool` is exposed: listed in `allowedTools` when that is
@@ -331,11 +344,7 @@ impl McpConfig {
     pub fn remote_secret_names(&self) -> std::collections::BTreeSet<String> {
         let mut names = std::collections::BTreeSet::new();
         for entry in self.servers.values() {
-            let texts = entry
-                .headers
-                .values()
-                .chain(entry.url.iter())
-                .chain(entry.oauth.iter().filter_map(|o| o.client_secret.as_ref()));
+            let texts = entry.remote_texts();
             names.extend(texts.flat_map(|text| references(text)).map(str::to_string));
         }
         names
@@ -347,13 +356,7 @@ impl McpConfig {
     pub fn secret_values(&self, lookup: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
         let mut found = std::collections::BTreeMap::new();
         for entry in self.servers.values() {
-            let texts = entry
-                .args
-                .iter()
-                .chain(entry.env.values())
-                .chain(entry.headers.values())
-                .chain(entry.url.iter())
-                .chain(entry.oauth.iter().filter_map(|o| o.client_secret.as_ref()));
+            let texts = entry.local_texts().chain(entry.remote_texts());
             for name in texts.flat_map(|text| references(text)) {
                 if let Some(value) = lookup(name) {
                     found.insert(value, format!("${{{name}}}"));
@@ -625,19 +628,7 @@ impl RawEntry {
                 );
             }
         }
-        let references = self
-            .args
-            .iter()
-            .chain(self.env.values())
-            .chain(self.headers.values())
-            .chain(self.url.iter())
-            .chain(self.oauth.iter().filter_map(|o| o.client_secret.as_ref()));
-        for text in references {
-            if let Err(ExpandError::Malformed(what)) = expand_vars(text, |_| Some(String::new())) {
-                return Err(format!("malformed variable reference {what}"));
-            }
-        }
-        Ok(ServerEntry {
+        let entry = ServerEntry {
             transport,
             command: self.command,
             args: self.args,
@@ -656,7 +647,13 @@ impl RawEntry {
             disabled_tools: self.disabled_tools,
             oauth: self.oauth,
             extra: self.extra,
-        })
+        };
+        for text in entry.local_texts().chain(entry.remote_texts()) {
+            if let Err(ExpandError::Malformed(what)) = expand_vars(text, |_| Some(String::new())) {
+                return Err(format!("malformed variable reference {what}"));
+            }
+        }
+        Ok(entry)
     }
 }
 
