@@ -340,6 +340,21 @@ impl MagServer {
     }
 }
 
+/// A MAG access or refresh token (`kind`: `"access"` | `"refresh"`), HS256 over `secret`:
+/// claims `sub`, `type`, `role`, `exp` = now + `exp_in` seconds (negative: expired).
+pub fn mag_jwt(secret: &str, sub: &str, kind: &str, role: &str, exp_in: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs() as i64;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": sub, "type": kind, "role": role, "exp": now + exp_in}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("an HS256 token")
+}
+
 /// A shell script in `dir` that runs `body`, made executable; its path.
 pub fn script(dir: &std::path::Path, name: &str, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;

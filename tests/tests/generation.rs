@@ -8,6 +8,7 @@ mod generation_support;
 use std::time::Duration;
 
 use mag_tests::llm::Reply;
+use mag_tests::mag::mag_jwt;
 use mongodb::bson::doc;
 use serde_json::{Value, json};
 
@@ -401,20 +402,6 @@ async fn a_real_llm_endpoint_when_configured() {
     let answer = generate(&mag, body).await;
     assert!(answer.done && answer.find("saved").is_some(), "{answer:?}");
     assert!(!answer.text().is_empty());
-}
-
-/// A MAG token (HS256 over `secret`): `sub`, `type`, `role`, expiring `exp_in` s from now.
-fn mag_jwt(secret: &str, sub: &str, kind: &str, role: &str, exp_in: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": sub, "type": kind, "role": role, "exp": now + exp_in}),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

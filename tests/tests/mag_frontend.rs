@@ -203,16 +203,7 @@ fn mongo_id() -> String {
 }
 
 fn mag_jwt(sub: &str, kind: &str, role: &str, exp_in: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": sub, "type": kind, "role": role, "exp": now + exp_in}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    mag_tests::mag::mag_jwt(SECRET, sub, kind, role, exp_in)
 }
 
 /// An entry as MAG's server form writes it (`types/mcp.ts`' `MCPServerConfig`).

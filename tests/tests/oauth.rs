@@ -256,18 +256,13 @@ async fn mag_server_shows_the_authorization_and_takes_the_redirect_itself() {
     mag.wait_running().await;
     // A MAG user who does not own the server is not shown where to authorize it: whoever
     // approves decides whose account everyone's calls use.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    mag.token = Some(
-        jsonwebtoken::encode(
-            &jsonwebtoken::Header::default(),
-            &json!({"sub": "bob", "type": "access", "role": "user", "exp": now + 600}),
-            &jsonwebtoken::EncodingKey::from_secret(b"oauth-test-jwt-secret"),
-        )
-        .unwrap(),
-    );
+    mag.token = Some(mag_tests::mag::mag_jwt(
+        "oauth-test-jwt-secret",
+        "bob",
+        "access",
+        "user",
+        600,
+    ));
     let (status, answer) = mag.post("/api/mcp/connect/remote", json!({})).await;
     assert_eq!(status, 400, "{answer}");
     assert_eq!(answer["code"], "authorization_required", "{answer}");

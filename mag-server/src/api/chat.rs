@@ -6,16 +6,13 @@
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::generation::{conversation_id, conversation_json, delete, record_json};
+use super::generation::{LIST_LIMIT, conversation_id, delete, listed, record_json};
 use super::{AppResult, Body, Segment, St, Who};
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::store::{ListQuery, MetaChange};
-
-/// MAG's cap on the list (`limit=200`).
-const LIST_LIMIT: i64 = 200;
 
 /// `GET /api/chat/conversations`: the caller's own, newest first, at most 200:
 /// `{"conversations": [metadata], "total_count"}`.
@@ -25,16 +22,7 @@ pub(super) async fn list(State(state): St, Who(caller): Who) -> AppResult {
         limit: LIST_LIMIT,
         skip: 0,
     };
-    let list: Vec<Value> = state
-        .generator
-        .conversations(&query)
-        .await?
-        .iter()
-        .map(conversation_json)
-        .collect();
-    Ok(Json(
-        json!({"conversations": list, "total_count": list.len()}),
-    ))
+    listed(&state, &query).await
 }
 
 /// `GET /api/chat/conversations/{id}`: MAG's detail (`_id`, `title`, `rounds`,

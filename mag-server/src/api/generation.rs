@@ -215,8 +215,23 @@ pub(super) struct ListParams {
     skip: Option<u64>,
 }
 
-/// MAG's cap on a conversation list.
-const LIST_LIMIT: i64 = 200;
+/// MAG's cap on a conversation list (`limit=200`).
+pub(super) const LIST_LIMIT: i64 = 200;
+
+/// The conversations `query` selects as MAG lists them: `{"conversations": [metadata],
+/// "total_count"}`.
+pub(super) async fn listed(state: &super::AppState, query: &ListQuery) -> AppResult {
+    let list: Vec<Value> = state
+        .generator
+        .conversations(query)
+        .await?
+        .iter()
+        .map(conversation_json)
+        .collect();
+    Ok(Json(
+        json!({"conversations": list, "total_count": list.len()}),
+    ))
+}
 
 /// `GET /api/mcp/conversations`: `{"conversations": [metadata], "total_count"}`, newest
 /// first; a JWT user (not an admin) sees only their own.
@@ -243,16 +258,7 @@ pub(super) async fn conversations(
     if !caller.admin {
         query.user_id = Some(caller.user_id);
     }
-    let list: Vec<Value> = state
-        .generator
-        .conversations(&query)
-        .await?
-        .iter()
-        .map(conversation_json)
-        .collect();
-    Ok(Json(
-        json!({"total_count": list.len(), "conversations": list}),
-    ))
+    listed(&state, &query).await
 }
 
 pub(super) fn conversation_id(path: Segment) -> Result<String> {
