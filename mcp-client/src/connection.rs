@@ -528,30 +528,41 @@ impl Connection {
     ) -> Result<T, CallError> {
         tokio::select! {
             result = tokio::time::timeout(limit, request) => match result {
-                // A 401 or 403 fails this request only: the session stays (SPEC §10).
-                Ok(Err(e)) if Challenge::in_request(&e).is_some() => {
-                    Err(Challenge::in_request(&e).map_or_else(|| self.closed_error(), CallError::Challenged))
-                }
                 Ok(Ok(value)) => Ok(value),
-                Ok(Err(rmcp::ServiceError::McpError(e))) => Err(CallError::Server(e.message.to_string())),
-                Ok(Err(rmcp::ServiceError::TransportClosed)) => {
-                    // A process that exited is reported by the watcher, with its exit status:
-                    // give it a moment (longer than the watcher waits for that status). A
-                    // remote server has no watcher: over now.
-                    if self.group.is_some() {
-                        let _ = tokio::time::timeout(EXIT_STATUS_WAIT * 3 / 2, self.closed.cancelled()).await;
-                    }
-                    self.end("the connection to the server closed");
-                    Err(self.closed_error())
-                }
-                Ok(Err(e @ rmcp::ServiceError::TransportSend(_))) => {
-                    self.end(&format!("lost the connection: {}", describe_service_error(&e)));
-                    Err(self.closed_error())
-                }
-                Ok(Err(e)) => Err(CallError::Server(describe_service_error(&e))),
+                Ok(Err(e)) => Err(self.request_error(e).await),
                 Err(_) => Err(CallError::Timeout(limit)),
             },
             _ = self.closed.cancelled() => Err(self.closed_error()),
+        }
+    }
+
+    /// What a request's failure means: a 401 or 403 fails this request only (the session
+    /// stays, SPEC §10); a transport that closed or failed ends the session.
+    async fn request_error(&self, e: rmcp::ServiceError) -> CallError {
+        if let Some(challenge) = Challenge::in_request(&e) {
+            return CallError::Challenged(challenge);
+        }
+        match e {
+            rmcp::ServiceError::McpError(e) => CallError::Server(e.message.to_string()),
+            rmcp::ServiceError::TransportClosed => {
+                // A process that exited is reported by the watcher, with its exit status:
+                // give it a moment (longer than the watcher waits for that status). A remote
+                // server has no watcher: over now.
+                if self.group.is_some() {
+                    let _ = tokio::time::timeout(EXIT_STATUS_WAIT * 3 / 2, self.closed.cancelled())
+                        .await;
+                }
+                self.end("the connection to the server closed");
+                self.closed_error()
+            }
+            rmcp::ServiceError::TransportSend(_) => {
+                self.end(&format!(
+                    "lost the connection: {}",
+                    describe_service_error(&e)
+                ));
+                self.closed_error()
+            }
+            e => CallError::Server(describe_service_error(&e)),
         }
     }
 

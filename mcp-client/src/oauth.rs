@@ -261,11 +261,6 @@ impl OAuth {
             .any(|p| p.authorization_url == authorization_url && p.since.elapsed() < PENDING_TTL)
     }
 
-    /// Where the authorization server sends the user back.
-    pub fn redirect_uri(&self) -> &str {
-        &self.redirect_uri
-    }
-
     /// The client a server's requests go through: `None` while it needs no authorization
     /// (none asked for yet, nothing stored). For `client_credentials` it gets a token first;
     /// with a stored token (an earlier run's) it rediscovers the authorization server.
@@ -328,11 +323,49 @@ impl OAuth {
         Ok(Some(client))
     }
 
+    /// What a 401 or 403 of server `server` (its `entry`) asks for: a new authorization
+    /// ([`Self::begin`]) or a larger scope ([`Self::step_up`]), as the connect's or the
+    /// request's error: [`ConnectError::AuthorizationRequired`] with the URL, or why none
+    /// can start. Bounded by the entry's `timeout` (the authorization server is asked for
+    /// its metadata and may be asked to register us): past it, a
+    /// [`ConnectError::Transport`], tried again like any connect.
+    pub async fn answer(
+        &self,
+        server: &str,
+        entry: &ServerEntry,
+        challenge: &Challenge,
+    ) -> ConnectError {
+        let url = match crate::transport::expanded_url(entry) {
+            Ok(url) => url,
+            Err(e) => return e,
+        };
+        let started = async {
+            match challenge {
+                Challenge::Unauthorized(_) => self.begin(server, entry, &url, challenge).await,
+                Challenge::InsufficientScope { scope, .. } => {
+                    match self.step_up(server, scope.as_deref()).await {
+                        Ok(url) => ConnectError::AuthorizationRequired(url),
+                        Err(e) => e,
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(entry.timeout, started)
+            .await
+            .unwrap_or_else(|_| {
+                ConnectError::Transport(format!(
+                    "server {server:?} needs authorization, but its authorization server did \
+                     not answer within {:?}",
+                    entry.timeout
+                ))
+            })
+    }
+
     /// Starts the authorization a server's 401 asks for and answers
     /// [`ConnectError::AuthorizationRequired`] with the URL the user must open, or why none
     /// could start: no usable OAuth metadata, registration refused, the limit of
     /// [`MAX_AUTHORIZATIONS`] reached, client credentials refused.
-    pub async fn begin(
+    async fn begin(
         &self,
         server: &str,
         entry: &ServerEntry,
@@ -437,7 +470,7 @@ impl OAuth {
     ///
     /// # Errors
     /// The limit of [`MAX_AUTHORIZATIONS`] is reached, or no authorized client exists.
-    pub async fn step_up(&self, server: &str, scope: Option<&str>) -> Result<String, ConnectError> {
+    async fn step_up(&self, server: &str, scope: Option<&str>) -> Result<String, ConnectError> {
         let Some((url, client)) = lock(&self.authorized).get(server).cloned() else {
             return Err(ConnectError::Unauthorized(format!(
                 "server {server:?} refused the request for lack of scope, and mcp-client holds \

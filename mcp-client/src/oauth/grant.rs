@@ -8,7 +8,7 @@ use rmcp::transport::auth::{
 };
 
 use super::discovery::{acceptable_endpoint, capped_body, discover};
-use super::{AuthorizedClient, OAuth, auth_failure, client_secret, store, unauthorized};
+use super::{AuthorizedClient, OAuth, auth_failure, client_secret, unauthorized};
 use crate::error::ConnectError;
 use mag_common::config::OAuthSettings;
 
@@ -43,12 +43,9 @@ impl OAuth {
             let credentials =
                 StoredCredentials::new(client_id.clone(), Some(token), Vec::new(), now);
             manager.set_metadata(metadata);
-            let store = store::ServerCredentials {
-                file: self.tokens.clone(),
-                server: server.to_string(),
-                url: url.to_string(),
-            };
-            rmcp::transport::auth::CredentialStore::save(&store, credentials)
+            // Where the manager's credential store (`self.manager`) reads it.
+            self.tokens
+                .update(server, url, |record| record.credentials = Some(credentials))
                 .await
                 .map_err(|e| unauthorized(server, "keeping its token", e))?;
             manager

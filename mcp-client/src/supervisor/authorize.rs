@@ -17,62 +17,41 @@ impl Supervisor {
             return Error::UnknownServer(server.to_string());
         };
         let oauth = &self.inner.ctx.oauth;
-        let timeout = slot.state().entry.timeout;
-        let started = async {
-            match &challenge {
-                Challenge::InsufficientScope { scope, .. } => {
-                    match oauth.step_up(server, scope.as_deref()).await {
-                        Ok(url) => ConnectError::AuthorizationRequired(url),
-                        Err(e) => e,
+        let entry = slot.state().entry.clone();
+        let cause = match &challenge {
+            Challenge::InsufficientScope { .. } => oauth.answer(server, &entry, &challenge).await,
+            Challenge::Unauthorized(_) if machine_access(&entry) => {
+                // Client credentials need no user: a new session with a new token.
+                self.disconnect_slot(&slot, "the server no longer takes mcp-client's token")
+                    .await;
+                oauth.forget_client(server);
+                self.spawn_connect(server);
+                ConnectError::Unauthorized(format!(
+                    "server {server:?} no longer takes the token of mcp-client's client \
+                     credentials; reconnecting with a new one"
+                ))
+            }
+            Challenge::Unauthorized(_) => {
+                let cause = oauth.answer(server, &entry, &challenge).await;
+                self.disconnect_slot(&slot, "the server no longer takes mcp-client's token")
+                    .await;
+                {
+                    let mut state = slot.state();
+                    state.status = Status::Failed;
+                    state.error = Some(cause.to_string());
+                    state.error_kind = Some(cause.code());
+                    if matches!(cause, ConnectError::AuthorizationRequired(_)) {
+                        state.status = Status::NeedsAuthorization;
                     }
                 }
-                Challenge::Unauthorized(_) if machine_access(&slot.state().entry) => {
-                    // Client credentials need no user: a new session with a new token.
-                    self.disconnect_slot(&slot, "the server no longer takes mcp-client's token")
-                        .await;
-                    self.inner.ctx.oauth.forget_client(server);
-                    self.spawn_connect(server);
-                    ConnectError::Unauthorized(format!(
-                        "server {server:?} no longer takes the token of mcp-client's client \
-                         credentials; reconnecting with a new one"
-                    ))
+                if !cause.needs_user() {
+                    // The authorization server is out of reach: try again later.
+                    slot.state().wanted = true;
+                    self.schedule_reconnect(&slot);
                 }
-                Challenge::Unauthorized(_) => {
-                    let entry = slot.state().entry.clone();
-                    let cause = match crate::transport::expanded_url(&entry) {
-                        Ok(url) => oauth.begin(server, &entry, &url, &challenge).await,
-                        Err(e) => e,
-                    };
-                    self.disconnect_slot(&slot, "the server no longer takes mcp-client's token")
-                        .await;
-                    {
-                        let mut state = slot.state();
-                        state.status = Status::Failed;
-                        state.error = Some(cause.to_string());
-                        state.error_kind = Some(cause.code());
-                        if matches!(cause, ConnectError::AuthorizationRequired(_)) {
-                            state.status = Status::NeedsAuthorization;
-                        }
-                    }
-                    if !cause.needs_user() {
-                        // The authorization server is out of reach: try again later.
-                        slot.state().wanted = true;
-                        self.schedule_reconnect(&slot);
-                    }
-                    cause
-                }
+                cause
             }
         };
-        // Discovery and registration talk to the authorization server: bounded as a
-        // connect is.
-        let cause = tokio::time::timeout(timeout, started)
-            .await
-            .unwrap_or_else(|_| {
-                ConnectError::Transport(format!(
-                    "server {server:?} needs authorization, but its authorization server did \
-                     not answer within {timeout:?}"
-                ))
-            });
         if let ConnectError::AuthorizationRequired(url) = &cause {
             slot.state().authorization_url = Some(url.clone());
         }
