@@ -224,7 +224,10 @@ async fn a_killed_remote_server_fails_the_call_in_flight_and_shows_disconnected(
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["code"], "server_gone", "{answer}");
     assert!(!answer["error"].as_str().unwrap().is_empty(), "{answer}");
-    let status = daemon.server("remote").await;
+    // The call fails at once; the connection's watcher records the loss a moment later.
+    let status = daemon
+        .wait_server("remote", Duration::from_secs(10), retrying)
+        .await;
     assert_eq!(status["connected"], false, "{status}");
     assert!(retrying(&status), "{status}");
     // Reaped, so its listening socket is surely closed (a connect to a dying process can be
