@@ -253,12 +253,15 @@ impl OAuth {
             .clone()
     }
 
-    /// Whether an authorization with this URL still waits for its redirect (`/servers`
-    /// shows a URL only while it can be used).
-    pub fn waits(&self, authorization_url: &str) -> bool {
+    /// The URL of the newest authorization of `server` that still waits for its redirect
+    /// (only a step-up one with `step_up_only`): what `/servers` shows, while it can be used.
+    pub fn waiting_url(&self, server: &str, step_up_only: bool) -> Option<String> {
         lock(&self.pending)
             .values()
-            .any(|p| p.authorization_url == authorization_url && p.since.elapsed() < PENDING_TTL)
+            .filter(|p| p.server == server && p.since.elapsed() < PENDING_TTL)
+            .filter(|p| !step_up_only || matches!(p.step, Step::StepUp(_)))
+            .max_by_key(|p| p.since)
+            .map(|p| p.authorization_url.clone())
     }
 
     /// The client a server's requests go through: `None` while it needs no authorization

@@ -201,7 +201,6 @@ impl Supervisor {
                         let wanted = state.wanted;
                         // Its OAuth client and waiting authorizations were for the old entry.
                         self.inner.ctx.oauth.forget_client(&name);
-                        state.authorization_url = None;
                         state.status = match (entry.disabled, state.status) {
                             (true, _) => Status::Disabled,
                             (false, Status::Disabled) => Status::Disconnected,
@@ -407,10 +406,15 @@ impl Supervisor {
                     reconnects: state.reconnects,
                     protocol_version: connection.map(|c| c.protocol_version().to_string()),
                     auto_approve: state.entry.auto_approve.clone(),
-                    authorization_url: state
-                        .authorization_url
-                        .clone()
-                        .filter(|url| self.inner.ctx.oauth.waits(url)),
+                    // Derived from the authorizations that wait: a step-up one while
+                    // connected, any one while it needs authorization.
+                    authorization_url: match (connection.is_some(), state.status) {
+                        (true, _) => self.inner.ctx.oauth.waiting_url(&slot.name, true),
+                        (false, Status::NeedsAuthorization) => {
+                            self.inner.ctx.oauth.waiting_url(&slot.name, false)
+                        }
+                        _ => None,
+                    },
                 };
                 (slot.name.clone(), view)
             })
@@ -517,9 +521,7 @@ impl Supervisor {
                 }
                 let mut state = slot.state();
                 let retrying = state.retry.as_ref().is_some_and(|t| !t.is_cancelled());
-                state.authorization_url = None;
-                state.status = if let ConnectError::AuthorizationRequired(url) = &cause {
-                    state.authorization_url = Some(url.clone());
+                state.status = if let ConnectError::AuthorizationRequired(_) = &cause {
                     Status::NeedsAuthorization
                 } else if retrying && !cause.needs_user() {
                     Status::Reconnecting
@@ -549,7 +551,6 @@ impl Supervisor {
                 state.status = Status::Connected;
                 state.error = None;
                 state.error_kind = None;
-                state.authorization_url = None;
                 state.wanted = true;
                 state.attempts = 0;
                 None
@@ -636,7 +637,6 @@ impl Supervisor {
             }
             state.error = None;
             state.error_kind = None;
-            state.authorization_url = None;
             connection
         };
         match connection {

@@ -52,9 +52,6 @@ impl Supervisor {
                 cause
             }
         };
-        if let ConnectError::AuthorizationRequired(url) = &cause {
-            slot.state().authorization_url = Some(url.clone());
-        }
         tracing::warn!(server, "the server asks for authorization: {cause}");
         Error::Authorization {
             server: server.to_string(),
@@ -81,7 +78,6 @@ impl Supervisor {
                     && let Ok(slot) = self.slot(server)
                 {
                     let mut state = slot.state();
-                    state.authorization_url = None;
                     if state.connection.is_none() {
                         state.status = Status::Failed;
                     }
@@ -96,7 +92,6 @@ impl Supervisor {
             self.inner.ctx.oauth.forget(&server).await;
             return Err(Error::UnknownServer(server));
         };
-        slot.state().authorization_url = None;
         slot.state().wanted = true;
         let tools = self.connect_slot(&slot).await?;
         Ok((server, tools))

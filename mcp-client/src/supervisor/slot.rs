@@ -40,9 +40,6 @@ pub(super) struct SlotState {
     pub(super) disconnects: u32,
     /// Why the latest disconnect was asked (the cause of a connect it cancelled).
     pub(super) cancelled_by: Option<String>,
-    /// The URL a user opens to authorize mcp-client, while an authorization waits
-    /// (SPEC §10).
-    pub(super) authorization_url: Option<String>,
 }
 
 impl Slot {
@@ -70,7 +67,6 @@ impl Slot {
                 connecting: None,
                 disconnects: 0,
                 cancelled_by: None,
-                authorization_url: None,
             }),
         })
     }
