@@ -146,10 +146,12 @@ async fn a_server_authorized_once_reconnects_refreshes_and_asks_again_when_revok
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
-    let tokens: Value = serde_json::from_slice(&std::fs::read(&tokens_path).unwrap()).unwrap();
-    let held = &tokens["servers"]["remote"]["credentials"]["token_response"];
-    let access = held["access_token"].as_str().unwrap().to_string();
-    let refresh = held["refresh_token"].as_str().unwrap().to_string();
+    let held_tokens = || {
+        let file: Value = serde_json::from_slice(&std::fs::read(&tokens_path).unwrap()).unwrap();
+        let held = &file["servers"]["remote"]["credentials"]["token_response"];
+        [&held["access_token"], &held["refresh_token"]].map(|t| t.as_str().unwrap().to_string())
+    };
+    let [access, refresh] = held_tokens();
 
     // After a restart it reconnects with no user; an expired token is refreshed.
     let _ = daemon.post("/shutdown", json!({})).await;
@@ -164,6 +166,7 @@ async fn a_server_authorized_once_reconnects_refreshes_and_asks_again_when_revok
     assert!(counts["refreshes"].as_u64().unwrap() >= 1, "{counts}");
 
     // Revoked (the operator removed the app): back to needs_authorization, a fresh URL.
+    let [live_access, live_refresh] = held_tokens();
     browser()
         .post(format!("{base}/test/revoke"))
         .send()
@@ -193,7 +196,11 @@ async fn a_server_authorized_once_reconnects_refreshes_and_asks_again_when_revok
             "a token in {what}"
         );
     }
-    assert!(!tokens.is_empty());
+    // The refused tokens are dropped from the file too.
+    assert!(
+        !tokens.contains(&live_access) && !tokens.contains(&live_refresh),
+        "{tokens}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
