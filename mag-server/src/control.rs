@@ -18,6 +18,7 @@ use mag_common::wire::{
 };
 use serde_json::{Map, Value};
 
+use crate::auth::Caller;
 use crate::client::{DISCONNECT_TIMEOUT, GENERAL_TIMEOUT, McpClient, TIMEOUT_MARGIN};
 use crate::config_store::{ConfigGuard, ConfigStore};
 use crate::error::{Error, Result};
@@ -113,6 +114,8 @@ pub struct Removed {
     pub ai_generated: usize,
     /// Names that were not in the file.
     pub not_found: Vec<String>,
+    /// Servers another user owns (`provider_user_id`), which the caller may not remove.
+    pub permission_denied: Vec<String>,
     /// Folders of removed generated tools that stay.
     pub folders_left: Vec<FolderLeft>,
     /// The write, when something was removed; else the file's unchanged revision.
@@ -190,14 +193,20 @@ impl ControlPlane {
     /// `POST /api/mcp/config`: validates `config` (the JSON text of the new file's object:
     /// `mcpServers` required, no key twice), checks `version` (required: a whole-config
     /// write replaces every server), writes the file and loads it into mcp-client. The
-    /// folders of `ai_generated` servers it drops are deleted, as `remove` does.
+    /// folders of `ai_generated` servers it drops are deleted, as `remove` does. For a JWT
+    /// `caller`, MAG's ownership ([`with_owners`]).
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] (422), `version` missing (422), [`Error::StaleRevision`]
     /// (409), [`Error::Io`].
-    pub async fn set_config(&self, config: &str, version: Option<Value>) -> Result<ConfigReplaced> {
+    pub async fn set_config(
+        &self,
+        config: &str,
+        version: Option<Value>,
+        caller: &Caller,
+    ) -> Result<ConfigReplaced> {
         McpConfig::parse(config).map_err(|e| Error::InvalidConfig(e.message))?;
-        let Ok(Value::Object(document)) = serde_json::from_str::<Value>(config) else {
+        let Ok(Value::Object(mut document)) = serde_json::from_str::<Value>(config) else {
             return Err(Error::invalid_body(
                 "config must be an object like {\"mcpServers\": {...}}",
             ));
@@ -210,20 +219,22 @@ impl ControlPlane {
         };
         let mut guard = self.inner.store.lock().await;
         check_version(Some(&version), &guard.version().await?)?;
-        // The generated tools this write drops: their folders go too (a broken file has
-        // none to tell).
+        // (A broken file has no servers to tell.)
+        let current = guard.read().await.map(|f| f.servers()).unwrap_or_default();
+        if caller.from_token
+            && let Some(Value::Object(servers)) = document.get_mut("mcpServers")
+        {
+            with_owners(servers, &current, caller);
+        }
+        // The generated tools this write drops: their folders go too.
         let kept = document["mcpServers"].as_object();
-        let dropped: Vec<String> = match guard.read().await {
-            Ok(file) => file
-                .servers()
-                .into_iter()
-                .filter(|(name, entry)| {
-                    entry["ai_generated"] == true && !kept.is_some_and(|k| k.contains_key(name))
-                })
-                .map(|(name, _)| name)
-                .collect(),
-            Err(_) => Vec::new(),
-        };
+        let dropped: Vec<String> = current
+            .into_iter()
+            .filter(|(name, entry)| {
+                entry["ai_generated"] == true && !kept.is_some_and(|k| k.contains_key(name))
+            })
+            .map(|(name, _)| name)
+            .collect();
         let saved = self.write_and_load(&mut guard, &document).await?;
         drop(guard);
         for name in &dropped {
@@ -280,11 +291,17 @@ impl ControlPlane {
 
     /// `POST /api/mcp/remove`: removes the named servers from the file (mcp-client
     /// disconnects them). An `ai_generated` server's folder in the tools dir is deleted with
-    /// it (as MAG does), after the file is written.
+    /// it (as MAG does), after the file is written. A JWT `caller` who is not an admin
+    /// keeps another user's servers (`provider_user_id`): [`Removed::permission_denied`].
     ///
     /// # Errors
     /// [`Error::StaleRevision`], [`Error::ConfigFileInvalid`], [`Error::Io`].
-    pub async fn remove(&self, names: Vec<String>, version: Option<Value>) -> Result<Removed> {
+    pub async fn remove(
+        &self,
+        names: Vec<String>,
+        version: Option<Value>,
+        caller: &Caller,
+    ) -> Result<Removed> {
         let mut guard = self.inner.store.lock().await;
         let file = guard.read().await?;
         check_version(version.as_ref(), &file.version)?;
@@ -292,7 +309,21 @@ impl ControlPlane {
         let mut removed = Vec::new();
         let mut not_found = Vec::new();
         let mut ai_generated = Vec::new();
+        let mut permission_denied = Vec::new();
         for name in &names {
+            let owner = current
+                .get(name)
+                .and_then(|entry| entry.get("provider_user_id"))
+                .and_then(Value::as_str);
+            if caller.from_token
+                && !caller.admin
+                && owner.is_some_and(|owner| owner != caller.user_id)
+            {
+                if !permission_denied.contains(name) {
+                    permission_denied.push(name.clone());
+                }
+                continue;
+            }
             match current.shift_remove(name) {
                 Some(entry) => {
                     if entry["ai_generated"] == true {
@@ -311,6 +342,7 @@ impl ControlPlane {
             removed,
             ai_generated: ai_generated.len(),
             not_found,
+            permission_denied,
             folders_left: Vec::new(),
             saved: Err(file.version),
         };
@@ -553,8 +585,41 @@ impl ControlPlane {
     }
 }
 
+/// MAG's ownership on a whole-config write by a JWT `caller` (`update_mcp_config`): a server
+/// of `current` keeps its recorded `provider_user_id` and `created_at` (an admin may set
+/// others), a new one in `servers` gets the caller's and now.
+fn with_owners(servers: &mut Map<String, Value>, current: &Map<String, Value>, caller: &Caller) {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    for (name, entry) in servers.iter_mut() {
+        let Value::Object(fields) = entry else {
+            continue;
+        };
+        let Some(old) = current.get(name) else {
+            if !caller.admin || !fields.contains_key("provider_user_id") {
+                fields.insert(
+                    "provider_user_id".into(),
+                    Value::from(caller.user_id.clone()),
+                );
+                fields.insert("created_at".into(), Value::from(now.clone()));
+            }
+            continue;
+        };
+        for key in ["provider_user_id", "created_at"] {
+            match old.get(key) {
+                Some(value) if !caller.admin || !fields.contains_key(key) => {
+                    fields.insert(key.into(), value.clone());
+                }
+                None if !caller.admin => {
+                    fields.remove(key);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// `None` or `null`: no check. A string equal to `current`: fine. Anything else: stale.
-pub(crate) fn check_version(sent: Option<&Value>, current: &str) -> Result<()> {
+fn check_version(sent: Option<&Value>, current: &str) -> Result<()> {
     match sent {
         None | Some(Value::Null) => Ok(()),
         Some(Value::String(sent)) if sent == current => Ok(()),

@@ -123,12 +123,10 @@ pub(super) async fn set_config(State(state): St, Who(caller): Who, request: Requ
              from GET /api/mcp/config)",
         ));
     };
-    let owned = match caller.from_token {
-        true => with_owners(&state, &caller, config.get()).await?,
-        false => None,
-    };
-    let text = owned.as_deref().unwrap_or(config.get());
-    let replaced = state.plane.set_config(text, body.version).await?;
+    let replaced = state
+        .plane
+        .set_config(config.get(), body.version, &caller)
+        .await?;
     let saved = &replaced.saved;
     Ok(Json(json!({
         "status": status_of(saved),
@@ -136,52 +134,6 @@ pub(super) async fn set_config(State(state): St, Who(caller): Who, request: Requ
         "applied": saved.applied.as_ref().ok(),
         "failed_removals": folders_left(&replaced.folders_left),
     })))
-}
-
-/// `text` (a whole config) with MAG's ownership fields as `caller` may write them: an
-/// existing server keeps the recorded `provider_user_id` and `created_at` (an admin may set
-/// others), a new one gets the caller's. `None` for a text the config parser refuses (the
-/// control plane answers why).
-async fn with_owners(
-    state: &super::AppState,
-    caller: &Caller,
-    text: &str,
-) -> Result<Option<String>> {
-    if mag_common::config::McpConfig::parse(text).is_err() {
-        return Ok(None);
-    }
-    let Ok(mut config) = serde_json::from_str::<Value>(text) else {
-        return Ok(None);
-    };
-    let current = state.plane.config().await?.servers;
-    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let Some(Value::Object(servers)) = config.get_mut("mcpServers") else {
-        return Ok(None);
-    };
-    for (name, entry) in servers.iter_mut() {
-        let Value::Object(fields) = entry else {
-            continue;
-        };
-        let Some(old) = current.get(name) else {
-            if !caller.admin || !fields.contains_key("provider_user_id") {
-                fields.insert("provider_user_id".into(), json!(caller.user_id));
-                fields.insert("created_at".into(), json!(now));
-            }
-            continue;
-        };
-        for key in ["provider_user_id", "created_at"] {
-            match old.get(key) {
-                Some(value) if !caller.admin || !fields.contains_key(key) => {
-                    fields.insert(key.into(), value.clone());
-                }
-                None if !caller.admin => {
-                    fields.remove(key);
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(serde_json::to_string(&config).ok())
 }
 
 #[derive(Deserialize)]
@@ -304,47 +256,8 @@ pub(super) async fn remove(
             "total_requested": 0,
         })));
     }
-    let requested = names.len();
-    let mut denied = Vec::new();
-    let mut names = names;
-    let mut version = version;
-    let mut current = None;
-    if caller.from_token && !caller.admin {
-        // As MAG: a stale version is a 409 before anything else.
-        let file = state.plane.config().await?;
-        crate::control::check_version(version.as_ref(), &file.version)?;
-        // The owners were read from this revision: the removal applies to it only.
-        version = Some(json!(file.version));
-        current = Some(file.version);
-        let servers = file.servers;
-        names.retain(|name| {
-            let owner = servers
-                .get(name)
-                .and_then(|entry| entry.get("provider_user_id"))
-                .and_then(Value::as_str);
-            let theirs = owner.is_none_or(|owner| owner == caller.user_id);
-            if !theirs {
-                denied.push(name.clone());
-            }
-            theirs
-        });
-    }
-    if names.is_empty() {
-        return Ok(Json(json!({
-            "status": "permission_denied",
-            "message": format!("none of the {} servers may be removed by {}", denied.len(), caller.user_id),
-            "removed_servers": [],
-            "not_found_servers": [],
-            "failed_removals": [],
-            "permission_denied_servers": denied,
-            "ai_generated_count": 0,
-            "traditional_count": 0,
-            "total_requested": requested,
-            "update_result": null,
-            "current_version": current,
-        })));
-    }
-    let removed = state.plane.remove(names, version).await?;
+    let removed = state.plane.remove(names, version, &caller).await?;
+    let denied = &removed.permission_denied;
     let mut answer = match &removed.saved {
         Err(current_version) => json!({
             "status": "no_changes",
@@ -384,7 +297,7 @@ pub(super) async fn remove(
     };
     answer["ai_generated_count"] = json!(removed.ai_generated);
     answer["traditional_count"] = json!(removed.removed.len() - removed.ai_generated);
-    answer["total_requested"] = json!(requested);
+    answer["total_requested"] = json!(removed.requested);
     answer["permission_denied_servers"] = json!(denied);
     if !denied.is_empty() && removed.removed.is_empty() {
         answer["status"] = json!("permission_denied");
