@@ -445,6 +445,26 @@ impl Connection {
             .map(|_| ())
     }
 
+    /// Sends a request of the daemon's own, not a client's (the gateway's `logging/setLevel`
+    /// and `resources/subscribe` after a reconnect), and waits for the answer within the
+    /// server's `timeout`.
+    ///
+    /// # Errors
+    /// [`CallError`]: timeout, the session ended, or the server's JSON-RPC error
+    /// ([`CallError::Rpc`], as the server sent it).
+    pub async fn request(&self, request: ClientRequest) -> Result<ServerResult, CallError> {
+        let answer = self
+            .bounded(self.timeout, async {
+                match self.peer.send_request(request).await {
+                    Ok(result) => Ok(Ok(result)),
+                    Err(rmcp::ServiceError::McpError(e)) => Ok(Err(e)),
+                    Err(other) => Err(other),
+                }
+            })
+            .await?;
+        answer.map_err(CallError::Rpc)
+    }
+
     /// What the server answered `initialize` with: its capabilities, identity and
     /// instructions (the gateway shows them as its own for this server).
     pub fn server_info(&self) -> Option<Arc<ServerPeerInfo>> {

@@ -775,3 +775,78 @@ async fn each_session_hears_server_logs_from_its_own_level_up() {
     assert_eq!(heard["params"]["data"], "alarm", "{heard}");
     assert_eq!(heard["params"]["level"], "error", "{heard}");
 }
+
+/// What `py` was asked last (`asked`: its log level and subscribed URIs), by REST.
+async fn py_asked(daemon: &Daemon) -> Value {
+    let (_, answer) = daemon.call("py", "asked", json!({})).await;
+    serde_json::from_str(mag_tests::text(&answer)).expect("asked JSON")
+}
+
+/// `py_asked` once it is `wanted` (or after 10 s).
+async fn py_asked_until(daemon: &Daemon, wanted: Value) -> Value {
+    let mut asked = Value::Null;
+    for _ in 0..200 {
+        asked = py_asked(daemon).await;
+        if asked == wanted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    asked
+}
+
+/// One JSON-RPC request in `session`; its answer.
+async fn ask(session: &RawSession, id: u64, method: &str, params: Value) -> Value {
+    let answer = session
+        .post(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+        .await;
+    let mut stream = answer.bytes_stream();
+    next_event(&mut stream, &mut String::new(), |e| e["id"] == id).await
+}
+
+#[tokio::test]
+async fn servers_are_asked_for_the_sessions_levels_and_subscriptions_across_reconnects() {
+    let daemon = running(&[("py", py_stdio_entry())]).await;
+    let one = RawSession::open(&format!("{}/servers/py/mcp", daemon.base), json!({})).await;
+    let all = RawSession::open(&format!("{}/mcp", daemon.base), json!({})).await;
+    for (session, level, uris) in [
+        (&one, "debug", &["note://a", "note://b"][..]),
+        (&all, "error", &["note://a"][..]),
+    ] {
+        let set = ask(session, 2, "logging/setLevel", json!({"level": level})).await;
+        assert!(set.get("result").is_some(), "{set}");
+        for (id, uri) in (3..).zip(uris) {
+            let subscribed = ask(session, id, "resources/subscribe", json!({"uri": uri})).await;
+            assert!(subscribed.get("result").is_some(), "{subscribed}");
+        }
+    }
+    let both = json!({"log_level": "debug", "subscribed": ["note://a", "note://b"]});
+    assert_eq!(py_asked(&daemon).await, both);
+
+    // The server dies; the process that replaces it is asked the same.
+    let pid = daemon.server("py").await["pid"].as_u64().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let back = daemon
+        .wait_server("py", Duration::from_secs(60), |s| {
+            s["connected"] == true && s["pid"] != json!(pid)
+        })
+        .await;
+    assert_ne!(back["pid"], json!(pid), "{back}");
+    assert_eq!(py_asked_until(&daemon, both.clone()).await, both);
+
+    // note://a is still held by the other session: only the server's own unsubscribe would
+    // drop it.
+    let dropped = ask(&one, 9, "resources/unsubscribe", json!({"uri": "note://a"})).await;
+    assert!(dropped.get("result").is_some(), "{dropped}");
+    assert_eq!(py_asked(&daemon).await, both);
+
+    // The session that asked for debug and note://b ends: the level goes back to the other
+    // session's, note://b is unsubscribed.
+    assert!(one.end().await.is_success());
+    let left = json!({"log_level": "error", "subscribed": ["note://a"]});
+    assert_eq!(py_asked_until(&daemon, left.clone()).await, left);
+}

@@ -17,6 +17,7 @@ pub mod names;
 mod notify;
 pub mod pages;
 mod session;
+mod upstream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -56,10 +57,10 @@ pub struct GatewayOptions {
 pub(crate) struct Shared {
     supervisor: Supervisor,
     separator: String,
-    /// The most verbose log level any session asked of each server (`logging/setLevel`;
-    /// rmcp 3.9 marks logging deprecated for protocol 2026-07-28, current before it).
-    #[allow(deprecated)]
-    log_levels: Mutex<HashMap<String, rmcp::model::LoggingLevel>>,
+    /// The sessions' log levels and subscriptions, as asked of each server.
+    upstream: Arc<upstream::Upstream>,
+    /// Ends with the gateway (shutdown).
+    stop: CancellationToken,
 }
 
 type Service = StreamableHttpService<Session, LocalSessionManager>;
@@ -82,8 +83,14 @@ impl Gateway {
         let shared = Arc::new(Shared {
             supervisor,
             separator: options.separator.clone(),
-            log_levels: Mutex::default(),
+            upstream: Arc::default(),
+            stop: stop.clone(),
         });
+        upstream::spawn_watch(
+            shared.supervisor.clone(),
+            shared.upstream.clone(),
+            stop.clone(),
+        );
         let managers: Arc<Mutex<Vec<Arc<LocalSessionManager>>>> = Arc::default();
         let aggregate = service(&shared, &options, &stop, Scope::All, &managers);
         Self {

@@ -51,6 +51,21 @@ pub(super) fn severity(level: LoggingLevel) -> u8 {
     }
 }
 
+/// The level of a [`severity`]; `None` for 0 (no level set).
+pub(super) fn level_of(severity: u8) -> Option<LoggingLevel> {
+    Some(match severity {
+        1 => LoggingLevel::Debug,
+        2 => LoggingLevel::Info,
+        3 => LoggingLevel::Notice,
+        4 => LoggingLevel::Warning,
+        5 => LoggingLevel::Error,
+        6 => LoggingLevel::Critical,
+        7 => LoggingLevel::Alert,
+        8 => LoggingLevel::Emergency,
+        _ => return None,
+    })
+}
+
 /// Which lists a change touches.
 #[derive(Clone, Copy, Default)]
 struct Lists {

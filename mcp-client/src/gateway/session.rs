@@ -18,9 +18,8 @@ use rmcp::model::{
     ListResourceTemplatesRequest, ListResourceTemplatesResult, ListResourcesRequest,
     ListResourcesResult, ListToolsResult, PaginatedRequestParams, PromptsCapability,
     ProtocolVersion, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
-    Reference, ResourcesCapability, ServerCapabilities, ServerResult, SetLevelRequest,
-    SetLevelRequestParams, SubscribeRequest, SubscribeRequestParams, ToolsCapability,
-    UnsubscribeRequest, UnsubscribeRequestParams,
+    Reference, ResourcesCapability, ServerCapabilities, ServerResult, SetLevelRequestParams,
+    SubscribeRequestParams, ToolsCapability, UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{RoleServer, ServerHandler};
@@ -28,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::names::Catalog;
 use super::pages;
-use super::{Shared, notify};
+use super::{Shared, notify, upstream};
 use crate::connection::{ArgumentError, CallError, Caller, Connection};
 use crate::error::Error;
 use mag_common::config::ServerEntry;
@@ -64,29 +63,52 @@ pub struct Session {
     pub(super) wants: Arc<notify::Wants>,
     /// Ends the session's notification task when the session ends.
     stop: CancellationToken,
+    /// The session's key in the gateway's [`upstream::Upstream`].
+    key: u64,
 }
 
 impl Drop for Session {
+    /// Ends the notification task; what the session asked of the servers and no other
+    /// session asks is taken back (in tasks: a session may end outside a request).
     fn drop(&mut self) {
         self.stop.cancel();
+        let servers = self.shared.upstream.leave(self.key);
+        if !servers.is_empty()
+            && !self.shared.stop.is_cancelled()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            upstream::resync(&self.shared.supervisor, &self.shared.upstream, servers);
+        }
     }
 }
 
 impl Session {
     pub(super) fn new(shared: Arc<Shared>, scope: Scope) -> Self {
+        let wants: Arc<notify::Wants> = Arc::default();
+        let key = shared.upstream.join(scope.clone(), wants.clone());
         Self {
             shared,
             scope,
             prompts: Mutex::default(),
             resources: Mutex::default(),
-            wants: Arc::default(),
+            wants,
             stop: CancellationToken::new(),
+            key,
         }
     }
 
     /// The session with `server`, as an MCP error when there is none.
     fn server(&self, server: &str) -> Result<(Arc<Connection>, ServerEntry), ErrorData> {
         self.shared.supervisor.session(server).map_err(rpc_error)
+    }
+
+    fn subscribed(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<(String, String)>> {
+        self.wants
+            .subscribed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every live session, or the one of this session's scope.
@@ -115,10 +137,27 @@ impl Session {
         };
         match connection.forward(request, &caller, &context.ct).await {
             Ok(result) => Ok(result),
-            Err(CallError::Challenged(challenge)) => Err(rpc_error(
-                self.shared.supervisor.authorize(server, challenge).await,
-            )),
-            Err(e) => Err(call_error(server, e)),
+            Err(e) => Err(self.upstream_error(server, e).await),
+        }
+    }
+
+    /// The MCP error for a request to `server` that failed: a challenge (401/403) starts or
+    /// steps up an authorization, which the error names; else [`call_error`].
+    async fn upstream_error(&self, server: &str, e: CallError) -> ErrorData {
+        match e {
+            CallError::Challenged(challenge) => {
+                rpc_error(self.shared.supervisor.authorize(server, challenge).await)
+            }
+            e => call_error(server, e),
+        }
+    }
+
+    /// Asks `server` for what the client sessions ask of it now ([`upstream::Upstream`]).
+    async fn sync(&self, server: &str) -> Result<(), ErrorData> {
+        let (connection, _) = self.server(server)?;
+        match self.shared.upstream.sync(server, &connection).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.upstream_error(server, e).await),
         }
     }
 
@@ -686,38 +725,31 @@ impl ServerHandler for Session {
         }
     }
 
+    /// The server is subscribed to the URI unless another session already holds it.
     async fn subscribe(
         &self,
         request: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         let server = self.route_resource(&request.uri, &context).await?;
-        let uri = request.uri.clone();
-        let request = ClientRequest::SubscribeRequest(SubscribeRequest::new(request));
-        self.forward(&server, request, &context).await?;
-        self.wants
-            .subscribed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((server, uri));
-        Ok(())
+        let held = (server.clone(), request.uri);
+        let new = self.subscribed().insert(held.clone());
+        let synced = self.sync(&server).await;
+        if synced.is_err() && new {
+            self.subscribed().remove(&held);
+        }
+        synced
     }
 
+    /// The server is unsubscribed from the URI once no session holds it.
     async fn unsubscribe(
         &self,
         request: UnsubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         let server = self.route_resource(&request.uri, &context).await?;
-        let uri = request.uri.clone();
-        let request = ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(request));
-        self.forward(&server, request, &context).await?;
-        self.wants
-            .subscribed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(server, uri));
-        Ok(())
+        self.subscribed().remove(&(server.clone(), request.uri));
+        self.sync(&server).await
     }
 
     async fn complete(
@@ -748,32 +780,18 @@ impl ServerHandler for Session {
     }
 
     /// The session hears log messages from `level` up; each server is asked for the most
-    /// verbose level any session set (the others' notification tasks filter).
+    /// verbose level any session serving it set (the others' notification tasks filter).
     async fn set_level(
         &self,
         request: SetLevelRequestParams,
-        context: RequestContext<RoleServer>,
+        _context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        let wanted = notify::severity(request.level);
-        self.wants
-            .log_level
-            .store(wanted, std::sync::atomic::Ordering::Relaxed);
+        self.wants.log_level.store(
+            notify::severity(request.level),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         for (server, _, _) in self.offering(|c| c.logging.is_some()) {
-            let level = {
-                let mut levels = self
-                    .shared
-                    .log_levels
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                let asked = levels.entry(server.clone()).or_insert(request.level);
-                if wanted < notify::severity(*asked) {
-                    *asked = request.level;
-                }
-                *asked
-            };
-            let params = SetLevelRequestParams::new(level);
-            let request = ClientRequest::SetLevelRequest(SetLevelRequest::new(params));
-            self.forward(&server, request, &context).await?;
+            self.sync(&server).await?;
         }
         Ok(())
     }
