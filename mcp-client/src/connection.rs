@@ -503,6 +503,7 @@ impl Connection {
                     .send_request_with_option(request, PeerRequestOptions::no_options()),
             )
             .await?;
+        in_flight.sent(handle.id.clone());
         in_flight.track_progress(caller, handle.progress_token.clone());
         // Until an outcome is known, dropping this future (the client's session ended, or
         // the client went away) cancels the request on the server.

@@ -850,3 +850,44 @@ async fn servers_are_asked_for_the_sessions_levels_and_subscriptions_across_reco
     let left = json!({"log_level": "error", "subscribed": ["note://a"]});
     assert_eq!(py_asked_until(&daemon, left.clone()).await, left);
 }
+
+#[tokio::test]
+async fn a_remote_servers_sampling_request_goes_to_the_client_whose_call_caused_it() {
+    let server = mag_tests::PyHttpServer::start("streamable-http");
+    let remote = json!({"url": format!("{}/mcp", server.url())});
+    let daemon = running(&[("remote", remote)]).await;
+    let url = format!("{}/servers/remote/mcp", daemon.base);
+    let first = RawSession::open(&url, json!({"sampling": {}})).await;
+    let second = RawSession::open(&url, json!({"sampling": {}})).await;
+    // The first client's call asks for a sampling after a second; by then the second client
+    // has a newer call in flight on the same server, which also declared sampling.
+    let call = first
+        .post(
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "sample", "arguments": {"prompt": "hi", "delay_ms": 1000}}}),
+        )
+        .await;
+    let _newer = second
+        .post(
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "sleep", "arguments": {"ms": 5000}}}),
+        )
+        .await;
+    let mut stream = call.bytes_stream();
+    let mut buffer = String::new();
+    let asked = next_event(&mut stream, &mut buffer, |e| {
+        e["method"] == "sampling/createMessage"
+    })
+    .await;
+    first
+        .post(json!({"jsonrpc": "2.0", "id": asked["id"], "result": {
+            "role": "assistant", "model": "m", "stopReason": "endTurn",
+            "content": {"type": "text", "text": "sampled by the first client"}}}))
+        .await;
+    let result = next_event(&mut stream, &mut buffer, |e| e["id"] == 2).await;
+    assert_eq!(
+        mag_tests::text(&result["result"]),
+        "sampled by the first client",
+        "{result}"
+    );
+}

@@ -10,9 +10,9 @@ use rmcp::model::{
     ClientCapabilities, ClientConfig, ClientResult, CreateMessageRequest,
     CreateMessageRequestParams, CreateMessageResult, ElicitRequest, ElicitRequestParams,
     ElicitResult, ErrorData, Implementation, ListRootsRequest, ListRootsResult,
-    LoggingMessageNotificationParam, ResourceUpdatedNotificationParam, ServerRequest,
+    LoggingMessageNotificationParam, RequestId, ResourceUpdatedNotificationParam, ServerRequest,
 };
-use rmcp::service::{NotificationContext, RequestContext};
+use rmcp::service::{InboundStreamOrigin, NotificationContext, RequestContext};
 use rmcp::{ClientHandler, RoleClient};
 use tokio::sync::Notify;
 
@@ -82,12 +82,17 @@ impl ClientHandler for Handler {
     async fn create_message(
         &self,
         params: CreateMessageRequestParams,
-        _context: RequestContext<RoleClient>,
+        context: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, ErrorData> {
         let request = ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params));
         match self
             .relay
-            .ask_client(request, "sampling/createMessage", |c| c.sampling.is_some())
+            .ask_client(
+                request,
+                "sampling/createMessage",
+                |c| c.sampling.is_some(),
+                origin(&context),
+            )
             .await?
         {
             ClientResult::CreateMessageResult(result) => Ok(*result),
@@ -98,12 +103,17 @@ impl ClientHandler for Handler {
     async fn create_elicitation(
         &self,
         params: ElicitRequestParams,
-        _context: RequestContext<RoleClient>,
+        context: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, ErrorData> {
         let request = ServerRequest::ElicitRequest(ElicitRequest::new(params));
         match self
             .relay
-            .ask_client(request, "elicitation/create", |c| c.elicitation.is_some())
+            .ask_client(
+                request,
+                "elicitation/create",
+                |c| c.elicitation.is_some(),
+                origin(&context),
+            )
             .await?
         {
             ClientResult::ElicitResult(result) => Ok(result),
@@ -113,17 +123,31 @@ impl ClientHandler for Handler {
 
     async fn list_roots(
         &self,
-        _context: RequestContext<RoleClient>,
+        context: RequestContext<RoleClient>,
     ) -> Result<ListRootsResult, ErrorData> {
         let request = ServerRequest::ListRootsRequest(ListRootsRequest::default());
         match self
             .relay
-            .ask_client(request, "roots/list", |c| c.roots.is_some())
+            .ask_client(
+                request,
+                "roots/list",
+                |c| c.roots.is_some(),
+                origin(&context),
+            )
             .await?
         {
             ClientResult::ListRootsResult(result) => Ok(result),
             _ => Err(unexpected_answer("roots/list")),
         }
+    }
+}
+
+/// The id of the daemon's request a server-to-client request came with: the request on
+/// whose response stream a streamable HTTP server sent it (rmcp's [`InboundStreamOrigin`]).
+fn origin(context: &RequestContext<RoleClient>) -> Option<&RequestId> {
+    match context.extensions.get::<InboundStreamOrigin>() {
+        Some(InboundStreamOrigin::OutboundRequest(id)) => Some(id),
+        _ => None,
     }
 }
 

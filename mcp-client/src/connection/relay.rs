@@ -135,8 +135,9 @@ pub struct Relay {
     server: String,
     /// Progress tokens of requests sent to the server → the caller and its own token.
     progress: Mutex<HashMap<ProgressToken, (Peer<RoleServer>, ProgressToken)>>,
-    /// Client sessions with a request in flight on the server, oldest first.
-    callers: Mutex<Vec<(u64, Caller)>>,
+    /// Client sessions with a request in flight on the server, oldest first: key, the
+    /// request's id on the server's session once sent, the caller.
+    callers: Mutex<Vec<(u64, Option<RequestId>, Caller)>>,
     next_caller: AtomicU64,
     events: broadcast::Sender<ServerEvent>,
 }
@@ -149,6 +150,15 @@ pub struct InFlight<'a> {
 }
 
 impl InFlight<'_> {
+    /// Records the id the request was sent to the server with, so that a server-to-client
+    /// request the server says is about it goes to this caller ([`Relay::ask_client`]).
+    pub fn sent(&mut self, upstream: RequestId) {
+        let mut callers = self.relay.callers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = callers.iter_mut().find(|(key, _, _)| *key == self.id) {
+            entry.1 = Some(upstream);
+        }
+    }
+
     /// Routes the server's progress for the request, sent with progress token `upstream`,
     /// to `caller` with the caller's own token (when it gave one).
     pub fn track_progress(&mut self, caller: &Caller, upstream: ProgressToken) {
@@ -169,7 +179,7 @@ impl Drop for InFlight<'_> {
             .callers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|(id, _)| *id != self.id);
+            .retain(|(key, _, _)| *key != self.id);
         if let Some(token) = &self.progress {
             self.relay
                 .progress
@@ -209,7 +219,7 @@ impl Relay {
         self.callers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((id, caller.clone()));
+            .push((id, None, caller.clone()));
         InFlight {
             relay: self,
             id,
@@ -239,9 +249,13 @@ impl Relay {
         true
     }
 
-    /// Sends a server-to-client request of the server to the newest client session with a
-    /// request in flight on it that declared the capability `wants` checks, and answers
-    /// with that client's answer.
+    /// Sends a server-to-client request of the server to the client session whose request
+    /// it is about, and answers with that client's answer. `origin` is the id of the
+    /// daemon's request to the server it came with (a streamable HTTP server sends it on that
+    /// request's response stream, SEP-2260): the caller of that request takes it. Without an
+    /// origin (stdio, or the server's standalone stream), or before the id of a request just
+    /// sent is recorded, it goes to the newest client session with a request in flight on
+    /// the server; either way only to one that declared the capability `wants` checks.
     ///
     /// # Errors
     /// No such client session (MCP error `-32601` naming what is missing, so the server
@@ -251,19 +265,26 @@ impl Relay {
         request: ServerRequest,
         what: &str,
         wants: fn(&ClientCapabilities) -> bool,
+        origin: Option<&RequestId>,
     ) -> Result<ClientResult, ErrorData> {
         let caller = {
             let callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+            let about = |upstream: &Option<RequestId>| match (origin, upstream) {
+                (Some(origin), Some(upstream)) => origin == upstream,
+                (Some(_), None) => !callers.iter().any(|(_, u, _)| u.as_ref() == origin),
+                (None, _) => true,
+            };
             callers
                 .iter()
                 .rev()
-                .find(|(_, caller)| {
+                .filter(|(_, upstream, _)| about(upstream))
+                .find(|(_, _, caller)| {
                     caller
                         .peer
                         .peer_info()
                         .is_some_and(|info| wants(&info.capabilities))
                 })
-                .map(|(_, caller)| caller.clone())
+                .map(|(_, _, caller)| caller.clone())
         };
         let Some(caller) = caller else {
             return Err(ErrorData::new(
