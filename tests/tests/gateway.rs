@@ -576,6 +576,23 @@ impl RawSession {
     }
 }
 
+/// Waits for `sampling/createMessage` on the stream of `call` (a `tools/call` with id 2 in
+/// `session`), answers it with `text`, and returns the call's answer.
+async fn sampled_on_its_stream(session: &RawSession, call: reqwest::Response, text: &str) -> Value {
+    let mut stream = call.bytes_stream();
+    let mut buffer = String::new();
+    let asked = next_event(&mut stream, &mut buffer, |e| {
+        e["method"] == "sampling/createMessage"
+    })
+    .await;
+    session
+        .post(json!({"jsonrpc": "2.0", "id": asked["id"], "result": {
+            "role": "assistant", "model": "m", "stopReason": "endTurn",
+            "content": {"type": "text", "text": text}}}))
+        .await;
+    next_event(&mut stream, &mut buffer, |e| e["id"] == 2).await
+}
+
 #[tokio::test]
 async fn a_sampling_request_comes_on_the_stream_of_the_call_that_caused_it() {
     let daemon = running(&[("everything", everything_entry())]).await;
@@ -588,18 +605,7 @@ async fn a_sampling_request_comes_on_the_stream_of_the_call_that_caused_it() {
             "name": "trigger-sampling-request", "arguments": {"prompt": "hi", "maxTokens": 5}}}),
         )
         .await;
-    let mut stream = call.bytes_stream();
-    let mut buffer = String::new();
-    let asked = next_event(&mut stream, &mut buffer, |e| {
-        e["method"] == "sampling/createMessage"
-    })
-    .await;
-    session
-        .post(json!({"jsonrpc": "2.0", "id": asked["id"], "result": {
-            "role": "assistant", "model": "m", "stopReason": "endTurn",
-            "content": {"type": "text", "text": "sampled on the call's stream"}}}))
-        .await;
-    let result = next_event(&mut stream, &mut buffer, |e| e["id"] == 2).await;
+    let result = sampled_on_its_stream(&session, call, "sampled on the call's stream").await;
     let text = result["result"]["content"][0]["text"]
         .as_str()
         .unwrap_or_default();
@@ -873,18 +879,7 @@ async fn a_remote_servers_sampling_request_goes_to_the_client_whose_call_caused_
             "name": "sleep", "arguments": {"ms": 5000}}}),
         )
         .await;
-    let mut stream = call.bytes_stream();
-    let mut buffer = String::new();
-    let asked = next_event(&mut stream, &mut buffer, |e| {
-        e["method"] == "sampling/createMessage"
-    })
-    .await;
-    first
-        .post(json!({"jsonrpc": "2.0", "id": asked["id"], "result": {
-            "role": "assistant", "model": "m", "stopReason": "endTurn",
-            "content": {"type": "text", "text": "sampled by the first client"}}}))
-        .await;
-    let result = next_event(&mut stream, &mut buffer, |e| e["id"] == 2).await;
+    let result = sampled_on_its_stream(&first, call, "sampled by the first client").await;
     assert_eq!(
         mag_tests::text(&result["result"]),
         "sampled by the first client",
