@@ -171,6 +171,14 @@ impl Upstream {
         (level_of(lowest), subscribed)
     }
 
+    /// Drops what `server`'s sessions were asked (it was removed).
+    fn forget(&self, server: &str) {
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(server);
+    }
+
     fn applied_servers(&self) -> Vec<String> {
         let applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
         applied.keys().cloned().collect()
@@ -216,6 +224,13 @@ pub(super) fn spawn_watch(
                 event = events.recv() => event,
             };
             let servers = match event {
+                Ok(crate::connection::ServerEvent::Lifecycle(server))
+                    if !supervisor.knows(&server) =>
+                {
+                    // Removed from mcp.json: nothing to keep for its sessions.
+                    upstream.forget(&server);
+                    continue;
+                }
                 Ok(crate::connection::ServerEvent::Lifecycle(server)) => vec![server],
                 Ok(_) => continue,
                 Err(RecvError::Lagged(_)) => upstream.applied_servers(),
