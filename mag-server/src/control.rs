@@ -194,7 +194,7 @@ impl ControlPlane {
     /// `mcpServers` required, no key twice), checks `version` (required: a whole-config
     /// write replaces every server), writes the file and loads it into mcp-client. The
     /// folders of `ai_generated` servers it drops are deleted, as `remove` does. For a JWT
-    /// `caller`, MAG's ownership ([`with_owners`]).
+    /// `caller`, MAG's ownership (`with_owners`: recorded owners kept, new servers the caller's).
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] (422), `version` missing (422), [`Error::StaleRevision`]

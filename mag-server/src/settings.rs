@@ -107,7 +107,7 @@ pub struct Cli {
     /// The Python that creates generated tools' virtual environments [default: python3].
     #[arg(long, env = "MAG_PYTHON", value_name = "PATH")]
     pub python: Option<PathBuf>,
-    /// Web origins (scheme://host[:port], comma-separated) whose requests are taken, besides
+    /// Web origins (`scheme://host[:port]`, comma-separated) whose requests are taken, besides
     /// loopback ones (their pages also get CORS answers, e.g. MAG's frontend); any other
     /// Origin is refused (403).
     #[arg(

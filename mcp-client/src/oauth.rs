@@ -327,7 +327,7 @@ impl OAuth {
     }
 
     /// What a 401 or 403 of server `server` (its `entry`) asks for: a new authorization
-    /// ([`Self::begin`]) or a larger scope ([`Self::step_up`]), as the connect's or the
+    /// (`begin`) or a larger scope (`step_up`), as the connect's or the
     /// request's error: [`ConnectError::AuthorizationRequired`] with the URL, or why none
     /// can start. Bounded by the entry's `timeout` (the authorization server is asked for
     /// its metadata and may be asked to register us): past it, a

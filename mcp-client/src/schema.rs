@@ -25,7 +25,7 @@ impl ArgumentSchemas {
     /// # Errors
     /// The failures, each with the JSON pointer of the field it is about, e.g.
     /// `at /message: 5 is not of type "string"` or `at (root): "message" is a required
-    /// property`; at most [`MAX_REPORTED`] of them, `; `-separated.
+    /// property`; at most `MAX_REPORTED` (5) of them, `; `-separated.
     pub fn check(
         &self,
         server: &str,

@@ -104,7 +104,7 @@ pub fn start() {
     });
 }
 
-/// The right to spawn one child: keeps the reaper out ([`SPAWNS`]) from before the fork
+/// The right to spawn one child: keeps the reaper out (`SPAWNS`) from before the fork
 /// until [`Spawning::spawned`] records the pid. Never held across an `.await`.
 pub struct Spawning {
     _spawning: RwLockReadGuard<'static, ()>,

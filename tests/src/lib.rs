@@ -583,12 +583,12 @@ impl Daemon {
         .await
     }
 
-    /// `/servers`[server].
+    /// `/servers[server]`.
     pub async fn server(&self, server: &str) -> Value {
         self.get("/servers").await.1[server].clone()
     }
 
-    /// Polls `/servers`[server] until `done` holds (at most `within`); the last state seen.
+    /// Polls `/servers[server]` until `done` holds (at most `within`); the last state seen.
     pub async fn wait_server(
         &self,
         server: &str,

@@ -1,6 +1,6 @@
 //! The HTTP API (SPEC §5, MAG's paths): thin handlers over [`ControlPlane`] and
-//! [`Generator`], and the only place MAG's JSON shapes are made ([`mcp`]: the MCP
-//! management endpoints, [`generation`]: MCP generation).
+//! [`Generator`], and the only place MAG's JSON shapes are made (`mcp`: the MCP
+//! management endpoints, `generation`: MCP generation).
 //!
 //! | method path | answer |
 //! |---|---|

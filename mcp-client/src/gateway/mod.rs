@@ -9,7 +9,7 @@
 //!   transparent (its own names, capabilities and instructions).
 //!
 //! Built on rmcp's server side: a [`StreamableHttpService`] per scope (the aggregate, and one
-//! per server, made on first use), a [`session::Session`] per client session. The REST API
+//! per server, made on first use), a `session::Session` per client session. The REST API
 //! and the gateway are two faces over the same [`Supervisor`]; the HTTP edge in front of both
 //! checks `Host`, `Origin`, `Content-Type` and the bearer token.
 
