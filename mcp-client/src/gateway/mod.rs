@@ -31,8 +31,12 @@ use rmcp::transport::streamable_http_server::session::local::{LocalSessionManage
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::Connection;
 use crate::error::Error;
 use crate::supervisor::Supervisor;
+use mag_common::config::ServerEntry;
+use names::Catalog;
+use rmcp::model::Tool;
 use session::{Scope, Session};
 
 /// The header that picks one server on `/mcp`.
@@ -61,6 +65,104 @@ pub(crate) struct Shared {
     upstream: Arc<upstream::Upstream>,
     /// Ends with the gateway (shutdown).
     stop: CancellationToken,
+    /// The aggregate's tools under public names, as last made.
+    aggregate_tools: Mutex<Option<Arc<AggregateTools>>>,
+}
+
+impl Shared {
+    /// The aggregate's tools under their public names: the last ones made while every live
+    /// server's tool list and filters are unchanged, else made anew.
+    fn aggregate_tools(&self) -> Arc<AggregateTools> {
+        let servers = self.supervisor.sessions();
+        let mut cached = self
+            .aggregate_tools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(made) = cached.as_ref().filter(|made| made.made_from(&servers)) {
+            return made.clone();
+        }
+        let made = Arc::new(AggregateTools::new(&servers, &self.separator));
+        *cached = Some(made.clone());
+        made
+    }
+}
+
+/// The aggregate's tools under their public names ([`names`]), with what they were made
+/// from, so that a call on `/mcp` does not name every tool again (measured: ~200 µs a call
+/// with 320 tools over 20 servers).
+struct AggregateTools {
+    /// Per live server, in name order.
+    from: Vec<MadeFrom>,
+    /// Public name → (server, tool).
+    catalog: Catalog,
+    /// The exposed tools, under their public names, in listing order.
+    tools: Vec<Tool>,
+}
+
+/// One server's part in [`AggregateTools`].
+struct MadeFrom {
+    server: String,
+    /// Its tool list (the same `Arc` while unchanged).
+    tools: Arc<Vec<Tool>>,
+    /// Its `allowedTools` and `disabledTools`.
+    filters: (Option<Vec<String>>, Vec<String>),
+}
+
+impl MadeFrom {
+    fn is(&self, (server, connection, entry): &(String, Arc<Connection>, ServerEntry)) -> bool {
+        self.server == *server
+            && Arc::ptr_eq(&self.tools, &connection.tools())
+            && self.filters.0 == entry.allowed_tools
+            && self.filters.1 == entry.disabled_tools
+    }
+}
+
+impl AggregateTools {
+    fn new(servers: &[(String, Arc<Connection>, ServerEntry)], separator: &str) -> Self {
+        let mut from = Vec::with_capacity(servers.len());
+        let mut listed = Vec::new();
+        for (server, connection, entry) in servers {
+            let tools = connection.tools();
+            for tool in tools.iter().filter(|t| entry.exposes(&t.name)) {
+                listed.push((server.as_str(), tool.clone()));
+            }
+            let filters = (entry.allowed_tools.clone(), entry.disabled_tools.clone());
+            from.push(MadeFrom {
+                server: server.clone(),
+                tools,
+                filters,
+            });
+        }
+        let (catalog, names) = Catalog::build(
+            listed
+                .iter()
+                .map(|(server, tool)| (*server, tool.name.as_ref())),
+            separator,
+        );
+        let tools = listed
+            .into_iter()
+            .zip(names)
+            .map(|((_, mut tool), name)| {
+                tool.name = name.into();
+                tool
+            })
+            .collect();
+        Self {
+            from,
+            catalog,
+            tools,
+        }
+    }
+
+    /// Whether `servers` are the servers, tool lists and filters these were made from.
+    fn made_from(&self, servers: &[(String, Arc<Connection>, ServerEntry)]) -> bool {
+        self.from.len() == servers.len()
+            && self
+                .from
+                .iter()
+                .zip(servers)
+                .all(|(made, server)| made.is(server))
+    }
 }
 
 type Service = StreamableHttpService<Session, LocalSessionManager>;
@@ -85,6 +187,7 @@ impl Gateway {
             separator: options.separator.clone(),
             upstream: Arc::default(),
             stop: stop.clone(),
+            aggregate_tools: Mutex::default(),
         });
         upstream::spawn_watch(
             shared.supervisor.clone(),

@@ -469,34 +469,16 @@ impl ServerHandler for Session {
         request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let servers = self.servers();
-        let mut listed = Vec::new();
-        for (server, connection, entry) in &servers {
-            let tools = connection.tools();
-            for tool in tools.iter().filter(|t| entry.exposes(&t.name)) {
-                listed.push((server.as_str(), tool.clone()));
-            }
-        }
         let tools = match &self.scope {
-            Scope::One(_) => listed.into_iter().map(|(_, tool)| tool).collect(),
-            Scope::All => {
-                let pairs: Vec<(&str, String)> = listed
-                    .iter()
-                    .map(|(server, tool)| (*server, tool.name.to_string()))
-                    .collect();
-                let (_, names) = Catalog::build(
-                    pairs.iter().map(|(s, n)| (*s, n.as_str())),
-                    &self.shared.separator,
-                );
+            Scope::One(_) => {
+                let mut listed = Vec::new();
+                for (_, connection, entry) in self.servers() {
+                    let tools = connection.tools();
+                    listed.extend(tools.iter().filter(|t| entry.exposes(&t.name)).cloned());
+                }
                 listed
-                    .into_iter()
-                    .zip(names)
-                    .map(|((_, mut tool), name)| {
-                        tool.name = name.into();
-                        tool
-                    })
-                    .collect()
             }
+            Scope::All => self.shared.aggregate_tools().tools.clone(),
         };
         let (tools, next) = pages::page(tools, cursor(&request))?;
         let mut result = ListToolsResult::with_all_items(tools);
@@ -512,18 +494,8 @@ impl ServerHandler for Session {
         let (server, tool) = match &self.scope {
             Scope::One(server) => (server.clone(), request.name.to_string()),
             Scope::All => {
-                let servers = self.shared.supervisor.sessions();
-                let mut pairs = Vec::new();
-                for (server, connection, entry) in &servers {
-                    for tool in connection.tools().iter().filter(|t| entry.exposes(&t.name)) {
-                        pairs.push((server.clone(), tool.name.to_string()));
-                    }
-                }
-                let (catalog, _) = Catalog::build(
-                    pairs.iter().map(|(s, n)| (s.as_str(), n.as_str())),
-                    &self.shared.separator,
-                );
-                match catalog.resolve(&request.name) {
+                let aggregate = self.shared.aggregate_tools();
+                match aggregate.catalog.resolve(&request.name) {
                     Some((server, tool)) => (server.to_string(), tool.to_string()),
                     None => {
                         return Err(ErrorData::invalid_params(
