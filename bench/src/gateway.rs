@@ -1,7 +1,8 @@
 //! The MCP gateway (SPEC §8): an rmcp client over streamable HTTP calling the fast echo
 //! server through `/servers/fast/mcp` (one server, transparent) and through `/mcp` (the
 //! aggregate, `fast__echo`), against a direct stdio session in the same run; `tools/list`
-//! of the aggregate over 20 servers; the memory an idle client session costs mcp-client.
+//! of the aggregate over 20 servers, and a call among 320 tools (20 server-everything); the
+//! memory an idle client session costs mcp-client.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -227,5 +228,42 @@ pub async fn run(report: &mut Report, runs: usize) {
         spread(&lists, "ms"),
     );
     session.cancel().await.ok();
+    drop(daemon);
+
+    // tools/call of the aggregate over 20 server-everything (16 tools each): what resolving
+    // a public name among 320 costs a call, against the same call on /servers/NAME/mcp.
+    let names: Vec<String> = (0..20).map(|i| format!("e{i:02}")).collect();
+    let config: serde_json::Map<String, Value> = names
+        .iter()
+        .map(|name| {
+            let mut entry = mag_tests::everything_entry();
+            entry["autoConnect"] = json!(true);
+            (name.clone(), entry)
+        })
+        .collect();
+    let daemon = Daemon::start(Value::Object(config));
+    let api = Api::new(&daemon);
+    wait_connected(&api, &names).await;
+    let aggregate = http_session(&format!("{}/mcp", daemon.base)).await;
+    let one = http_session(&format!("{}/servers/e19/mcp", daemon.base)).await;
+    for _ in 0..WARMUP_CALLS {
+        call(aggregate.peer(), "e19__echo").await;
+        call(one.peer(), "echo").await;
+    }
+    let mut added = Vec::new();
+    for _ in 0..runs {
+        let (mut via_all, mut via_one) = (Vec::new(), Vec::new());
+        for _ in 0..LATENCY_CALLS {
+            via_all.push(timed(call(aggregate.peer(), "e19__echo")).await);
+            via_one.push(timed(call(one.peer(), "echo")).await);
+        }
+        added.push(percentiles(&mut via_all).0 - percentiles(&mut via_one).0);
+    }
+    report.row(
+        "gateway: tools/call of /mcp over 20 server-everything (320 tools), p50 over /servers/NAME/mcp",
+        spread(&added, "µs"),
+    );
+    aggregate.cancel().await.ok();
+    one.cancel().await.ok();
     drop(daemon);
 }
