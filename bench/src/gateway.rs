@@ -44,6 +44,22 @@ async fn call(peer: &Peer<RoleClient>, tool: &str) {
     drop(result);
 }
 
+/// mcp-client with 20 servers `PREFIX00` … `PREFIX19` of `entry`, once all are connected.
+async fn twenty_servers(prefix: &str, entry: Value) -> Daemon {
+    let names: Vec<String> = (0..20).map(|i| format!("{prefix}{i:02}")).collect();
+    let config: serde_json::Map<String, Value> = names
+        .iter()
+        .map(|name| {
+            let mut entry = entry.clone();
+            entry["autoConnect"] = json!(true);
+            (name.clone(), entry)
+        })
+        .collect();
+    let daemon = Daemon::start(Value::Object(config));
+    wait_connected(&Api::new(&daemon), &names).await;
+    daemon
+}
+
 /// Waits until every server of `names` is connected.
 async fn wait_connected(api: &Api, names: &[String]) {
     for _ in 0..600 {
@@ -200,18 +216,7 @@ pub async fn run(report: &mut Report, runs: usize) {
     drop(daemon);
 
     // tools/list of the aggregate over 20 servers.
-    let names: Vec<String> = (0..20).map(|i| format!("s{i:02}")).collect();
-    let config: serde_json::Map<String, Value> = names
-        .iter()
-        .map(|name| {
-            let mut entry = echo_server_entry();
-            entry["autoConnect"] = json!(true);
-            (name.clone(), entry)
-        })
-        .collect();
-    let daemon = Daemon::start(Value::Object(config));
-    let api = Api::new(&daemon);
-    wait_connected(&api, &names).await;
+    let daemon = twenty_servers("s", echo_server_entry()).await;
     let session = http_session(&format!("{}/mcp", daemon.base)).await;
     let listed = session.peer().list_all_tools().await.expect("tools/list");
     assert_eq!(listed.len(), 40, "20 servers × 2 tools");
@@ -232,18 +237,7 @@ pub async fn run(report: &mut Report, runs: usize) {
 
     // tools/call of the aggregate over 20 server-everything (16 tools each): what resolving
     // a public name among 320 costs a call, against the same call on /servers/NAME/mcp.
-    let names: Vec<String> = (0..20).map(|i| format!("e{i:02}")).collect();
-    let config: serde_json::Map<String, Value> = names
-        .iter()
-        .map(|name| {
-            let mut entry = mag_tests::everything_entry();
-            entry["autoConnect"] = json!(true);
-            (name.clone(), entry)
-        })
-        .collect();
-    let daemon = Daemon::start(Value::Object(config));
-    let api = Api::new(&daemon);
-    wait_connected(&api, &names).await;
+    let daemon = twenty_servers("e", mag_tests::everything_entry()).await;
     let aggregate = http_session(&format!("{}/mcp", daemon.base)).await;
     let one = http_session(&format!("{}/servers/e19/mcp", daemon.base)).await;
     for _ in 0..WARMUP_CALLS {
