@@ -36,34 +36,30 @@ pub(super) struct Wants {
     pub(super) log_level: AtomicU8,
 }
 
-/// A log level's rank, 1 (debug) to 8 (emergency), as RFC 5424 orders them (MCP spec
-/// 2025-11-25, Utilities § Logging).
+/// The log levels from the most verbose up, as RFC 5424 orders them (MCP spec 2025-11-25,
+/// Utilities § Logging).
+const LEVELS: [LoggingLevel; 8] = [
+    LoggingLevel::Debug,
+    LoggingLevel::Info,
+    LoggingLevel::Notice,
+    LoggingLevel::Warning,
+    LoggingLevel::Error,
+    LoggingLevel::Critical,
+    LoggingLevel::Alert,
+    LoggingLevel::Emergency,
+];
+
+/// A log level's rank, 1 (debug) to 8 (emergency).
 pub(super) fn severity(level: LoggingLevel) -> u8 {
-    match level {
-        LoggingLevel::Debug => 1,
-        LoggingLevel::Info => 2,
-        LoggingLevel::Notice => 3,
-        LoggingLevel::Warning => 4,
-        LoggingLevel::Error => 5,
-        LoggingLevel::Critical => 6,
-        LoggingLevel::Alert => 7,
-        LoggingLevel::Emergency => 8,
-    }
+    LEVELS
+        .iter()
+        .position(|l| *l == level)
+        .map_or(0, |i| i as u8 + 1)
 }
 
 /// The level of a [`severity`]; `None` for 0 (no level set).
 pub(super) fn level_of(severity: u8) -> Option<LoggingLevel> {
-    Some(match severity {
-        1 => LoggingLevel::Debug,
-        2 => LoggingLevel::Info,
-        3 => LoggingLevel::Notice,
-        4 => LoggingLevel::Warning,
-        5 => LoggingLevel::Error,
-        6 => LoggingLevel::Critical,
-        7 => LoggingLevel::Alert,
-        8 => LoggingLevel::Emergency,
-        _ => return None,
-    })
+    LEVELS.get(usize::from(severity).checked_sub(1)?).copied()
 }
 
 /// Which lists a change touches.
@@ -199,4 +195,20 @@ async fn send_lists(peer: &Peer<RoleServer>, lists: Lists) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn severities_run_from_debug_to_emergency_and_back() {
+        assert_eq!(severity(LoggingLevel::Debug), 1);
+        assert_eq!(severity(LoggingLevel::Emergency), 8);
+        for level in LEVELS {
+            assert_eq!(level_of(severity(level)), Some(level));
+        }
+        assert_eq!(level_of(0), None);
+        assert_eq!(level_of(9), None);
+    }
 }
