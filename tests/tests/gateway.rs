@@ -552,6 +552,14 @@ impl RawSession {
         request.send().await.expect("POST")
     }
 
+    /// POSTs `tools/call` of `tool` with `arguments` as request `id`; the answer (an SSE
+    /// stream) is not read.
+    async fn call_tool(&self, id: u64, tool: &str, arguments: Value) -> reqwest::Response {
+        self.post(json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments}}))
+            .await
+    }
+
     /// The session's own stream (`GET`), where notifications not tied to a request come.
     async fn stream(&self) -> reqwest::Response {
         self.http
@@ -600,9 +608,10 @@ async fn a_sampling_request_comes_on_the_stream_of_the_call_that_caused_it() {
     let session = RawSession::open(&url, json!({"sampling": {}})).await;
     // No GET stream: the request must come on the call's own stream.
     let call = session
-        .post(
-            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
-            "name": "trigger-sampling-request", "arguments": {"prompt": "hi", "maxTokens": 5}}}),
+        .call_tool(
+            2,
+            "trigger-sampling-request",
+            json!({"prompt": "hi", "maxTokens": 5}),
         )
         .await;
     let result = sampled_on_its_stream(&session, call, "sampled on the call's stream").await;
@@ -618,12 +627,7 @@ async fn a_call_in_flight_is_cancelled_on_the_server_when_its_session_ends() {
     let url = format!("{}/servers/py/mcp", daemon.base);
     let session = RawSession::open(&url, json!({})).await;
     // A long call whose client then ends its session.
-    let call = session
-        .post(
-            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
-            "name": "sleep", "arguments": {"ms": 30000}}}),
-        )
-        .await;
+    let call = session.call_tool(2, "sleep", json!({"ms": 30000})).await;
     let started = py_stats_until(&daemon, 1).await;
     assert_eq!(started["in_flight"], 1, "the call did not start: {started}");
     drop(call);
@@ -759,10 +763,7 @@ async fn each_session_hears_server_logs_from_its_own_level_up() {
     let (mut quiet_buffer, mut chatty_buffer) = (String::new(), String::new());
     for (id, level, message) in [(3, "info", "chatter"), (4, "error", "alarm")] {
         let call = chatty
-            .post(
-                json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
-                "name": "log", "arguments": {"level": level, "message": message}}}),
-            )
+            .call_tool(id, "log", json!({"level": level, "message": message}))
             .await;
         let mut stream = call.bytes_stream();
         let mut buffer = String::new();
@@ -868,17 +869,9 @@ async fn a_remote_servers_sampling_request_goes_to_the_client_whose_call_caused_
     // The first client's call asks for a sampling after a second; by then the second client
     // has a newer call in flight on the same server, which also declared sampling.
     let call = first
-        .post(
-            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
-            "name": "sample", "arguments": {"prompt": "hi", "delay_ms": 1000}}}),
-        )
+        .call_tool(2, "sample", json!({"prompt": "hi", "delay_ms": 1000}))
         .await;
-    let _newer = second
-        .post(
-            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
-            "name": "sleep", "arguments": {"ms": 5000}}}),
-        )
-        .await;
+    let _newer = second.call_tool(2, "sleep", json!({"ms": 5000})).await;
     let result = sampled_on_its_stream(&first, call, "sampled by the first client").await;
     assert_eq!(
         mag_tests::text(&result["result"]),
