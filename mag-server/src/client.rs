@@ -349,6 +349,12 @@ impl McpClient {
         let response = request.timeout(within).send().await.map_err(failed)?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(failed)?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| Error::BadAnswer {
+                what: what.to_string(),
+                detail: e.to_string(),
+            });
+        }
         let answer = serde_json::from_slice::<ErrorBody>(&bytes).ok();
         // A 401 is mcp-client refusing our token, unless a server needs OAuth (SPEC §10).
         let needs_user = answer
@@ -356,12 +362,6 @@ impl McpClient {
             .is_some_and(|a| a.code == "authorization_required");
         if status == StatusCode::UNAUTHORIZED && !needs_user {
             return Err(Error::TokenRefused(self.addr));
-        }
-        if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| Error::BadAnswer {
-                what: what.to_string(),
-                detail: e.to_string(),
-            });
         }
         let body = answer.unwrap_or_else(|| ErrorBody {
             detail: format!(
