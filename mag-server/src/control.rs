@@ -22,6 +22,7 @@ use crate::auth::Caller;
 use crate::client::{DISCONNECT_TIMEOUT, GENERAL_TIMEOUT, McpClient, TIMEOUT_MARGIN};
 use crate::config_store::{ConfigGuard, ConfigStore};
 use crate::error::{Error, Result};
+use crate::supervisor::now_rfc3339;
 use crate::supervisor::{ClientStatus, Supervisor};
 
 /// How long a forwarded request waits for the first mcp-client while it starts.
@@ -589,18 +590,14 @@ impl ControlPlane {
 /// of `current` keeps its recorded `provider_user_id` and `created_at` (an admin may set
 /// others), a new one in `servers` gets the caller's and now.
 fn with_owners(servers: &mut Map<String, Value>, current: &Map<String, Value>, caller: &Caller) {
-    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let now = now_rfc3339();
     for (name, entry) in servers.iter_mut() {
         let Value::Object(fields) = entry else {
             continue;
         };
         let Some(old) = current.get(name) else {
             if !caller.admin || !fields.contains_key("provider_user_id") {
-                fields.insert(
-                    "provider_user_id".into(),
-                    Value::from(caller.user_id.clone()),
-                );
-                fields.insert("created_at".into(), Value::from(now.clone()));
+                stamp_owner(fields, caller, &now);
             }
             continue;
         };
@@ -616,6 +613,26 @@ fn with_owners(servers: &mut Map<String, Value>, current: &Map<String, Value>, c
             }
         }
     }
+}
+
+/// MAG's ownership on servers a JWT `caller` adds (`add_servers`): each entry gets the
+/// caller's `provider_user_id` and now as `created_at`.
+pub fn owned_by(servers: &mut Map<String, Value>, caller: &Caller) {
+    let now = now_rfc3339();
+    for entry in servers.values_mut() {
+        if let Value::Object(fields) = entry {
+            stamp_owner(fields, caller, &now);
+        }
+    }
+}
+
+/// Records `caller` as the owner of one entry's `fields`, created at `now`.
+fn stamp_owner(fields: &mut Map<String, Value>, caller: &Caller, now: &str) {
+    fields.insert(
+        "provider_user_id".into(),
+        Value::from(caller.user_id.clone()),
+    );
+    fields.insert("created_at".into(), Value::from(now));
 }
 
 /// `None` or `null`: no check. A string equal to `current`: fine. Anything else: stale.

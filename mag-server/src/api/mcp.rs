@@ -155,13 +155,7 @@ pub(super) async fn add(
     Body(mut body): Body<AddBody>,
 ) -> AppResult {
     if caller.from_token {
-        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        for entry in body.servers.values_mut() {
-            if let Value::Object(fields) = entry {
-                fields.insert("provider_user_id".into(), json!(caller.user_id));
-                fields.insert("created_at".into(), json!(now));
-            }
-        }
+        crate::control::owned_by(&mut body.servers, &caller);
     }
     if body.servers.is_empty() {
         return Ok(Json(json!({
@@ -324,9 +318,10 @@ pub(super) async fn remove(
 /// ([`may_authorize`]).
 pub(super) async fn status(State(state): St, Who(caller): Who) -> Result<Json<Servers>> {
     let mut servers = state.plane.status().await?;
-    if servers
-        .values()
-        .any(|view| view.authorization_url.is_some())
+    if owner_matters(&caller)
+        && servers
+            .values()
+            .any(|view| view.authorization_url.is_some())
     {
         let owners = owners(&state).await?;
         for (name, view) in &mut servers {
@@ -357,7 +352,13 @@ async fn owners(state: &super::AppState) -> Result<BTreeMap<String, String>> {
 /// approves decides whose account the server's calls use, for every user of the daemon.
 /// So a JWT user may for their own servers; admins and the operator (no JWT) for all.
 fn may_authorize(caller: &Caller, owner: Option<&String>) -> bool {
-    !caller.from_token || caller.admin || owner.is_some_and(|owner| *owner == caller.user_id)
+    !owner_matters(caller) || owner.is_some_and(|owner| *owner == caller.user_id)
+}
+
+/// Whether a server's owner decides what `caller` may see of its authorization: only for a
+/// JWT user who is not an admin (so the others need no read of mcp.json for it).
+fn owner_matters(caller: &Caller) -> bool {
+    caller.from_token && !caller.admin
 }
 
 /// `POST /api/mcp/connect/{name}`: mcp-client's answer, `{"status": "connected", "server",
@@ -370,24 +371,18 @@ pub(super) async fn connect(State(state): St, Who(caller): Who, path: Segment) -
     if !name.eq_ignore_ascii_case("all") {
         return match state.plane.connect(&name).await {
             Ok(answer) => Ok(Json(json!(answer))),
-            Err(Error::Upstream {
-                status,
-                code,
-                detail,
-                kind,
-                authorization_url: Some(url),
-            }) => {
-                let owners = owners(&state).await?;
-                let shown = may_authorize(&caller, owners.get(&name)).then_some(url);
-                Err(Error::Upstream {
-                    status,
-                    code,
-                    detail,
-                    kind,
-                    authorization_url: shown,
-                })
+            Err(mut e) => {
+                if let Error::Upstream {
+                    authorization_url: url @ Some(_),
+                    ..
+                } = &mut e
+                    && owner_matters(&caller)
+                    && !may_authorize(&caller, owners(&state).await?.get(&name))
+                {
+                    *url = None;
+                }
+                Err(e)
             }
-            Err(e) => Err(e),
         };
     }
     let outcomes = state.plane.connect_all().await?;

@@ -580,7 +580,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn now_rfc3339() -> String {
+/// Now, as RFC 3339 in whole seconds, UTC (`2026-12-06T10:00:00Z`).
+pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
