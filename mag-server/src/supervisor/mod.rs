@@ -177,6 +177,8 @@ struct Inner {
     mcp_config: PathBuf,
     log_dir: PathBuf,
     token_file: PathBuf,
+    /// mag-server's data dir, where mcp-client keeps its OAuth tokens too.
+    data_dir: PathBuf,
     adopt_token: Option<Secret>,
     connect_concurrency: usize,
     /// Variables holding mag-server's secrets: kept out of mcp-client's environment.
@@ -254,6 +256,7 @@ impl Supervisor {
                 mcp_config: settings.mcp_config.clone(),
                 log_dir: settings.log_dir.clone(),
                 token_file: settings.data_dir.join(TOKEN_FILE),
+                data_dir: settings.data_dir.clone(),
                 adopt_token: settings.client_token.clone(),
                 connect_concurrency: settings.connect_concurrency,
                 secret_env: settings.secret_env(),

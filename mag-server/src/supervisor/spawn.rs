@@ -66,12 +66,7 @@ impl Supervisor {
             .arg(&inner.log_dir)
             // Its OAuth tokens live beside mag-server's own state.
             .arg("--data-dir")
-            .arg(
-                inner
-                    .token_file
-                    .parent()
-                    .unwrap_or(std::path::Path::new(".")),
-            )
+            .arg(&inner.data_dir)
             .arg("--oauth-redirect-uri")
             .arg(&inner.oauth_redirect)
             .arg("--token-env")
