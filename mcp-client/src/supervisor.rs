@@ -521,15 +521,7 @@ impl Supervisor {
                 }
                 let mut state = slot.state();
                 let retrying = state.retry.as_ref().is_some_and(|t| !t.is_cancelled());
-                state.status = if let ConnectError::AuthorizationRequired(_) = &cause {
-                    Status::NeedsAuthorization
-                } else if retrying && !cause.needs_user() {
-                    Status::Reconnecting
-                } else {
-                    Status::Failed
-                };
-                state.error = Some(cause.to_string());
-                state.error_kind = Some(kind);
+                state.record_failure(&cause, retrying);
                 return Err(Error::Connect {
                     server: slot.name.clone(),
                     cause,

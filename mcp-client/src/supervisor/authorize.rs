@@ -35,15 +35,7 @@ impl Supervisor {
                 let cause = oauth.answer(server, &entry, &challenge).await;
                 self.disconnect_slot(&slot, "the server no longer takes mcp-client's token")
                     .await;
-                {
-                    let mut state = slot.state();
-                    state.status = Status::Failed;
-                    state.error = Some(cause.to_string());
-                    state.error_kind = Some(cause.code());
-                    if matches!(cause, ConnectError::AuthorizationRequired(_)) {
-                        state.status = Status::NeedsAuthorization;
-                    }
-                }
+                slot.state().record_failure(&cause, false);
                 if !cause.needs_user() {
                     // The authorization server is out of reach: try again later.
                     slot.state().wanted = true;

@@ -9,6 +9,7 @@ use mag_common::wire::Status;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::Connection;
+use crate::error::ConnectError;
 
 pub(super) struct Slot {
     pub(super) name: String,
@@ -40,6 +41,23 @@ pub(super) struct SlotState {
     pub(super) disconnects: u32,
     /// Why the latest disconnect was asked (the cause of a connect it cancelled).
     pub(super) cancelled_by: Option<String>,
+}
+
+impl SlotState {
+    /// Records a failed connect (or a refused token) as the server's state: waiting for a
+    /// user's authorization, reconnecting (`retrying`, and no user needed), else failed;
+    /// `cause` as its error and error kind.
+    pub(super) fn record_failure(&mut self, cause: &ConnectError, retrying: bool) {
+        self.status = if let ConnectError::AuthorizationRequired(_) = cause {
+            Status::NeedsAuthorization
+        } else if retrying && !cause.needs_user() {
+            Status::Reconnecting
+        } else {
+            Status::Failed
+        };
+        self.error = Some(cause.to_string());
+        self.error_kind = Some(cause.code());
+    }
 }
 
 impl Slot {
