@@ -121,14 +121,7 @@ impl Error {
             Self::InvalidArguments { .. } => "invalid_arguments",
             Self::NotConnected { .. } => "not_connected",
             Self::Disabled(_) => "server_disabled",
-            Self::Connect {
-                cause: ConnectError::AuthorizationRequired(_),
-                ..
-            }
-            | Self::Authorization {
-                cause: ConnectError::AuthorizationRequired(_),
-                ..
-            } => "authorization_required",
+            _ if self.authorization_url().is_some() => "authorization_required",
             Self::Authorization { .. } => "unauthorized",
             Self::OAuthCallback(_) => "authorization_failed",
             Self::Connect { .. } => "connect_failed",
@@ -176,14 +169,7 @@ impl Error {
             Self::ToolNotAllowed { .. } => StatusCode::FORBIDDEN,
             Self::InvalidArguments { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotConnected { .. } | Self::Disabled(_) => StatusCode::CONFLICT,
-            Self::Connect {
-                cause: ConnectError::AuthorizationRequired(_),
-                ..
-            }
-            | Self::Authorization {
-                cause: ConnectError::AuthorizationRequired(_),
-                ..
-            } => StatusCode::UNAUTHORIZED,
+            _ if self.authorization_url().is_some() => StatusCode::UNAUTHORIZED,
             Self::Authorization { .. } => StatusCode::FORBIDDEN,
             Self::OAuthCallback(_) => StatusCode::BAD_REQUEST,
             Self::Connect { .. } => StatusCode::BAD_REQUEST,
