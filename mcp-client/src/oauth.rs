@@ -164,6 +164,17 @@ struct Pending {
     step: Step,
 }
 
+impl Pending {
+    /// Whether it can still be used (younger than [`PENDING_TTL`]).
+    fn live(&self) -> bool {
+        self.since.elapsed() < PENDING_TTL
+    }
+
+    fn is_step_up(&self) -> bool {
+        matches!(self.step, Step::StepUp(_))
+    }
+}
+
 /// The daemon's OAuth state: authorized clients by server, authorizations waiting for
 /// their redirect, the token file.
 pub struct OAuth {
@@ -182,10 +193,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Why a step (`what`) of `server`'s authorization failed, as the connect's error says it.
+fn failed(server: &str, what: &str, e: impl std::fmt::Display) -> String {
+    format!("server {server:?} needs authorization, but {what} failed: {e}")
+}
+
 fn unauthorized(server: &str, what: &str, e: impl std::fmt::Display) -> ConnectError {
-    ConnectError::Unauthorized(format!(
-        "server {server:?} needs authorization, but {what} failed: {e}"
-    ))
+    ConnectError::Unauthorized(failed(server, what, e))
 }
 
 /// What a failed step of OAuth means for the connect: the authorization server out of
@@ -200,7 +214,7 @@ fn auth_failure(server: &str, what: &str, e: AuthError) -> ConnectError {
             | AuthError::AuthorizationServersUnavailable { .. }
             | AuthError::TokenRefreshFailed(_)
     );
-    let text = format!("server {server:?} needs authorization, but {what} failed: {e}");
+    let text = failed(server, what, e);
     if unreachable {
         ConnectError::Transport(text)
     } else {
@@ -256,10 +270,14 @@ impl OAuth {
     /// The URL of the newest authorization of `server` that still waits for its redirect
     /// (only a step-up one with `step_up_only`): what `/servers` shows, while it can be used.
     pub fn waiting_url(&self, server: &str, step_up_only: bool) -> Option<String> {
+        self.newest(|p| p.server == server && (!step_up_only || p.is_step_up()))
+    }
+
+    /// The URL of the newest live authorization that `keep` accepts.
+    fn newest(&self, keep: impl Fn(&Pending) -> bool) -> Option<String> {
         lock(&self.pending)
             .values()
-            .filter(|p| p.server == server && p.since.elapsed() < PENDING_TTL)
-            .filter(|p| !step_up_only || matches!(p.step, Step::StepUp(_)))
+            .filter(|p| p.live() && keep(p))
             .max_by_key(|p| p.since)
             .map(|p| p.authorization_url.clone())
     }
@@ -269,8 +287,10 @@ impl OAuth {
     /// with a stored token (an earlier run's) it rediscovers the authorization server.
     ///
     /// # Errors
-    /// [`ConnectError::Unauthorized`]: the client credentials were refused, or the
-    /// authorization server of a stored token cannot be reached.
+    /// [`ConnectError::Transport`]: the authorization server cannot be reached (tried again
+    /// like any connect); [`ConnectError::Unauthorized`]: the client credentials were refused,
+    /// or its answer is unusable; [`ConnectError::Config`]: `oauth.client_secret` names a
+    /// variable that is not set.
     pub async fn client(
         &self,
         server: &str,
@@ -523,7 +543,7 @@ impl OAuth {
         }
         let pending = lock(&self.pending)
             .remove(&state)
-            .filter(|p| p.since.elapsed() < PENDING_TTL)
+            .filter(Pending::live)
             .ok_or(CallbackError::UnknownState)?;
         let server = pending.server.clone();
         if let Some(error) = query.error {
@@ -605,12 +625,7 @@ impl OAuth {
     /// The URL of an authorization of `server` that still waits for its user (a step-up
     /// one, or a first one): asked again meanwhile, the user gets the same URL.
     fn waiting(&self, server: &str, url: &str, step_up: bool) -> Option<String> {
-        lock(&self.pending)
-            .values()
-            .filter(|p| p.server == server && p.url == url && p.since.elapsed() < PENDING_TTL)
-            .filter(|p| matches!(p.step, Step::StepUp(_)) == step_up)
-            .max_by_key(|p| p.since)
-            .map(|p| p.authorization_url.clone())
+        self.newest(|p| p.server == server && p.url == url && p.is_step_up() == step_up)
     }
 
     /// Whether another authorization of `server` may start ([`MAX_AUTHORIZATIONS`]).
@@ -649,7 +664,7 @@ impl OAuth {
                 ConnectError::Unauthorized("the authorization URL carries no state".into())
             })?;
         let mut waiting = lock(&self.pending);
-        waiting.retain(|_, p| p.since.elapsed() < PENDING_TTL);
+        waiting.retain(|_, p| p.live());
         while waiting.len() >= MAX_PENDING {
             let oldest = waiting
                 .iter()

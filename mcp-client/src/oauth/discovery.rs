@@ -1,5 +1,6 @@
 //! Finding a server's authorization server, and what the code here accepts from one.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use rmcp::transport::auth::{AuthError, AuthorizationManager, AuthorizationMetadata};
@@ -26,6 +27,24 @@ pub(super) fn acceptable_endpoint(url: &str) -> bool {
 
 /// The most of an authorization server's answer read by the code here (rmcp bounds its own).
 pub(super) const ANSWER_LIMIT: usize = 1024 * 1024;
+
+/// The HTTP client of the requests to an authorization server made here rather than by
+/// rmcp (the 2025-03-26 metadata fallback, the private-key token request): 30 s a request,
+/// no redirects; built once.
+///
+/// # Errors
+/// reqwest cannot build a client (no TLS provider installed).
+pub(super) fn plain_http() -> Result<reqwest::Client, reqwest::Error> {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    if let Some(client) = CLIENT.get() {
+        return Ok(client.clone());
+    }
+    let built = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    Ok(CLIENT.get_or_init(|| built).clone())
+}
 
 /// An answer's body, at most [`ANSWER_LIMIT`] bytes.
 pub(super) async fn capped_body(answer: reqwest::Response) -> Result<Vec<u8>, String> {
@@ -80,11 +99,7 @@ async fn resolve(
             let mut root = url::Url::parse(url)?;
             root.set_path("/.well-known/oauth-authorization-server");
             root.set_query(None);
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .redirect(reqwest::redirect::Policy::none())
-                .build()?;
-            let answer = http.get(root).send().await?.error_for_status()?;
+            let answer = plain_http()?.get(root).send().await?.error_for_status()?;
             let body = capped_body(answer)
                 .await
                 .map_err(AuthError::MetadataError)?;

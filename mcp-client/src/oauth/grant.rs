@@ -1,14 +1,12 @@
 //! Client credentials (RFC 6749 §4.4): machine access to a server, with no user.
 
-use std::time::Duration;
-
 use rmcp::transport::auth::{
     AuthClient, AuthorizationMetadata, ClientCredentialsConfig, OAuthTokenResponse,
     StoredCredentials,
 };
 
-use super::discovery::{acceptable_endpoint, capped_body, discover};
-use super::{AuthorizedClient, OAuth, auth_failure, client_secret, unauthorized};
+use super::discovery::{acceptable_endpoint, capped_body, discover, plain_http};
+use super::{AuthorizedClient, OAuth, auth_failure, client_secret, failed, unauthorized};
 use crate::error::ConnectError;
 use mag_common::config::OAuthSettings;
 
@@ -30,10 +28,9 @@ impl OAuth {
             let token = private_key_jwt_grant(&client_id, key_file, &metadata, url)
                 .await
                 .map_err(|e| match e {
-                    Grant::Unreachable(e) => ConnectError::Transport(format!(
-                        "server {server:?} needs authorization, but the client credentials \
-                         grant failed: {e}"
-                    )),
+                    Grant::Unreachable(e) => {
+                        ConnectError::Transport(failed(server, "the client credentials grant", e))
+                    }
                     Grant::Refused(e) => unauthorized(server, "the client credentials grant", e),
                 })?;
             let now = std::time::SystemTime::now()
@@ -146,10 +143,7 @@ async fn private_key_jwt_grant(
             mag_common::error_chain(&e)
         ))
     };
-    let answer = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
+    let answer = plain_http()
         .map_err(unreachable)?
         .post(&metadata.token_endpoint)
         .header("content-type", "application/x-www-form-urlencoded")

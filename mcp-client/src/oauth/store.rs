@@ -118,17 +118,14 @@ impl TokenFile {
         let _turn = self.write.lock().await;
         {
             let mut records = self.records();
-            let record = records.entry(server.to_string()).or_insert_with(|| Record {
+            let empty = || Record {
                 url: url.to_string(),
                 client_secret: None,
                 credentials: None,
-            });
+            };
+            let record = records.entry(server.to_string()).or_insert_with(empty);
             if record.url != url {
-                *record = Record {
-                    url: url.to_string(),
-                    client_secret: None,
-                    credentials: None,
-                };
+                *record = empty();
             }
             change(record);
         }
@@ -191,7 +188,7 @@ impl TokenFile {
 }
 
 /// One server's credentials in the token file, as rmcp's [`CredentialStore`].
-pub struct ServerCredentials {
+pub(super) struct ServerCredentials {
     /// The file.
     pub file: Arc<TokenFile>,
     /// The server's name.
