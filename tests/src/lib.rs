@@ -464,6 +464,14 @@ pub struct Daemon {
     http: reqwest::Client,
 }
 
+/// An MCP `initialize` request (JSON-RPC id 1, protocol 2025-11-25) of a client named
+/// `client` declaring `capabilities`.
+pub fn initialize_request(client: &str, capabilities: Value) -> Value {
+    serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": capabilities,
+        "clientInfo": {"name": client, "version": "1"}}})
+}
+
 /// An `mcp.json` entry running `py_server.py` over stdio.
 pub fn py_stdio_entry() -> Value {
     serde_json::json!({

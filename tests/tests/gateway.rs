@@ -521,11 +521,7 @@ impl RawSession {
             id: String::new(),
         };
         let init = session
-            .post(
-                json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-11-25", "capabilities": capabilities,
-                "clientInfo": {"name": "raw-http", "version": "1"}}}),
-            )
+            .post(mag_tests::initialize_request("raw-http", capabilities))
             .await;
         session.id = init.headers()["mcp-session-id"]
             .to_str()
@@ -550,6 +546,16 @@ impl RawSession {
             request = request.header("mcp-session-id", &self.id);
         }
         request.send().await.expect("POST")
+    }
+
+    /// One JSON-RPC request `method` with `params` as request `id`; its answer, read from the
+    /// request's stream.
+    async fn ask(&self, id: u64, method: &str, params: Value) -> Value {
+        let answer = self
+            .post(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await;
+        let mut stream = answer.bytes_stream();
+        next_event(&mut stream, &mut String::new(), |e| e["id"] == id).await
     }
 
     /// POSTs `tools/call` of `tool` with `arguments` as request `id`; the answer (an SSE
@@ -615,9 +621,7 @@ async fn a_sampling_request_comes_on_the_stream_of_the_call_that_caused_it() {
         )
         .await;
     let result = sampled_on_its_stream(&session, call, "sampled on the call's stream").await;
-    let text = result["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_default();
+    let text = mag_tests::text(&result["result"]);
     assert!(text.contains("sampled on the call's stream"), "{result}");
 }
 
@@ -628,33 +632,34 @@ async fn a_call_in_flight_is_cancelled_on_the_server_when_its_session_ends() {
     let session = RawSession::open(&url, json!({})).await;
     // A long call whose client then ends its session.
     let call = session.call_tool(2, "sleep", json!({"ms": 30000})).await;
-    let started = py_stats_until(&daemon, 1).await;
+    let started = py_json_until(&daemon, "stats", |s| s["in_flight"] == 1).await;
     assert_eq!(started["in_flight"], 1, "the call did not start: {started}");
     drop(call);
     let ended = session.end().await;
     assert!(ended.is_success(), "{ended}");
-    let last = py_stats_until(&daemon, 0).await;
+    let last = py_json_until(&daemon, "stats", |s| s["in_flight"] == 0).await;
     assert_eq!(last["in_flight"], 0, "the call leaked: {last}");
     assert_eq!(last["cancelled"], 1, "not cancelled on the server: {last}");
 }
 
-/// `py`'s stats once `in_flight` is `wanted` (or after 5 s).
-async fn py_stats_until(daemon: &Daemon, wanted: u64) -> Value {
-    let mut stats = Value::Null;
-    for _ in 0..100 {
-        stats = py_stats(daemon).await;
-        if stats["in_flight"] == wanted {
+/// The JSON text that `tool` of the `py` server answers (`stats`: its `sleep` calls in
+/// flight, cancelled, completed; `asked`: its log level and subscribed URIs), by REST.
+async fn py_json(daemon: &Daemon, tool: &str) -> Value {
+    let (_, answer) = daemon.call("py", tool, json!({})).await;
+    serde_json::from_str(mag_tests::text(&answer)).expect("a JSON answer")
+}
+
+/// [`py_json`] once `done` holds for it (or after 10 s): the last answer.
+async fn py_json_until(daemon: &Daemon, tool: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut answer = Value::Null;
+    for _ in 0..200 {
+        answer = py_json(daemon, tool).await;
+        if done(&answer) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stats
-}
-
-/// `stats` of the `py` server (its `sleep` calls: in flight, cancelled, completed), by REST.
-async fn py_stats(daemon: &Daemon) -> Value {
-    let (_, answer) = daemon.call("py", "stats", json!({})).await;
-    serde_json::from_str(mag_tests::text(&answer)).expect("stats JSON")
+    answer
 }
 
 #[tokio::test]
@@ -664,19 +669,17 @@ async fn the_aggregate_lists_come_in_pages_with_opaque_cursors() {
     let servers: Vec<(&str, Value)> = names.iter().map(|n| (&**n, everything_entry())).collect();
     let daemon = running(&servers).await;
     let session = RawSession::open(&format!("{}/mcp", daemon.base), json!({})).await;
-    let list = |id: u64, cursor: Option<&Value>| {
+    let list = |cursor: Option<&Value>| {
         let mut params = json!({});
         if let Some(cursor) = cursor {
             params["cursor"] = cursor.clone();
         }
-        json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": params})
+        params
     };
     let mut all = Vec::new();
     let mut cursor: Option<Value> = None;
     for id in 2..10 {
-        let answer = session.post(list(id, cursor.as_ref())).await;
-        let mut stream = answer.bytes_stream();
-        let page = next_event(&mut stream, &mut String::new(), |e| e["id"] == id).await;
+        let page = session.ask(id, "tools/list", list(cursor.as_ref())).await;
         let tools = page["result"]["tools"].as_array().expect("tools").clone();
         assert!(tools.len() <= 100, "a page of {}", tools.len());
         all.extend(
@@ -693,9 +696,9 @@ async fn the_aggregate_lists_come_in_pages_with_opaque_cursors() {
     let unique: std::collections::BTreeSet<&String> = all.iter().collect();
     assert_eq!(unique.len(), all.len(), "a tool listed twice");
     // A cursor the gateway never gave out: invalid params.
-    let answer = session.post(list(20, Some(&json!("made-up")))).await;
-    let mut stream = answer.bytes_stream();
-    let refused = next_event(&mut stream, &mut String::new(), |e| e["id"] == 20).await;
+    let refused = session
+        .ask(20, "tools/list", list(Some(&json!("made-up"))))
+        .await;
     assert_eq!(refused["error"]["code"], -32602, "{refused}");
 }
 
@@ -717,23 +720,14 @@ async fn client_sessions_are_capped() {
         .post(&aggregate)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
-        .body(
-            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-11-25", "capabilities": {},
-                "clientInfo": {"name": "third", "version": "1"}}})
-            .to_string(),
-        )
+        .body(mag_tests::initialize_request("third", json!({})).to_string())
         .send()
         .await
         .unwrap();
     assert_eq!(third.status(), 503);
     let body: Value = third.json().await.unwrap();
     assert_eq!(body["code"], "too_many_sessions", "{body}");
-    let listed = first
-        .post(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
-        .await;
-    let mut stream = listed.bytes_stream();
-    let tools = next_event(&mut stream, &mut String::new(), |e| e["id"] == 2).await;
+    let tools = first.ask(2, "tools/list", json!({})).await;
     assert!(tools["result"]["tools"].is_array(), "{tools}");
     // Ending one makes room.
     assert!(first.end().await.is_success());
@@ -747,27 +741,23 @@ async fn each_session_hears_server_logs_from_its_own_level_up() {
     let quiet = RawSession::open(&url, json!({})).await;
     let chatty = RawSession::open(&url, json!({})).await;
     for (session, level) in [(&quiet, "error"), (&chatty, "debug")] {
-        let set = session
-            .post(
-                json!({"jsonrpc": "2.0", "id": 2, "method": "logging/setLevel",
-                "params": {"level": level}}),
-            )
+        let answer = session
+            .ask(2, "logging/setLevel", json!({"level": level}))
             .await;
-        let mut stream = set.bytes_stream();
-        let mut buffer = String::new();
-        let answer = next_event(&mut stream, &mut buffer, |e| e["id"] == 2).await;
         assert!(answer.get("result").is_some(), "{answer}");
     }
     let mut quiet_stream = quiet.stream().await.bytes_stream();
     let mut chatty_stream = chatty.stream().await.bytes_stream();
     let (mut quiet_buffer, mut chatty_buffer) = (String::new(), String::new());
     for (id, level, message) in [(3, "info", "chatter"), (4, "error", "alarm")] {
-        let call = chatty
-            .call_tool(id, "log", json!({"level": level, "message": message}))
+        let arguments = json!({"level": level, "message": message});
+        chatty
+            .ask(
+                id,
+                "tools/call",
+                json!({"name": "log", "arguments": arguments}),
+            )
             .await;
-        let mut stream = call.bytes_stream();
-        let mut buffer = String::new();
-        next_event(&mut stream, &mut buffer, |e| e["id"] == id).await;
         let heard = next_event(&mut chatty_stream, &mut chatty_buffer, |e| {
             e["method"] == "notifications/message"
         })
@@ -783,34 +773,6 @@ async fn each_session_hears_server_logs_from_its_own_level_up() {
     assert_eq!(heard["params"]["level"], "error", "{heard}");
 }
 
-/// What `py` was asked last (`asked`: its log level and subscribed URIs), by REST.
-async fn py_asked(daemon: &Daemon) -> Value {
-    let (_, answer) = daemon.call("py", "asked", json!({})).await;
-    serde_json::from_str(mag_tests::text(&answer)).expect("asked JSON")
-}
-
-/// `py_asked` once it is `wanted` (or after 10 s).
-async fn py_asked_until(daemon: &Daemon, wanted: Value) -> Value {
-    let mut asked = Value::Null;
-    for _ in 0..200 {
-        asked = py_asked(daemon).await;
-        if asked == wanted {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    asked
-}
-
-/// One JSON-RPC request in `session`; its answer.
-async fn ask(session: &RawSession, id: u64, method: &str, params: Value) -> Value {
-    let answer = session
-        .post(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
-        .await;
-    let mut stream = answer.bytes_stream();
-    next_event(&mut stream, &mut String::new(), |e| e["id"] == id).await
-}
-
 #[tokio::test]
 async fn servers_are_asked_for_the_sessions_levels_and_subscriptions_across_reconnects() {
     let daemon = running(&[("py", py_stdio_entry())]).await;
@@ -820,15 +782,19 @@ async fn servers_are_asked_for_the_sessions_levels_and_subscriptions_across_reco
         (&one, "debug", &["note://a", "note://b"][..]),
         (&all, "error", &["note://a"][..]),
     ] {
-        let set = ask(session, 2, "logging/setLevel", json!({"level": level})).await;
+        let set = session
+            .ask(2, "logging/setLevel", json!({"level": level}))
+            .await;
         assert!(set.get("result").is_some(), "{set}");
         for (id, uri) in (3..).zip(uris) {
-            let subscribed = ask(session, id, "resources/subscribe", json!({"uri": uri})).await;
+            let subscribed = session
+                .ask(id, "resources/subscribe", json!({"uri": uri}))
+                .await;
             assert!(subscribed.get("result").is_some(), "{subscribed}");
         }
     }
     let both = json!({"log_level": "debug", "subscribed": ["note://a", "note://b"]});
-    assert_eq!(py_asked(&daemon).await, both);
+    assert_eq!(py_json(&daemon, "asked").await, both);
 
     // The server dies; the process that replaces it is asked the same.
     let pid = daemon.server("py").await["pid"].as_u64().unwrap();
@@ -843,19 +809,21 @@ async fn servers_are_asked_for_the_sessions_levels_and_subscriptions_across_reco
         })
         .await;
     assert_ne!(back["pid"], json!(pid), "{back}");
-    assert_eq!(py_asked_until(&daemon, both.clone()).await, both);
+    assert_eq!(py_json_until(&daemon, "asked", |a| *a == both).await, both);
 
     // note://a is still held by the other session: only the server's own unsubscribe would
     // drop it.
-    let dropped = ask(&one, 9, "resources/unsubscribe", json!({"uri": "note://a"})).await;
+    let dropped = one
+        .ask(9, "resources/unsubscribe", json!({"uri": "note://a"}))
+        .await;
     assert!(dropped.get("result").is_some(), "{dropped}");
-    assert_eq!(py_asked(&daemon).await, both);
+    assert_eq!(py_json(&daemon, "asked").await, both);
 
     // The session that asked for debug and note://b ends: the level goes back to the other
     // session's, note://b is unsubscribed.
     assert!(one.end().await.is_success());
     let left = json!({"log_level": "error", "subscribed": ["note://a"]});
-    assert_eq!(py_asked_until(&daemon, left.clone()).await, left);
+    assert_eq!(py_json_until(&daemon, "asked", |a| *a == left).await, left);
 }
 
 #[tokio::test]

@@ -95,12 +95,7 @@ async fn a_server_authorized_once_reconnects_refreshes_and_asks_again_when_revok
         .post(format!("{}/servers/remote/mcp", daemon.base))
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
-        .body(
-            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-11-25", "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"}}})
-            .to_string(),
-        )
+        .body(mag_tests::initialize_request("t", json!({})).to_string())
         .send()
         .await
         .unwrap()
