@@ -186,6 +186,14 @@ impl Page {
     }
 }
 
+/// `answer` (status, body) asserted to be 200 with MAG's `status` field `wanted`
+/// (`"success"`, `"error"`); the body.
+fn status_is(answer: (u16, Value), wanted: &str) -> Value {
+    let (status, body) = answer;
+    assert_eq!((status, &body["status"]), (200, &json!(wanted)), "{body}");
+    body
+}
+
 /// `key` of the first event that has it.
 fn event(data: &[String], key: &str) -> Option<Value> {
     data.iter()
@@ -261,32 +269,26 @@ async fn mags_frontend_pages_work_for_jwt_users() {
     assert!(names.contains(&"echo"), "{tools}");
 
     // The tool tester; after a disconnect it connects first (MAG's executor does).
-    let (status, tested) = alice
-        .test_mcp_tool("py", "echo", json!({"message": "hi"}))
-        .await;
-    assert_eq!(
-        (status, &tested["status"]),
-        (200, &json!("success")),
-        "{tested}"
+    let tested = status_is(
+        alice
+            .test_mcp_tool("py", "echo", json!({"message": "hi"}))
+            .await,
+        "success",
     );
     assert!(tested["result"].to_string().contains("hi"), "{tested}");
     let (status, _) = alice.disconnect_server("py").await;
     assert_eq!(status, 200);
     let (_, servers) = alice.get_mcp_status().await;
     assert_eq!(servers["py"]["connected"], false, "{servers}");
-    let (status, tested) = alice
-        .test_mcp_tool("py", "echo", json!({"message": "again"}))
-        .await;
-    assert_eq!(
-        (status, &tested["status"]),
-        (200, &json!("success")),
-        "{tested}"
+    status_is(
+        alice
+            .test_mcp_tool("py", "echo", json!({"message": "again"}))
+            .await,
+        "success",
     );
-    let (status, failed) = alice.test_mcp_tool("py", "no_such_tool", json!({})).await;
-    assert_eq!(
-        (status, &failed["status"]),
-        (200, &json!("error")),
-        "{failed}"
+    status_is(
+        alice.test_mcp_tool("py", "no_such_tool", json!({})).await,
+        "error",
     );
 
     // Edit (updateServer: the whole config with the page's version); the answer's
@@ -345,13 +347,10 @@ async fn mags_frontend_pages_work_for_jwt_users() {
     assert_eq!(config["mcpServers"]["second"]["provider_user_id"], "bob");
     assert_eq!(config["mcpServers"]["third"]["provider_user_id"], "alice");
     assert_eq!(config["mcpServers"]["py"]["provider_user_id"], "alice");
-    let (status, removed) = bob
-        .remove_mcp_servers(&["second"], &config["version"])
-        .await;
-    assert_eq!(
-        (status, &removed["status"]),
-        (200, &json!("success")),
-        "{removed}"
+    status_is(
+        bob.remove_mcp_servers(&["second"], &config["version"])
+            .await,
+        "success",
     );
     let (_, config) = alice.get_mcp_config().await;
     assert!(config["mcpServers"].get("second").is_none(), "{config}");
@@ -412,12 +411,7 @@ async fn mags_frontend_pages_work_for_jwt_users() {
         ("tags", json!({"tags": ["text"]})),
         ("status", json!({"status": "favorite"})),
     ] {
-        let (status, answer) = alice.update_conversation(&id, field, body).await;
-        assert_eq!(
-            (status, &answer["status"]),
-            (200, &json!("success")),
-            "{answer}"
-        );
+        status_is(alice.update_conversation(&id, field, body).await, "success");
     }
     let (_, list) = alice.get_conversations().await;
     let listed = &list["conversations"][0];
@@ -451,11 +445,6 @@ async fn mags_frontend_pages_work_for_jwt_users() {
     }
 
     // Alice deletes it for good.
-    let (status, gone) = alice.delete_conversation_permanent(&id).await;
-    assert_eq!(
-        (status, &gone["status"]),
-        (200, &json!("success")),
-        "{gone}"
-    );
+    status_is(alice.delete_conversation_permanent(&id).await, "success");
     assert_eq!(alice.get_conversation_detail(&id).await.0, 404);
 }
