@@ -572,14 +572,18 @@ impl Daemon {
 
     /// Connects `server`, panicking with the answer unless it is 200.
     pub async fn connect(&self, server: &str) -> Value {
-        let (status, body) = self
-            .post(
-                "/connect_server",
-                serde_json::json!({"server_name": server}),
-            )
-            .await;
+        let (status, body) = self.try_connect(server).await;
         assert_eq!(status, 200, "connect {server}: {body}");
         body
+    }
+
+    /// `POST /connect_server` of `server`: status and answer, whatever they are.
+    pub async fn try_connect(&self, server: &str) -> (u16, Value) {
+        self.post(
+            "/connect_server",
+            serde_json::json!({"server_name": server}),
+        )
+        .await
     }
 
     /// Calls a tool; status and answer.

@@ -235,9 +235,7 @@ async fn a_killed_remote_server_fails_the_call_in_flight_and_shows_disconnected(
     let mut server = server;
     server.proc.wait_timeout(Duration::from_secs(10));
     // Connecting by hand while it is down names the cause.
-    let (status, answer) = daemon
-        .post("/connect_server", json!({"server_name": "remote"}))
-        .await;
+    let (status, answer) = daemon.try_connect("remote").await;
     assert_eq!(status, 400, "{answer}");
     assert!(
         answer["detail"]

@@ -36,9 +36,7 @@ async fn connect_failures_are_4xx_with_the_cause_every_time() {
     ];
     for round in 0..3 {
         for (server, want_status, want_text) in expect {
-            let (status, answer) = daemon
-                .post("/connect_server", json!({"server_name": server}))
-                .await;
+            let (status, answer) = daemon.try_connect(server).await;
             assert_eq!(status, want_status, "round {round}, {server}: {answer}");
             assert!(
                 detail(&answer).contains(want_text),
@@ -46,9 +44,7 @@ async fn connect_failures_are_4xx_with_the_cause_every_time() {
             );
         }
     }
-    let (_, answer) = daemon
-        .post("/connect_server", json!({"server_name": "exits"}))
-        .await;
+    let (_, answer) = daemon.try_connect("exits").await;
     assert!(
         detail(&answer).contains("fatal: bad token"),
         "stderr belongs in the cause: {answer}"

@@ -189,9 +189,7 @@ async fn a_token_guards_every_endpoint_but_root_and_stays_out_of_servers() {
     let (status, answer) = daemon.get("/servers").await;
     assert_eq!(status, 401, "{answer}");
     assert_eq!(answer["code"], "unauthorized");
-    let (status, _) = daemon
-        .post("/connect_server", json!({"server_name": "everything"}))
-        .await;
+    let (status, _) = daemon.try_connect("everything").await;
     assert_eq!(status, 401);
 
     let http = reqwest::Client::builder()

@@ -71,9 +71,7 @@ async fn a_server_authorized_once_reconnects_refreshes_and_asks_again_when_revok
     let mut daemon = Daemon::start(json!({"remote": {"url": format!("{base}/mcp")}}));
 
     // The first connect needs the user: 401 with the URL, and /servers shows it.
-    let (status, answer) = daemon
-        .post("/connect_server", json!({"server_name": "remote"}))
-        .await;
+    let (status, answer) = daemon.try_connect("remote").await;
     assert_eq!(status, 401, "{answer}");
     assert_eq!(answer["code"], "authorization_required", "{answer}");
     let url = answer["authorization_url"].as_str().unwrap().to_string();
@@ -85,9 +83,7 @@ async fn a_server_authorized_once_reconnects_refreshes_and_asks_again_when_revok
     assert_eq!(state["status"], "needs_authorization", "{state}");
     assert_eq!(state["authorization_url"], url.as_str(), "{state}");
     // Asked again meanwhile: the same authorization, not a new one.
-    let (_, again) = daemon
-        .post("/connect_server", json!({"server_name": "remote"}))
-        .await;
+    let (_, again) = daemon.try_connect("remote").await;
     assert_eq!(again["authorization_url"], url.as_str(), "{again}");
 
     // An MCP client of the gateway is told the server needs authorization, not where.
@@ -217,9 +213,7 @@ async fn a_broken_authorization_server_is_a_clear_error_on_its_server_alone() {
         entries[mode] = json!({"url": format!("http://127.0.0.1:{port}/mcp"), "timeout": 3});
     }
     let daemon = Daemon::start(entries);
-    let (_, answer) = daemon
-        .post("/connect_server", json!({"server_name": "good"}))
-        .await;
+    let (_, answer) = daemon.try_connect("good").await;
     let (status, page, _) = open(answer["authorization_url"].as_str().unwrap()).await;
     assert_eq!(status, 200, "{page}");
     // Garbage is a refusal (waits for a person); silence is an outage (tried again).
@@ -227,9 +221,7 @@ async fn a_broken_authorization_server_is_a_clear_error_on_its_server_alone() {
         ("garbage", "unauthorized", "needs authorization, but"),
         ("hang", "transport", "within"),
     ] {
-        let (status, answer) = daemon
-            .post("/connect_server", json!({"server_name": mode}))
-            .await;
+        let (status, answer) = daemon.try_connect(mode).await;
         assert_eq!(status, 400, "{mode}: {answer}");
         assert_eq!(answer["kind"], kind, "{mode}: {answer}");
         let state = daemon.server(mode).await;

@@ -108,9 +108,7 @@ async fn a_refused_initialize_is_reported_in_the_servers_words() {
         ("string-code", &["malformed", "E_INIT", "no init today"]),
     ];
     for (server, words) in expect {
-        let (status, answer) = daemon
-            .post("/connect_server", json!({"server_name": server}))
-            .await;
+        let (status, answer) = daemon.try_connect(server).await;
         assert_eq!(status, 400, "{server}: {answer}");
         for word in words {
             assert!(
@@ -245,9 +243,7 @@ async fn a_legacy_sse_endpoint_on_another_origin_is_refused() {
             "timeout": 10,
         },
     }));
-    let (status, answer) = daemon
-        .post("/connect_server", json!({"server_name": "sse"}))
-        .await;
+    let (status, answer) = daemon.try_connect("sse").await;
     let posted = std::fs::read_to_string(&record).unwrap_or_default();
     assert!(
         posted.is_empty(),

@@ -122,10 +122,7 @@ where
 }
 
 async fn drive(daemon: &Daemon) -> bool {
-    let (status, _) = authorized("connect_server", || {
-        daemon.post("/connect_server", json!({"server_name": "conformance"}))
-    })
-    .await;
+    let (status, _) = authorized("connect_server", || daemon.try_connect("conformance")).await;
     if status != 200 {
         return false;
     }
